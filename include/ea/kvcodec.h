@@ -1,0 +1,69 @@
+/* eigen-alignment KV-cache codecs: how the cache stores each token's K and V rows.
+ *
+ * The cache keeps, per layer and per kind (K or V), one fixed-size encoded row per token. The
+ * forward pass only calls these operations, so codecs are interchangeable. */
+#ifndef EA_KVCODEC_H
+#define EA_KVCODEC_H
+
+#include "ea/core.h"
+#include "ea/io.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { EA_KV_K = 0, EA_KV_V = 1 } ea_kv_kind;
+
+typedef struct ea_kv_codec ea_kv_codec;
+
+typedef struct {
+    /* Bytes of one encoded row (d = n_embd values) of a layer's K or V. */
+    size_t (*row_bytes)(const ea_kv_codec *c, int layer, ea_kv_kind kind);
+    /* Encode one row x (d floats) of the token at position pos. */
+    void (*encode)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst);
+    /* Decode n consecutive rows starting at position pos0 (src: n encoded rows) into x (n × d). */
+    void (*decode)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src,
+                   float *x);
+    /* Optional: causal attention computed directly on encoded rows. q: nq × d (rows for positions
+     * pos0..pos0+nq-1), kbuf/vbuf: encoded rows 0..pos0+nq-1, out: nq × d (heads concatenated).
+     * NULL means the cache decodes rows and runs standard attention. */
+    void (*attend)(const ea_kv_codec *c, int layer, const float *q, int nq, int pos0, const void *kbuf,
+                   const void *vbuf, float *out);
+    /* Fixed bytes the codec needs besides the cache (bases, means, tables). */
+    size_t (*overhead_bytes)(const ea_kv_codec *c);
+    void (*destroy)(ea_kv_codec *c);
+} ea_kv_codec_ops;
+
+struct ea_kv_codec {
+    const ea_kv_codec_ops *ops;
+    char name[64];
+    int n_layer, n_head, d;
+    void *state;
+};
+
+/* Calibration statistics of K and V per layer (what basis-based codecs are fitted from):
+ * mean[kind][layer*d + i], cov[kind][layer*d*d + i*d + j] (float64, row-major), n tokens. */
+typedef struct {
+    int n_layer, d;
+    double n;
+    double *mean[2];
+    double *cov[2];
+} ea_kv_stats;
+
+/* Codec from a spec string: "f32", "f16", "q8", "q4", "pca:R", "pca-head:R", "klt:B" (B average
+ * bits per value, may be fractional). Basis codecs need stats (else EA_ERR_ARG). */
+ea_status ea_kv_codec_create(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
+                             ea_kv_codec **out);
+void ea_kv_codec_free(ea_kv_codec *c);
+/* Average stored bits per cached value (row bytes × 8 / d over layers and kinds). */
+double ea_kv_codec_bits_per_value(const ea_kv_codec *c);
+size_t ea_kv_codec_overhead(const ea_kv_codec *c);
+/* Standard causal attention on float rows (reference, and the fallback path).
+ * k, v: (pos0+nq) × d; q, out: nq × d. scratch: at least pos0+nq floats. */
+void ea_attention_ref(int n_head, int d, const float *q, int nq, int pos0, const float *k, const float *v,
+                      float *out, float *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

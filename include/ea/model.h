@@ -1,0 +1,100 @@
+/* eigen-alignment model: GPT-2 forward pass, activation capture, KV cache, generation, perplexity. */
+#ifndef EA_MODEL_H
+#define EA_MODEL_H
+
+#include "ea/core.h"
+#include "ea/io.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ea_model ea_model;
+typedef struct ea_kvcache ea_kvcache;
+typedef struct ea_kv_codec ea_kv_codec; /* see ea/kvcodec.h */
+
+/* Load DIR/config.json and DIR/model.safetensors (or the shards listed in
+ * DIR/model.safetensors.index.json). Both key layouts ("transformer.h.0..." and "h.0...") work. */
+ea_status ea_model_load(const char *dir, ea_model **out);
+void ea_model_free(ea_model *m);
+const ea_config *ea_model_config(const ea_model *m);
+const char *ea_model_dir(const ea_model *m);
+/* Hex digest of the config and weights: identifies a model in compressor and ESAP files. */
+const char *ea_model_fingerprint(const ea_model *m);
+/* Token embedding matrix wte, vocab_size × n_embd, float32. */
+const float *ea_model_wte(const ea_model *m);
+
+/* Activation sites. Hidden layer i (0..n_layer): the residual stream entering block i;
+ * i = n_layer is the final output after ln_f (as Hugging Face's hidden_states).
+ * Q/K/V layer i (0..n_layer-1): the c_attn output of block i before the head split. */
+typedef enum { EA_SITE_HIDDEN = 0, EA_SITE_Q = 1, EA_SITE_K = 2, EA_SITE_V = 3 } ea_site;
+const char *ea_site_name(ea_site s);
+ea_status ea_site_parse(const char *name, ea_site *out);
+
+/* Capture hook: called during ea_model_forward with n rows of d floats (row stride ld) whose
+ * first row is at position pos0. The hook may overwrite x to replace the activation
+ * (residual stream, or q/k/v before attention and before the cache). A non-zero return aborts
+ * the forward pass with EA_ERR_ARG. */
+typedef int (*ea_capture_fn)(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
+void ea_model_set_capture(ea_model *m, ea_capture_fn fn, void *user);
+
+/* When on (default), every block's output is checked for NaN/Inf and the forward pass fails
+ * naming the layer. */
+void ea_model_set_check_finite(ea_model *m, int on);
+
+/* KV cache of capacity tokens. codec NULL means float32 (exact). The codec is not owned and
+ * must outlive the cache. */
+ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, const ea_kv_codec *codec);
+void ea_kvcache_free(ea_kvcache *c);
+void ea_kvcache_reset(ea_kvcache *c);
+int ea_kvcache_len(const ea_kvcache *c);
+int ea_kvcache_capacity(const ea_kvcache *c);
+/* Bytes the cache stores for ntok tokens (all layers, K and V), from the codec's row sizes. */
+size_t ea_kvcache_bytes_for(const ea_kvcache *c, int ntok);
+/* Bytes actually allocated for cache storage (capacity tokens). */
+size_t ea_kvcache_allocated_bytes(const ea_kvcache *c);
+const ea_kv_codec *ea_kvcache_codec(const ea_kvcache *c);
+
+/* Run n tokens at positions len(cache)..len+n-1, appending their K/V to the cache.
+ * logits: NULL, or n × vocab_size floats when all_logits, else vocab_size floats (last token). */
+ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, int n, float *logits,
+                           int all_logits);
+
+/* Sampling. temperature <= 0 is greedy; top_k <= 0 and top_p >= 1 disable those filters. */
+typedef struct {
+    float temperature;
+    int top_k;
+    float top_p;
+    uint64_t seed;
+    int stop_at_eot;
+} ea_sampler_params;
+ea_sampler_params ea_sampler_default(void);
+/* Pick a token from logits (modified in place). */
+int ea_sample(float *logits, int vocab, const ea_sampler_params *p, ea_rng *rng);
+
+/* Generate up to n_new tokens after the prompt (cache is reset first). out holds n_new ids;
+ * *n_out receives how many were produced (fewer on EOT when stop_at_eot). */
+ea_status ea_generate(ea_model *m, ea_kvcache *cache, const int *prompt, int n_prompt, int n_new,
+                      const ea_sampler_params *p, int *out, int *n_out);
+
+/* Perplexity protocol: the text is cut into non-overlapping windows of ctx tokens (the last,
+ * shorter window is scored too if it has at least 2 tokens); each window is run from an empty
+ * cache. EA_PPL_FULL scores every next-token prediction in the window; EA_PPL_LLAMA scores only
+ * the second half of each window, as llama.cpp's perplexity tool does. */
+typedef enum { EA_PPL_FULL = 0, EA_PPL_LLAMA = 1 } ea_ppl_protocol;
+typedef struct {
+    size_t tokens_scored;
+    double mean_nll;
+    double ppl;
+} ea_ppl_result;
+/* First scored target index within a window of length len (targets are positions 1..len-1). */
+int ea_ppl_first_scored(ea_ppl_protocol proto, int len);
+ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n, int ctx,
+                        ea_ppl_protocol proto, ea_ppl_result *res);
+/* log-softmax of one row of logits into out (may alias). Returns logsumexp. */
+double ea_log_softmax(const float *logits, int n, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

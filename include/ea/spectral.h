@@ -1,0 +1,64 @@
+/* eigen-alignment spectral analysis: streaming covariance, eigen-spectra, effective rank. */
+#ifndef EA_SPECTRAL_H
+#define EA_SPECTRAL_H
+
+#include "ea/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Streaming covariance accumulator in float64. Never holds the samples: each batch is centred
+ * on its own mean, its scatter added with BLAS dsyrk, and batches merged with Chan et al.'s
+ * pairwise update, so accumulators from threads or processes merge exactly. */
+typedef struct ea_cov ea_cov;
+ea_status ea_cov_init(ea_cov **out, int d);
+void ea_cov_free(ea_cov *c);
+void ea_cov_reset(ea_cov *c);
+int ea_cov_dim(const ea_cov *c);
+double ea_cov_count(const ea_cov *c);
+/* Add n rows of d floats (row stride ld >= d). Rows with NaN/Inf are an EA_ERR_NUMERIC error. */
+ea_status ea_cov_add(ea_cov *c, const float *x, int n, int ld);
+ea_status ea_cov_add_f64(ea_cov *c, const double *x, int n, int ld);
+ea_status ea_cov_merge(ea_cov *dst, const ea_cov *src);
+const double *ea_cov_mean(const ea_cov *c);
+/* Covariance (divided by n-1 when n > 1) into out (d × d, full symmetric). standardize: the
+ * correlation matrix instead (zero-variance dimensions get 0 off-diagonal, 1 on the diagonal). */
+ea_status ea_cov_matrix(const ea_cov *c, int standardize, double *out);
+/* Serialize for merging across processes: raw float64 state (safetensors via ea_st_writer). */
+ea_status ea_cov_save(const ea_cov *c, const char *path);
+ea_status ea_cov_load(const char *path, ea_cov **out);
+
+/* Eigen-decomposition of a symmetric d × d matrix with LAPACKE_dsyevd, sorted descending.
+ * vectors (optional, d × d row-major): column j is the eigenvector of values[j]. Tiny negative
+ * eigenvalues from rounding are clamped to 0. */
+ea_status ea_eigh(const double *a, int d, double *values, double *vectors);
+
+/* Statistics of a descending eigen-spectrum. */
+double ea_spectrum_df(const double *ev, int d);             /* (Σλ)² / Σλ² */
+double ea_spectrum_cumvar(const double *ev, int d, int k);  /* C(k) = Σ_{i<k} λ_i / Σλ */
+int ea_spectrum_k_for(const double *ev, int d, double target); /* smallest k with C(k) >= target */
+
+/* Summary of one site, as the analyze report prints it. */
+typedef struct {
+    int d;
+    double n;
+    double df;
+    int k90, k95, k99;
+    double *eigenvalues; /* d, descending */
+    int top_dims[8];     /* dimensions with the largest variance */
+    double top_share[8]; /* their share of the trace */
+    int n_top;
+} ea_spectrum_summary;
+/* From an accumulator: covariance (or correlation), eigenvalues, statistics. */
+ea_status ea_spectrum_summarize(const ea_cov *c, int standardize, ea_spectrum_summary *out);
+void ea_spectrum_summary_free(ea_spectrum_summary *s);
+
+/* Null reference: Df and k95 of the sample covariance of n isotropic Gaussian vectors in d
+ * dimensions (what "low rank" means for this n and d; Marchenko-Pastur). Deterministic in seed. */
+ea_status ea_spectrum_null(int n, int d, uint64_t seed, double *df, int *k95);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

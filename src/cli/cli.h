@@ -1,0 +1,65 @@
+/* Shared pieces of the eigenalign command-line tool. */
+#ifndef EA_CLI_H
+#define EA_CLI_H
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+
+#include "eigenalign.h"
+
+/* Minimal option parser: "--name value" and "--flag". Every option a command reads is marked
+ * used; cli_finish() rejects what is left, so typos never pass silently. */
+typedef struct {
+    const char *cmd;
+    int argc;
+    char **argv;
+    unsigned char *used;
+    int bad; /* set when a value failed to parse; the message is already printed */
+} cli_args;
+
+void cli_args_init(cli_args *a, const char *cmd, int argc, char **argv);
+void cli_args_free(cli_args *a);
+int cli_has(cli_args *a, const char *name); /* flag present */
+const char *cli_str(cli_args *a, const char *name, const char *def);
+long cli_long(cli_args *a, const char *name, long def, long min, long max);
+double cli_double(cli_args *a, const char *name, double def, double min, double max);
+/* 0 when every argument was used and parsed; otherwise prints why and returns 2. */
+int cli_finish(cli_args *a);
+int cli_wants_help(int argc, char **argv);
+
+/* Print "eigenalign CMD: error: ..." on stderr; returns 1 for use as an exit status. */
+int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same, appending ea_last_error(). */
+int cli_fail_status(const char *cmd, ea_status st);
+
+/* Print JSON to stdout (pretty unless compact) and free it. */
+void cli_print_json(cJSON *j);
+/* Add a double that may be non-finite (JSON has no NaN: written as null). */
+cJSON *cli_add_number(cJSON *obj, const char *key, double v);
+
+const char *cli_default_model(void);
+const char *cli_default_calib(void);
+ea_status cli_load_model(const char *dir, ea_model **m, ea_tokenizer **t);
+/* Read and tokenize a text file (empty or unreadable text is an error); keep at most
+ * max_tokens ids when max_tokens > 0. */
+ea_status cli_load_text_ids(const ea_tokenizer *t, const char *path, size_t max_tokens, int **ids, size_t *n);
+
+/* Progress on stderr: "label [#####.....] done/total" (only when stderr is a terminal, or when
+ * EA_PROGRESS=1); cli_progress_done ends the line. */
+void cli_progress(const char *label, size_t done, size_t total);
+void cli_progress_done(void);
+
+/* Commands: each takes argv after the command name (argv[0] is the command). */
+int cmd_tokenize(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_analyze(int argc, char **argv);
+int cmd_fit(int argc, char **argv);
+int cmd_compress(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_bench_memory(int argc, char **argv);
+int cmd_handshake(int argc, char **argv);
+int cmd_align(int argc, char **argv);
+int cmd_message(int argc, char **argv);
+
+#endif

@@ -1,0 +1,183 @@
+/* Argument parsing, errors, JSON printing, model/text loading, progress for the CLI. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+void cli_args_init(cli_args *a, const char *cmd, int argc, char **argv) {
+    a->cmd = cmd;
+    a->argc = argc;
+    a->argv = argv;
+    a->used = calloc((size_t)argc + 1, 1);
+    a->bad = 0;
+    if (argc > 0) a->used[0] = 1;
+}
+
+void cli_args_free(cli_args *a) { free(a->used); a->used = NULL; }
+
+static int find_opt(cli_args *a, const char *name) {
+    for (int i = 1; i < a->argc; i++)
+        if (strcmp(a->argv[i], name) == 0) return i;
+    return -1;
+}
+
+int cli_has(cli_args *a, const char *name) {
+    int i = find_opt(a, name);
+    if (i < 0) return 0;
+    a->used[i] = 1;
+    return 1;
+}
+
+const char *cli_str(cli_args *a, const char *name, const char *def) {
+    int i = find_opt(a, name);
+    if (i < 0) return def;
+    a->used[i] = 1;
+    if (i + 1 >= a->argc) {
+        cli_error(a->cmd, "option %s needs a value", name);
+        a->bad = 1;
+        return def;
+    }
+    a->used[i + 1] = 1;
+    return a->argv[i + 1];
+}
+
+long cli_long(cli_args *a, const char *name, long def, long min, long max) {
+    const char *s = cli_str(a, name, NULL);
+    if (!s) return def;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max) {
+        cli_error(a->cmd, "option %s: '%s' is not an integer in [%ld, %ld]", name, s, min, max);
+        a->bad = 1;
+        return def;
+    }
+    return v;
+}
+
+double cli_double(cli_args *a, const char *name, double def, double min, double max) {
+    const char *s = cli_str(a, name, NULL);
+    if (!s) return def;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < min || v > max) {
+        cli_error(a->cmd, "option %s: '%s' is not a number in [%g, %g]", name, s, min, max);
+        a->bad = 1;
+        return def;
+    }
+    return v;
+}
+
+int cli_finish(cli_args *a) {
+    int rc = a->bad ? 2 : 0;
+    for (int i = 1; i < a->argc; i++)
+        if (!a->used[i]) {
+            cli_error(a->cmd, "unknown argument '%s' (see --help)", a->argv[i]);
+            rc = 2;
+        }
+    return rc;
+}
+
+int cli_wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}
+
+int cli_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "eigenalign %s: error: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+int cli_fail_status(const char *cmd, ea_status st) {
+    return cli_error(cmd, "%s (%s)", ea_last_error(), ea_status_name(st));
+}
+
+void cli_print_json(cJSON *j) {
+    char *s = cJSON_Print(j);
+    if (s) {
+        fputs(s, stdout);
+        fputc('\n', stdout);
+        free(s);
+    }
+    cJSON_Delete(j);
+}
+
+cJSON *cli_add_number(cJSON *obj, const char *key, double v) {
+    if (!isfinite(v)) return cJSON_AddNullToObject(obj, key);
+    return cJSON_AddNumberToObject(obj, key, v);
+}
+
+const char *cli_default_model(void) {
+    const char *e = getenv("EA_MODEL");
+    return (e && *e) ? e : EA_DEFAULT_MODEL_DIR;
+}
+
+const char *cli_default_calib(void) { return EA_DEFAULT_CALIB; }
+
+ea_status cli_load_model(const char *dir, ea_model **m, ea_tokenizer **t) {
+    *m = NULL;
+    if (t) *t = NULL;
+    ea_status st = ea_model_load(dir, m);
+    if (st) return st;
+    if (t && (st = ea_tokenizer_load_dir(dir, t))) {
+        ea_model_free(*m);
+        *m = NULL;
+    }
+    return st;
+}
+
+/* Text files above this are refused: the tools analyse corpora, not dumps. */
+#define CLI_MAX_TEXT_BYTES ((size_t)1 << 30)
+
+ea_status cli_load_text_ids(const ea_tokenizer *t, const char *path, size_t max_tokens, int **ids, size_t *n) {
+    char *text;
+    size_t len;
+    *ids = NULL;
+    *n = 0;
+    ea_status st = ea_read_file(path, CLI_MAX_TEXT_BYTES, &text, &len);
+    if (st) return st;
+    if (len == 0) {
+        free(text);
+        return ea_error(EA_ERR_ARG, "%s: text is empty", path);
+    }
+    st = ea_tokenizer_encode(t, text, len, 0, ids, n);
+    free(text);
+    if (st) return st;
+    if (*n == 0) return ea_error(EA_ERR_ARG, "%s: text has no tokens", path);
+    if (max_tokens > 0 && *n > max_tokens) *n = max_tokens;
+    return EA_OK;
+}
+
+static int progress_on = -1;
+static int progress_active;
+
+void cli_progress(const char *label, size_t done, size_t total) {
+    if (progress_on < 0) {
+        const char *e = getenv("EA_PROGRESS");
+        progress_on = e ? atoi(e) != 0 : isatty(2);
+    }
+    if (!progress_on || total == 0) return;
+    int width = 30, fill = (int)((double)done / (double)total * width);
+    if (fill > width) fill = width;
+    fprintf(stderr, "\r%-12s [", label);
+    for (int i = 0; i < width; i++) fputc(i < fill ? '#' : '.', stderr);
+    fprintf(stderr, "] %zu/%zu", done, total);
+    fflush(stderr);
+    progress_active = 1;
+}
+
+void cli_progress_done(void) {
+    if (progress_active) fputc('\n', stderr);
+    progress_active = 0;
+}

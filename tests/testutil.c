@@ -1,0 +1,106 @@
+/* Helpers shared by the cmocka tests. */
+#include "testutil.h"
+
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *test_shared_path(const char *rel) {
+    static char buf[8][1024];
+    static int slot;
+    char *p = buf[slot++ & 7];
+    snprintf(p, 1024, "%s/%s", TEST_SHARED_DIR, rel);
+    struct stat st;
+    return stat(p, &st) == 0 ? p : NULL;
+}
+
+static char *slurp_fd(int fd) {
+    size_t cap = 4096, n = 0;
+    char *b = malloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) b = realloc(b, cap *= 2);
+        ssize_t r = read(fd, b + n, cap - n - 1);
+        if (r <= 0) break;
+        n += (size_t)r;
+    }
+    b[n] = 0;
+    return b;
+}
+
+int test_run_cli(char **out, char **err, const char *const *args) {
+    char ofile[] = "/tmp/ea_test_outXXXXXX", efile[] = "/tmp/ea_test_errXXXXXX";
+    int ofd = mkstemp(ofile), efd = mkstemp(efile);
+    if (ofd < 0 || efd < 0) return -1;
+    size_t na = 0;
+    while (args[na]) na++;
+    const char **argv = calloc(na + 2, sizeof *argv);
+    argv[0] = EA_CLI_PATH;
+    for (size_t i = 0; i < na; i++) argv[i + 1] = args[i];
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(ofd, 1);
+        dup2(efd, 2);
+        execv(EA_CLI_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    free(argv);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    lseek(ofd, 0, SEEK_SET);
+    lseek(efd, 0, SEEK_SET);
+    char *o = slurp_fd(ofd), *e = slurp_fd(efd);
+    close(ofd);
+    close(efd);
+    unlink(ofile);
+    unlink(efile);
+    if (out) *out = o; else free(o);
+    if (err) *err = e; else free(e);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+double test_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+double test_nmse(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
+char *test_tmpdir(void) {
+    char tmpl[] = "/tmp/ea_testXXXXXX";
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}
+
+void test_rmdir(const char *dir) {
+    if (!dir) return;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+int test_write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, n, f);
+    return (fclose(f) == 0 && w == n) ? 0 : -1;
+}
