@@ -1,4 +1,190 @@
-/* placeholder: the ESAP module (issue 6) defines this API. */
+/* eigen-alignment ESAP (Eigen Spectrum Alignment Protocol): spectrum handshake between two
+ * models, orthogonal Procrustes alignment on shared anchors, and k-float messages between them.
+ * The math takes plain matrices (row-major), so everything here works without a model; the
+ * ea_esap_anchors_* functions at the end build anchor matrices from loaded models. */
 #ifndef EA_ESAP_H
 #define EA_ESAP_H
+
+#include "ea/core.h"
+#include "ea/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- 1. Spectrum handshake ------------------------------------------------------------- */
+
+/* Largest dimension a spectrum message may claim: bounds what a hostile message can allocate. */
+#define EA_ESAP_MAX_DIM 65536
+/* Longest fingerprint / site string in a message (printable ASCII). */
+#define EA_ESAP_MAX_NAME 128
+/* The note's threshold: Pearson r of the C(k) curves above this is called "converged". */
+#define EA_ESAP_CONVERGED_R 0.9
+/* Eigenvalues of a message must sum to 1 within this. */
+#define EA_ESAP_SUM_TOL 1e-9
+
+/* What one model sends: its spectrum at one site, normalized to sum 1. */
+typedef struct {
+    char fingerprint[EA_ESAP_MAX_NAME + 1];
+    char site[EA_ESAP_MAX_NAME + 1]; /* "wte", "hidden:3", ... */
+    int d;
+    int K;               /* number of C(k) values, 1 <= K <= d */
+    double df;           /* (Σλ)² / Σλ² */
+    double *eigenvalues; /* d, descending, non-negative, sum 1 */
+    double *ck;          /* ck[k-1] = C(k) = Σ_{i<k} λ_i, k = 1..K */
+} ea_esap_spectrum;
+
+/* Build a message from d eigenvalues (any order, any positive scale; tiny negatives from
+ * rounding, above -1e-12 of the largest, are clamped to 0). K <= 0 means K = d. */
+ea_status ea_esap_spectrum_init(ea_esap_spectrum *s, const double *eigenvalues, int d, int K,
+                                const char *fingerprint, const char *site);
+void ea_esap_spectrum_free(ea_esap_spectrum *s);
+
+/* Stable JSON: fixed key order, every number printed with %.17g so parsing gives back the
+ * same doubles bit for bit. *json is malloc'd and NUL-terminated. */
+ea_status ea_esap_spectrum_to_json(const ea_esap_spectrum *s, char **json, size_t *len);
+/* Parse and validate (types, lengths, finiteness, d <= EA_ESAP_MAX_DIM, eigenvalues
+ * non-negative, descending and summing to 1, Df and C(k) consistent with them, no unknown or
+ * duplicate keys). name appears in error messages (a path, or "message"). */
+ea_status ea_esap_spectrum_parse(const char *json, size_t len, const char *name, ea_esap_spectrum *out);
+ea_status ea_esap_spectrum_save(const ea_esap_spectrum *s, const char *path);
+ea_status ea_esap_spectrum_load(const char *path, ea_esap_spectrum *out);
+
+/* Pearson correlation of x and y (n values); NaN when n < 2 or either is constant. */
+double ea_esap_pearson(const double *x, const double *y, int n);
+/* C(k) = Σ_{i<k} ev_i / Σ ev for k = 1..K into ck (ev descending, d values). */
+void ea_esap_cumulative(const double *ev, int d, int K, double *ck);
+/* Controls. Eigenvalues (descending) of the sample covariance of n isotropic Gaussian vectors in
+ * d dimensions, deterministic in seed; and the power law λ_i ∝ i^-alpha, i = 1..d. */
+ea_status ea_esap_isotropic_spectrum(int d, int n, uint64_t seed, double *ev);
+void ea_esap_powerlaw_spectrum(int d, double alpha, double *ev);
+
+typedef struct {
+    int d_a, d_b, K;
+    double df_a, df_b;
+    double ck_pearson;  /* r of C_a(k), C_b(k) over k = 1..K; NaN if undefined */
+    double threshold;   /* EA_ESAP_CONVERGED_R */
+    int converged;      /* ck_pearson > threshold */
+    /* r of each curve against an isotropic Gaussian sample (same d, n = 10·d, seeded) and
+     * against λ_i ∝ 1/i of the same d, over the same k = 1..K. */
+    double a_vs_isotropic, b_vs_isotropic, a_vs_powerlaw, b_vs_powerlaw;
+    int isotropic_n;
+} ea_esap_handshake;
+/* K <= 0 means min(d_a, d_b); K must not exceed either message's K. */
+ea_status ea_esap_compare(const ea_esap_spectrum *a, const ea_esap_spectrum *b, int K, uint64_t seed,
+                          ea_esap_handshake *out);
+
+/* ---- 2. Alignment ---------------------------------------------------------------------- */
+
+/* Orthogonal Procrustes: W = argmin ‖A W − B‖_F over W with orthonormal columns (da × db,
+ * da >= db) or rows (da < db), W = U Vᵀ from the SVD of AᵀB = U Σ Vᵀ (LAPACK dgesdd).
+ * a: n × da, b: n × db, w: da × db, all row-major. */
+ea_status ea_procrustes(const double *a, const double *b, int n, int da, int db, double *w);
+
+/* One side's own eigenbasis: the mean and the covariance eigenvectors of its anchor vectors
+ * (no correspondence is used, so it leaks nothing about the pairing). */
+typedef struct ea_esap_basis ea_esap_basis;
+ea_status ea_esap_basis_fit(const float *x, int n, int d, ea_esap_basis **out);
+void ea_esap_basis_free(ea_esap_basis *b);
+int ea_esap_basis_dim(const ea_esap_basis *b);
+/* Covariance eigenvalues, descending (d values). */
+const double *ea_esap_basis_eigenvalues(const ea_esap_basis *b);
+/* Centre n rows of d floats and project on the top-k eigenvectors: out n × k. */
+ea_status ea_esap_basis_project(const ea_esap_basis *b, const float *x, int n, int k, float *out);
+/* Back from k coefficients to d dims (centred: the mean is not added): out n × d. */
+ea_status ea_esap_basis_lift(const ea_esap_basis *b, const float *z, int n, int k, float *out);
+
+/* Deterministic split of n anchors: perm (n entries) is a seeded permutation; training anchors
+ * are perm[0 .. n_train), held-out anchors perm[n - n_test .. n). Growing n_train with the same
+ * seed and n_test keeps the held-out set fixed, so sweeps compare like with like. */
+ea_status ea_esap_split(int n, int n_train, int n_test, uint64_t seed, int *perm);
+
+/* Retrieval of pairs (x_i, y_i): for each mapped source row x_i, rank every target row y_j by
+ * cosine (nearest neighbour) and by CSLS (Conneau et al. 2018): 2cos(x,y) − r_T(x) − r_S(y),
+ * r = mean cosine to the csls_k nearest neighbours in the other set. Ties count against the
+ * true pair. */
+typedef struct {
+    int n;
+    double p_at_1, p_at_10;
+    double csls_p_at_1, csls_p_at_10;
+    double mean_cos; /* mean cosine of the pairs (x_i, y_i) */
+} ea_esap_retrieval;
+#define EA_ESAP_CSLS_K 10
+ea_status ea_esap_retrieve(const float *x, const float *y, int n, int k, int csls_k, ea_esap_retrieval *out);
+
+typedef struct {
+    int rank, train_anchors, test_anchors;
+    ea_esap_retrieval test;   /* held-out pairs, W fitted on the training pairs */
+    double train_cosine;      /* IN-SAMPLE: mean cosine of the training pairs W was fitted on */
+    ea_esap_retrieval null;   /* held-out pairs, W fitted on shuffled training correspondences */
+    double null_train_cosine; /* in-sample cosine of that null fit */
+    double chance_p_at_1;     /* 1 / test_anchors */
+} ea_esap_align_report;
+/* za, zb: the n anchors of each side already reduced to k dims (ea_esap_basis_project), row i
+ * of za paired with row i of zb. Splits with ea_esap_split(seed), fits W on the training pairs
+ * and evaluates on the held-out ones; w (k × k, optional) receives W. The null shuffles the
+ * training correspondences with a stream derived from seed. */
+ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
+                             uint64_t seed, double *w, ea_esap_align_report *out);
+
+/* ---- 3. Messages ----------------------------------------------------------------------- */
+
+/* Agent A sends the k eigen-coefficients of a token's vector (float32, or rounded to float16);
+ * agent B maps them with W into its own k-space, lifts them to its full d_b-dim space with its
+ * eigenbasis and resolves the token by cosine nearest neighbour among its own (centred, full)
+ * vectors of the held-out tokens. W is fitted on the training anchors as in ea_esap_align_eval. */
+typedef struct {
+    int rank, train_anchors, test_anchors;
+    size_t bytes_f32, bytes_f16; /* per message: 4k and 2k */
+    size_t bytes_full;           /* the full float32 vector of A: 4·d_a */
+    double acc_f32, acc_f16;     /* token resolved exactly (top 1) */
+    double top10_f32;            /* true token among B's 10 nearest */
+    double null_acc_f32;         /* W fitted on shuffled training correspondences */
+    double chance;               /* 1 / test_anchors */
+} ea_esap_message_report;
+ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+                               const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
+                               ea_esap_message_report *out);
+
+/* ---- Anchors from models --------------------------------------------------------------- */
+
+/* Representation of anchor tokens: rows of the token embedding, or the hidden state entering
+ * block `layer` (layer = n_layer: the final output after ln_f) averaged over the token's
+ * occurrences in a text. */
+typedef enum { EA_ESAP_REPR_WTE = 0, EA_ESAP_REPR_HIDDEN = 1 } ea_esap_repr_kind;
+typedef struct {
+    ea_esap_repr_kind kind;
+    int layer_a, layer_b; /* hidden only; -1 means the model's last (n_layer) */
+} ea_esap_repr;
+/* "wte", "hidden:L", "hidden:last" or "hidden:LA,LB" (a layer for each model). */
+ea_status ea_esap_repr_parse(const char *s, ea_esap_repr *out);
+/* Canonical name of one side's representation ("wte" or "hidden:L"), into buf. */
+void ea_esap_repr_name(const ea_esap_repr *r, int side_b, const ea_model *m, char *buf, size_t size);
+
+/* Hidden states of one model over a token stream, cut into windows of ctx tokens, each run from
+ * an empty cache. Accumulates the covariance of all positions (for the handshake) and the
+ * per-token sums (for averaged anchors). */
+typedef struct ea_esap_hidden ea_esap_hidden;
+ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx,
+                                 void (*progress)(size_t done, size_t total), ea_esap_hidden **out);
+void ea_esap_hidden_free(ea_esap_hidden *h);
+int ea_esap_hidden_dim(const ea_esap_hidden *h);
+size_t ea_esap_hidden_positions(const ea_esap_hidden *h);
+/* Covariance (n-1 denominator) of all captured positions, d × d. */
+ea_status ea_esap_hidden_covariance(const ea_esap_hidden *h, double *cov);
+/* Mean hidden state of token id over its occurrences; 0 occurrences → returns 0 (out untouched). */
+int ea_esap_hidden_token_count(const ea_esap_hidden *h, int id);
+ea_status ea_esap_hidden_token_mean(const ea_esap_hidden *h, int id, float *out);
+
+/* The anchor pair matrices for two models: token ids shared by both vocabularies (same GPT-2
+ * tokenizer: every id below the smaller vocab size) and, for hidden representations, seen at
+ * least once in both collections. ids, a (n × d_a) and b (n × d_b) are malloc'd. ha/hb may be
+ * NULL for EA_ESAP_REPR_WTE. */
+ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea_esap_repr *r,
+                                const ea_esap_hidden *ha, const ea_esap_hidden *hb, int **ids,
+                                float **a, float **b, int *n);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

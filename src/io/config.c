@@ -1,0 +1,85 @@
+/* config.json of a GPT-2 checkpoint: the hyper-parameters we need, each checked. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ea/io.h"
+
+#define EA_CONFIG_MAX_BYTES (1u << 20)
+
+static ea_status get_int(const cJSON *root, const char *key, const char *path, int min, int max, int *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j) return ea_error(EA_ERR_FORMAT, "%s: missing \"%s\"", path, key);
+    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < min || j->valuedouble > max)
+        return ea_error(EA_ERR_FORMAT, "%s: \"%s\" must be an integer in [%d, %d]", path, key, min, max);
+    *out = (int)j->valuedouble;
+    return EA_OK;
+}
+
+ea_status ea_config_parse(const char *json, size_t len, const char *path, ea_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root) return ea_error(EA_ERR_FORMAT, "%s: not valid JSON", path);
+    ea_status st = EA_OK;
+    if (!cJSON_IsObject(root)) { st = ea_error(EA_ERR_FORMAT, "%s: not a JSON object", path); goto done; }
+    if ((st = get_int(root, "n_layer", path, 1, 1024, &cfg->n_layer)) ||
+        (st = get_int(root, "n_head", path, 1, 1024, &cfg->n_head)) ||
+        (st = get_int(root, "n_embd", path, 1, 65536, &cfg->n_embd)) ||
+        (st = get_int(root, "n_positions", path, 1, 1 << 20, &cfg->n_positions)) ||
+        (st = get_int(root, "vocab_size", path, 1, 1 << 22, &cfg->vocab_size)))
+        goto done;
+    if (cfg->n_embd % cfg->n_head) {
+        st = ea_error(EA_ERR_FORMAT, "%s: n_embd %d is not divisible by n_head %d", path, cfg->n_embd, cfg->n_head);
+        goto done;
+    }
+    const cJSON *inner = cJSON_GetObjectItemCaseSensitive(root, "n_inner");
+    if (inner && !cJSON_IsNull(inner)) {
+        if ((st = get_int(root, "n_inner", path, 1, 1 << 20, &cfg->n_inner))) goto done;
+    } else cfg->n_inner = 4 * cfg->n_embd;
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
+    cfg->layer_norm_epsilon = 1e-5f;
+    if (eps) {
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0 && eps->valuedouble < 1)) {
+            st = ea_error(EA_ERR_FORMAT, "%s: layer_norm_epsilon must be a number in (0, 1)", path);
+            goto done;
+        }
+        cfg->layer_norm_epsilon = (float)eps->valuedouble;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
+    if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "gelu_new"))) {
+        st = ea_error(EA_ERR_UNSUPPORTED, "%s: activation_function %s%s%s is not supported (only gelu_new)", path,
+                      cJSON_IsString(act) ? "\"" : "", cJSON_IsString(act) ? act->valuestring : "(not a string)",
+                      cJSON_IsString(act) ? "\"" : "");
+        goto done;
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2"))) {
+        st = ea_error(EA_ERR_UNSUPPORTED, "%s: model_type is not \"gpt2\"", path);
+        goto done;
+    }
+    /* Variants that change the arithmetic are refused rather than silently computed wrong. */
+    const char *flags[] = {"scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"};
+    for (size_t i = 0; i < 3; i++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, flags[i]);
+        if (f && cJSON_IsTrue(f)) {
+            st = ea_error(EA_ERR_UNSUPPORTED, "%s: %s = true is not supported", path, flags[i]);
+            goto done;
+        }
+    }
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(root, "scale_attn_weights");
+    if (sc && cJSON_IsFalse(sc)) st = ea_error(EA_ERR_UNSUPPORTED, "%s: scale_attn_weights = false is not supported", path);
+done:
+    cJSON_Delete(root);
+    return st;
+}
+
+ea_status ea_config_load(const char *path, ea_config *cfg) {
+    char *buf;
+    size_t n;
+    ea_status st = ea_read_file(path, EA_CONFIG_MAX_BYTES, &buf, &n);
+    if (st) return st;
+    st = ea_config_parse(buf, n, path, cfg);
+    free(buf);
+    return st;
+}

@@ -1,0 +1,51 @@
+/* Model internals shared by the files of src/model. */
+#ifndef EA_MODEL_INTERNAL_H
+#define EA_MODEL_INTERNAL_H
+
+#include "ea/kvcodec.h"
+#include "ea/model.h"
+
+typedef struct {
+    float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
+    float *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
+} ea_layer_weights;
+
+/* Run state, sized for the largest batch seen so far (grown on demand). */
+typedef struct {
+    int cap_t;   /* rows the buffers hold */
+    int cap_kv;  /* positions the attention scratch holds */
+    float *x, *xn, *qkv, *q, *att, *fc, *tmp;
+    float *scores; /* n_threads × cap_kv */
+    int n_threads;
+} ea_run_state;
+
+struct ea_model {
+    ea_config cfg;
+    char *dir;
+    char fingerprint[17];
+    float *params; /* one allocation; every weight pointer below points into it */
+    size_t n_params;
+    float *wte, *wpe, *lnf_w, *lnf_b;
+    ea_layer_weights *layers;
+    ea_run_state rs;
+    ea_capture_fn capture;
+    void *capture_user;
+    int check_finite;
+};
+
+/* The cache, as the forward pass sees it. */
+struct ea_kvcache {
+    ea_config cfg;
+    int cap, len;
+    const ea_kv_codec *codec; /* NULL: float32 rows stored directly */
+    size_t *row_bytes;        /* [layer*2 + kind] */
+    unsigned char **store;    /* [layer*2 + kind], cap rows each */
+    float *kdec, *vdec;       /* decoded rows for one layer (cap × d), codec caches only */
+};
+
+/* Append n rows (stride ld) of K and V of one layer at positions pos0.. (pos0 == len). */
+void ea_kvcache_append(ea_kvcache *c, int layer, int pos0, int n, const float *k, const float *v, int ld);
+/* Float views of rows 0..n-1 of a layer (decoded if needed). */
+void ea_kvcache_view(ea_kvcache *c, int layer, int n, const float **k, const float **v);
+
+#endif

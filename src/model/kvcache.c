@@ -1,0 +1,86 @@
+/* The KV cache: per layer and kind, one fixed-size encoded row per token. The forward pass
+ * never knows the codec; with no codec, rows are plain float32 and read in place. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/internal.h"
+
+ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, const ea_kv_codec *codec) {
+    *out = NULL;
+    if (capacity < 1 || capacity > cfg->n_positions)
+        return ea_error(EA_ERR_ARG, "kv cache capacity %d outside [1, n_positions=%d]", capacity, cfg->n_positions);
+    if (codec && (codec->n_layer != cfg->n_layer || codec->d != cfg->n_embd))
+        return ea_error(EA_ERR_MISMATCH, "kv codec '%s' was built for %d layers x %d dims, the model has %d x %d",
+                        codec->name, codec->n_layer, codec->d, cfg->n_layer, cfg->n_embd);
+    ea_kvcache *c = calloc(1, sizeof *c);
+    if (!c) return ea_error(EA_ERR_NOMEM, "kv cache: out of memory");
+    c->cfg = *cfg;
+    c->cap = capacity;
+    c->codec = codec;
+    int nb = 2 * cfg->n_layer;
+    c->row_bytes = calloc((size_t)nb, sizeof *c->row_bytes);
+    c->store = calloc((size_t)nb, sizeof *c->store);
+    if (!c->row_bytes || !c->store) goto nomem;
+    for (int i = 0; i < nb; i++) {
+        c->row_bytes[i] = codec ? codec->ops->row_bytes(codec, i / 2, (ea_kv_kind)(i % 2)) : sizeof(float) * (size_t)cfg->n_embd;
+        size_t bytes;
+        if (ea_mul_size(c->row_bytes[i], (size_t)capacity, &bytes) || !(c->store[i] = malloc(bytes ? bytes : 1))) goto nomem;
+    }
+    if (codec) {
+        size_t n = (size_t)capacity * (size_t)cfg->n_embd;
+        if (!(c->kdec = malloc(n * sizeof(float))) || !(c->vdec = malloc(n * sizeof(float)))) goto nomem;
+    }
+    *out = c;
+    return EA_OK;
+nomem:
+    ea_kvcache_free(c);
+    return ea_error(EA_ERR_NOMEM, "kv cache: cannot allocate %d tokens", capacity);
+}
+
+void ea_kvcache_free(ea_kvcache *c) {
+    if (!c) return;
+    if (c->store)
+        for (int i = 0; i < 2 * c->cfg.n_layer; i++) free(c->store[i]);
+    free(c->store);
+    free(c->row_bytes);
+    free(c->kdec);
+    free(c->vdec);
+    free(c);
+}
+
+void ea_kvcache_reset(ea_kvcache *c) { c->len = 0; }
+int ea_kvcache_len(const ea_kvcache *c) { return c->len; }
+int ea_kvcache_capacity(const ea_kvcache *c) { return c->cap; }
+const ea_kv_codec *ea_kvcache_codec(const ea_kvcache *c) { return c->codec; }
+
+size_t ea_kvcache_bytes_for(const ea_kvcache *c, int ntok) {
+    size_t row = 0;
+    for (int i = 0; i < 2 * c->cfg.n_layer; i++) row += c->row_bytes[i];
+    return row * (size_t)ntok;
+}
+
+size_t ea_kvcache_allocated_bytes(const ea_kvcache *c) { return ea_kvcache_bytes_for(c, c->cap); }
+
+void ea_kvcache_append(ea_kvcache *c, int layer, int pos0, int n, const float *k, const float *v, int ld) {
+    for (int kind = 0; kind < 2; kind++) {
+        const float *src = kind ? v : k;
+        size_t rb = c->row_bytes[layer * 2 + kind];
+        unsigned char *dst = c->store[layer * 2 + kind] + rb * (size_t)pos0;
+        for (int i = 0; i < n; i++) {
+            if (c->codec) c->codec->ops->encode(c->codec, layer, (ea_kv_kind)kind, pos0 + i, src + (size_t)i * ld, dst + rb * i);
+            else memcpy(dst + rb * i, src + (size_t)i * ld, rb);
+        }
+    }
+}
+
+void ea_kvcache_view(ea_kvcache *c, int layer, int n, const float **k, const float **v) {
+    if (!c->codec) {
+        *k = (const float *)(void *)c->store[layer * 2];
+        *v = (const float *)(void *)c->store[layer * 2 + 1];
+        return;
+    }
+    c->codec->ops->decode(c->codec, layer, EA_KV_K, 0, n, c->store[layer * 2], c->kdec);
+    c->codec->ops->decode(c->codec, layer, EA_KV_V, 0, n, c->store[layer * 2 + 1], c->vdec);
+    *k = c->kdec;
+    *v = c->vdec;
+}

@@ -1,0 +1,236 @@
+/* Loading a Hugging Face GPT-2 checkpoint: config.json plus one safetensors file or the shards
+ * of model.safetensors.index.json. All weights are converted to float32 into one allocation. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "model/internal.h"
+
+#define EA_INDEX_MAX_BYTES (16u << 20)
+#define EA_MAX_SHARDS 256
+
+typedef struct {
+    int n;
+    ea_st_file *files[EA_MAX_SHARDS];
+    char *names[EA_MAX_SHARDS];
+    cJSON *weight_map; /* NULL for a single file */
+    cJSON *index_root;
+    char index_path[4096];
+} ea_checkpoint;
+
+static void checkpoint_close(ea_checkpoint *ck) {
+    for (int i = 0; i < ck->n; i++) { ea_st_close(ck->files[i]); free(ck->names[i]); }
+    cJSON_Delete(ck->index_root);
+    memset(ck, 0, sizeof *ck);
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* Shard names come from an untrusted index: plain file names only, no paths. */
+static int shard_name_ok(const char *s) {
+    return *s && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..") && strlen(s) < 256;
+}
+
+static ea_status checkpoint_open(const char *dir, ea_checkpoint *ck) {
+    memset(ck, 0, sizeof *ck);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (file_exists(path)) {
+        ck->n = 1;
+        ck->names[0] = strdup("model.safetensors");
+        return ea_st_open(path, &ck->files[0]);
+    }
+    snprintf(ck->index_path, sizeof ck->index_path, "%s/model.safetensors.index.json", dir);
+    if (!file_exists(ck->index_path))
+        return ea_error(EA_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
+    char *buf;
+    size_t n;
+    ea_status st = ea_read_file(ck->index_path, EA_INDEX_MAX_BYTES, &buf, &n);
+    if (st) return st;
+    ck->index_root = cJSON_ParseWithLength(buf, n);
+    free(buf);
+    if (!ck->index_root) return ea_error(EA_ERR_FORMAT, "%s: not valid JSON", ck->index_path);
+    ck->weight_map = cJSON_GetObjectItemCaseSensitive(ck->index_root, "weight_map");
+    if (!cJSON_IsObject(ck->weight_map)) return ea_error(EA_ERR_FORMAT, "%s: no \"weight_map\" object", ck->index_path);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, ck->weight_map) {
+        if (!cJSON_IsString(it)) return ea_error(EA_ERR_FORMAT, "%s: weight_map entry '%s' is not a string", ck->index_path, it->string);
+        const char *s = it->valuestring;
+        if (!shard_name_ok(s))
+            return ea_error(EA_ERR_FORMAT, "%s: shard name '%s' is not a plain file name", ck->index_path, s);
+        int known = 0;
+        for (int i = 0; i < ck->n && !known; i++) known = !strcmp(ck->names[i], s);
+        if (known) continue;
+        if (ck->n == EA_MAX_SHARDS) return ea_error(EA_ERR_FORMAT, "%s: more than %d shards", ck->index_path, EA_MAX_SHARDS);
+        snprintf(path, sizeof path, "%s/%s", dir, s);
+        ck->names[ck->n] = strdup(s);
+        if ((st = ea_st_open(path, &ck->files[ck->n++]))) return st;
+    }
+    if (ck->n == 0) return ea_error(EA_ERR_FORMAT, "%s: weight_map is empty", ck->index_path);
+    return EA_OK;
+}
+
+/* Find a tensor under either key layout: "transformer.<name>" or "<name>". */
+static ea_status checkpoint_find(const ea_checkpoint *ck, const char *dir, const char *name,
+                                 const ea_st_file **file, const ea_st_tensor **t) {
+    char full[256];
+    snprintf(full, sizeof full, "transformer.%s", name);
+    const char *keys[2] = {full, name};
+    for (int k = 0; k < 2; k++) {
+        if (ck->weight_map) {
+            const cJSON *e = cJSON_GetObjectItemCaseSensitive(ck->weight_map, keys[k]);
+            if (!e) continue;
+            for (int i = 0; i < ck->n; i++)
+                if (!strcmp(ck->names[i], e->valuestring)) {
+                    *file = ck->files[i];
+                    if ((*t = ea_st_find(ck->files[i], keys[k]))) return EA_OK;
+                    return ea_error(EA_ERR_FORMAT, "%s: index maps '%s' to this shard but it is not there",
+                                    ea_st_path(ck->files[i]), keys[k]);
+                }
+        } else if ((*t = ea_st_find(ck->files[0], keys[k]))) {
+            *file = ck->files[0];
+            return EA_OK;
+        }
+    }
+    return ea_error(EA_ERR_FORMAT, "%s: missing tensor '%s' (also tried 'transformer.%s')",
+                    ck->weight_map ? ck->index_path : ea_st_path(ck->files[0]), name, name);
+    (void)dir;
+}
+
+static ea_status load_tensor(const ea_checkpoint *ck, const char *dir, const char *name, int64_t d0, int64_t d1,
+                             float *dst) {
+    const ea_st_file *f = NULL;
+    const ea_st_tensor *t = NULL;
+    ea_status st = checkpoint_find(ck, dir, name, &f, &t);
+    if (st) return st;
+    int ndim = d1 > 0 ? 2 : 1;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+        char got[128] = "", want[64];
+        for (int i = 0; i < t->ndim; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        if (ndim == 2) snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+        else snprintf(want, sizeof want, "[%lld]", (long long)d0);
+        return ea_error(EA_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected %s", ea_st_path(f), t->name, got, want);
+    }
+    if (t->dtype != EA_DTYPE_F32 && t->dtype != EA_DTYPE_F16 && t->dtype != EA_DTYPE_BF16)
+        return ea_error(EA_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; weights must be F32, F16 or BF16",
+                        ea_st_path(f), t->name, ea_dtype_name(t->dtype));
+    if ((st = ea_st_to_f32(f, t, dst))) return st;
+    for (size_t i = 0; i < t->numel; i++)
+        if (!isfinite(dst[i]))
+            return ea_error(EA_ERR_NUMERIC, "%s: tensor '%s' has a non-finite value (%g) at index %zu", ea_st_path(f),
+                            t->name, (double)dst[i], i);
+    return EA_OK;
+}
+
+static void fingerprint(ea_model *m) {
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *p = (const unsigned char *)&m->cfg;
+    int ints[6] = {m->cfg.n_layer, m->cfg.n_head, m->cfg.n_embd, m->cfg.n_positions, m->cfg.vocab_size, m->cfg.n_inner};
+    p = (const unsigned char *)ints;
+    for (size_t i = 0; i < sizeof ints; i++) h = (h ^ p[i]) * 1099511628211ull;
+    p = (const unsigned char *)m->params;
+    for (size_t i = 0; i < m->n_params * sizeof(float); i++) h = (h ^ p[i]) * 1099511628211ull;
+    snprintf(m->fingerprint, sizeof m->fingerprint, "%016llx", (unsigned long long)h);
+}
+
+ea_status ea_model_load(const char *dir, ea_model **out) {
+    *out = NULL;
+    if (!dir || !*dir) return ea_error(EA_ERR_ARG, "empty model directory");
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return ea_error(EA_ERR_IO, "%s: not a model directory", dir);
+    ea_model *m = calloc(1, sizeof *m);
+    if (!m) return ea_error(EA_ERR_NOMEM, "out of memory");
+    m->check_finite = 1;
+    m->dir = strdup(dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ea_checkpoint ck = {0};
+    ea_status st = ea_config_load(path, &m->cfg);
+    if (st) goto fail;
+    const ea_config *c = &m->cfg;
+    size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
+    size_t per_layer = 2 * C + C * 3 * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C;
+    size_t total = V * C + P * C + 2 * C + per_layer * (size_t)c->n_layer;
+    m->n_params = total;
+    m->params = malloc(total * sizeof(float));
+    m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
+    if (!m->params || !m->layers) { st = ea_error(EA_ERR_NOMEM, "%s: cannot allocate %zu parameters", dir, total); goto fail; }
+    if ((st = checkpoint_open(dir, &ck))) goto fail;
+    float *p = m->params;
+#define TAKE(ptr, n) (ptr = p, p += (n))
+    TAKE(m->wte, V * C);
+    TAKE(m->wpe, P * C);
+    TAKE(m->lnf_w, C);
+    TAKE(m->lnf_b, C);
+    if ((st = load_tensor(&ck, dir, "wte.weight", (int64_t)V, (int64_t)C, m->wte)) ||
+        (st = load_tensor(&ck, dir, "wpe.weight", (int64_t)P, (int64_t)C, m->wpe)) ||
+        (st = load_tensor(&ck, dir, "ln_f.weight", (int64_t)C, 0, m->lnf_w)) ||
+        (st = load_tensor(&ck, dir, "ln_f.bias", (int64_t)C, 0, m->lnf_b)))
+        goto fail;
+    for (int l = 0; l < c->n_layer; l++) {
+        ea_layer_weights *w = &m->layers[l];
+        struct { const char *name; float **dst; size_t d0, d1; } spec[] = {
+            {"ln_1.weight", &w->ln1_w, C, 0},       {"ln_1.bias", &w->ln1_b, C, 0},
+            {"attn.c_attn.weight", &w->attn_w, C, 3 * C}, {"attn.c_attn.bias", &w->attn_b, 3 * C, 0},
+            {"attn.c_proj.weight", &w->proj_w, C, C}, {"attn.c_proj.bias", &w->proj_b, C, 0},
+            {"ln_2.weight", &w->ln2_w, C, 0},       {"ln_2.bias", &w->ln2_b, C, 0},
+            {"mlp.c_fc.weight", &w->fc_w, C, F},    {"mlp.c_fc.bias", &w->fc_b, F, 0},
+            {"mlp.c_proj.weight", &w->fcproj_w, F, C}, {"mlp.c_proj.bias", &w->fcproj_b, C, 0},
+        };
+        for (size_t i = 0; i < sizeof spec / sizeof *spec; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "h.%d.%s", l, spec[i].name);
+            TAKE(*spec[i].dst, spec[i].d0 * (spec[i].d1 ? spec[i].d1 : 1));
+            if ((st = load_tensor(&ck, dir, name, (int64_t)spec[i].d0, (int64_t)spec[i].d1, *spec[i].dst))) goto fail;
+        }
+    }
+#undef TAKE
+    checkpoint_close(&ck);
+    fingerprint(m);
+    *out = m;
+    return EA_OK;
+fail:
+    checkpoint_close(&ck);
+    ea_model_free(m);
+    return st;
+}
+
+void ea_model_free(ea_model *m) {
+    if (!m) return;
+    ea_run_state *r = &m->rs;
+    free(r->x); free(r->xn); free(r->qkv); free(r->q); free(r->att); free(r->fc); free(r->tmp); free(r->scores);
+    free(m->params);
+    free(m->layers);
+    free(m->dir);
+    free(m);
+}
+
+const ea_config *ea_model_config(const ea_model *m) { return &m->cfg; }
+const char *ea_model_dir(const ea_model *m) { return m->dir; }
+const char *ea_model_fingerprint(const ea_model *m) { return m->fingerprint; }
+const float *ea_model_wte(const ea_model *m) { return m->wte; }
+void ea_model_set_capture(ea_model *m, ea_capture_fn fn, void *user) { m->capture = fn; m->capture_user = user; }
+void ea_model_set_check_finite(ea_model *m, int on) { m->check_finite = on; }
+
+const char *ea_site_name(ea_site s) {
+    switch (s) {
+    case EA_SITE_HIDDEN: return "hidden";
+    case EA_SITE_Q: return "q";
+    case EA_SITE_K: return "k";
+    case EA_SITE_V: return "v";
+    }
+    return "?";
+}
+
+ea_status ea_site_parse(const char *name, ea_site *out) {
+    for (int s = 0; s < 4; s++)
+        if (!strcmp(name, ea_site_name((ea_site)s))) { *out = (ea_site)s; return EA_OK; }
+    return ea_error(EA_ERR_ARG, "unknown site '%s' (hidden, q, k, v)", name);
+}

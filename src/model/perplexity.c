@@ -1,0 +1,54 @@
+/* Perplexity over non-overlapping windows, each scored from an empty cache. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "model/internal.h"
+
+double ea_log_softmax(const float *logits, int n, float *out) {
+    float mx = logits[0];
+    for (int i = 1; i < n; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
+    double lse = mx + log(sum);
+    if (out)
+        for (int i = 0; i < n; i++) out[i] = (float)(logits[i] - lse);
+    return lse;
+}
+
+int ea_ppl_first_scored(ea_ppl_protocol proto, int len) {
+    /* Targets are positions 1..len-1 (each predicted from the positions before it). */
+    return proto == EA_PPL_LLAMA ? (len / 2 > 1 ? len / 2 : 1) : 1;
+}
+
+ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n, int ctx, ea_ppl_protocol proto,
+                        ea_ppl_result *res) {
+    res->tokens_scored = 0;
+    res->mean_nll = res->ppl = NAN;
+    if (ctx < 2 || ctx > ea_kvcache_capacity(cache))
+        return ea_error(EA_ERR_ARG, "perplexity: window %d outside [2, cache capacity %d]", ctx, ea_kvcache_capacity(cache));
+    if (n < 2) return ea_error(EA_ERR_ARG, "perplexity: need at least 2 tokens, got %zu", n);
+    int V = m->cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)V * (size_t)ctx);
+    if (!logits) return ea_error(EA_ERR_NOMEM, "perplexity: out of memory");
+    double nll = 0;
+    size_t scored = 0;
+    ea_status st = EA_OK;
+    for (size_t start = 0; start + 1 < n; start += (size_t)ctx) {
+        int len = (int)((n - start) < (size_t)ctx ? (n - start) : (size_t)ctx);
+        if (len < 2) break;
+        ea_kvcache_reset(cache);
+        if ((st = ea_model_forward(m, cache, ids + start, len, logits, 1))) break;
+        for (int t = ea_ppl_first_scored(proto, len); t < len; t++) {
+            const float *row = logits + (size_t)(t - 1) * V;
+            nll += ea_log_softmax(row, V, NULL) - row[ids[start + t]];
+            scored++;
+        }
+    }
+    free(logits);
+    if (st) return st;
+    res->tokens_scored = scored;
+    res->mean_nll = scored ? nll / (double)scored : NAN;
+    res->ppl = exp(res->mean_nll);
+    return EA_OK;
+}
