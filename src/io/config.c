@@ -23,7 +23,7 @@ ea_status ea_config_parse(const char *json, size_t len, const char *path, ea_con
     if (!root) return ea_error(EA_ERR_FORMAT, "%s: not valid JSON", path);
     ea_status st = EA_OK;
     if (!cJSON_IsObject(root)) { st = ea_error(EA_ERR_FORMAT, "%s: not a JSON object", path); goto done; }
-    if ((st = get_int(root, "n_layer", path, 1, 1024, &cfg->n_layer)) ||
+    if ((st = get_int(root, "n_layer", path, 1, 256, &cfg->n_layer)) ||
         (st = get_int(root, "n_head", path, 1, 1024, &cfg->n_head)) ||
         (st = get_int(root, "n_embd", path, 1, 65536, &cfg->n_embd)) ||
         (st = get_int(root, "n_positions", path, 1, 1 << 20, &cfg->n_positions)) ||

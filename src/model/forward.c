@@ -10,7 +10,8 @@
 static ea_status run_state_reserve(ea_model *m, int t, int kv) {
     ea_run_state *r = &m->rs;
     size_t C = (size_t)m->cfg.n_embd, F = (size_t)m->cfg.n_inner;
-    if (t > r->cap_t) {
+    int grew = t > r->cap_t;
+    if (grew) {
         float **bufs[] = {&r->x, &r->xn, &r->qkv, &r->q, &r->att, &r->fc, &r->tmp};
         size_t widths[] = {C, C, 3 * C, C, C, F, C};
         for (int i = 0; i < 7; i++) {
@@ -23,9 +24,10 @@ static ea_status run_state_reserve(ea_model *m, int t, int kv) {
         r->cap_t = t;
     }
     int nth = omp_get_max_threads();
-    if (kv > r->cap_kv || nth != r->n_threads) {
+    if (grew || kv > r->cap_kv || nth != r->n_threads) {
         free(r->scores);
-        if (!(r->scores = malloc(sizeof(float) * (size_t)kv * (size_t)nth))) {
+        /* per thread: one head's score matrix for t queries × kv keys */
+        if (!(r->scores = malloc(sizeof(float) * (size_t)kv * (size_t)r->cap_t * (size_t)nth))) {
             r->cap_kv = 0;
             return ea_error(EA_ERR_NOMEM, "forward: cannot allocate attention scratch");
         }
@@ -49,10 +51,16 @@ static void layernorm(float *out, const float *x, const float *w, const float *b
     }
 }
 
-/* out (n × cols) = x (n × rows) W (rows × cols) + bias: Conv1D stores W as [in, out]. */
-static void matmul_bias(float *out, const float *x, const float *W, const float *bias, int n, int rows, int cols) {
+/* out (n × cols) = x (n × rows) W (rows × cols) + bias: Conv1D stores W as [in, out]. One token
+ * takes the decode layout Wt ([out, in], stored precision) instead. */
+static void matmul_bias(float *out, const float *x, const float *W, const ea_rowmat *Wt, const float *bias, int n, int rows,
+                        int cols) {
+    if (n == 1) {
+        ea_matvec(out, Wt, bias, x);
+        return;
+    }
     for (int i = 0; i < n; i++) memcpy(out + (size_t)i * cols, bias, sizeof(float) * (size_t)cols);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, cols, rows, 1.0f, x, rows, W, cols, 1.0f, out, cols);
+    ea_gemm(n, cols, rows, x, rows, W, cols, 0, out, cols, 1.0f);
 }
 
 static void gelu_new(float *x, size_t n) {
@@ -61,6 +69,28 @@ static void gelu_new(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         x[i] = 0.5f * v * (1.0f + tanhf(s * (v + 0.044715f * v * v * v)));
+    }
+}
+
+/* Prefill attention: per head, S = Q Kᵀ and O = softmax(S) V as sgemm (BLAS beats the scalar
+ * loop even though the causal upper triangle is computed and then masked). */
+static void attention_gemm(ea_model *m, const float *q, int nq, int pos0, const float *k, const float *v, float *out) {
+    int C = m->cfg.n_embd, H = m->cfg.n_head, hd = C / H, nk = pos0 + nq;
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int h = 0; h < H; h++) {
+        float *S = m->rs.scores + (size_t)omp_get_thread_num() * m->rs.cap_kv * m->rs.cap_t;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + h * hd, C, k + h * hd, C, 0.0f, S, nk);
+        for (int i = 0; i < nq; i++) {
+            float *row = S + (size_t)i * nk, mx = -INFINITY, sum = 0;
+            int valid = pos0 + i + 1;
+            for (int t = 0; t < valid; t++) mx = row[t] > mx ? row[t] : mx;
+            for (int t = 0; t < valid; t++) { row[t] = expf(row[t] - mx); sum += row[t]; }
+            float inv = 1.0f / sum;
+            for (int t = 0; t < valid; t++) row[t] *= inv;
+            for (int t = valid; t < nk; t++) row[t] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, S, nk, v + h * hd, C, 0.0f, out + h * hd, C);
     }
 }
 
@@ -134,7 +164,7 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
     for (int l = 0; l < c->n_layer; l++) {
         const ea_layer_weights *w = &m->layers[l];
         layernorm(xn, x, w->ln1_w, w->ln1_b, n, C, c->layer_norm_epsilon);
-        matmul_bias(qkv, xn, w->attn_w, w->attn_b, n, C, 3 * C);
+        matmul_bias(qkv, xn, w->attn_w, &w->attn_t, w->attn_b, n, C, 3 * C);
         if (capture(m, EA_SITE_Q, l, pos0, n, C, qkv, 3 * C) || capture(m, EA_SITE_K, l, pos0, n, C, qkv + C, 3 * C) ||
             capture(m, EA_SITE_V, l, pos0, n, C, qkv + 2 * C, 3 * C))
             return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
@@ -146,14 +176,15 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
         } else {
             const float *K, *Vv;
             ea_kvcache_view(cache, l, pos0 + n, &K, &Vv);
-            attention(m, r->q, n, pos0, K, Vv, r->att);
+            if (n > 1) attention_gemm(m, r->q, n, pos0, K, Vv, r->att);
+            else attention(m, r->q, n, pos0, K, Vv, r->att);
         }
-        matmul_bias(r->tmp, r->att, w->proj_w, w->proj_b, n, C, C);
+        matmul_bias(r->tmp, r->att, w->proj_w, &w->proj_t, w->proj_b, n, C, C);
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] += r->tmp[i];
         layernorm(xn, x, w->ln2_w, w->ln2_b, n, C, c->layer_norm_epsilon);
-        matmul_bias(r->fc, xn, w->fc_w, w->fc_b, n, C, F);
+        matmul_bias(r->fc, xn, w->fc_w, &w->fc_t, w->fc_b, n, C, F);
         gelu_new(r->fc, (size_t)n * F);
-        matmul_bias(r->tmp, r->fc, w->fcproj_w, w->fcproj_b, n, F, C);
+        matmul_bias(r->tmp, r->fc, w->fcproj_w, &w->fcproj_t, w->fcproj_b, n, F, C);
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] += r->tmp[i];
         if ((st = check_finite(m, x, (size_t)n * C, "the output", l))) return st;
         if (l + 1 < c->n_layer && capture(m, EA_SITE_HIDDEN, l + 1, pos0, n, C, x, C))
@@ -164,9 +195,9 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
     if (capture(m, EA_SITE_HIDDEN, c->n_layer, pos0, n, C, xn, C)) return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
     if (!logits) return EA_OK;
     /* Tied lm_head: logits = h · wteᵀ. */
-    if (all_logits)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, 1.0f, xn, C, m->wte, C, 0.0f, logits, V);
+    if (all_logits && n > 1)
+        ea_gemm(n, V, C, xn, C, m->wte, C, 1, logits, V, 0.0f);
     else
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, m->wte, C, xn + (size_t)(n - 1) * C, 1, 0.0f, logits, 1);
+        ea_matvec(logits, &m->lm_head, NULL, xn + (size_t)(n - 1) * C);
     return EA_OK;
 }

@@ -4,10 +4,13 @@
 
 #include "ea/kvcodec.h"
 #include "ea/model.h"
+#include "model/matmul.h"
 
 typedef struct {
     float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
     float *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
+    /* The same matrices transposed to [out, in] in stored precision, for one-token decode. */
+    ea_rowmat attn_t, proj_t, fc_t, fcproj_t;
 } ea_layer_weights;
 
 /* Run state, sized for the largest batch seen so far (grown on demand). */
@@ -27,6 +30,9 @@ struct ea_model {
     size_t n_params;
     float *wte, *wpe, *lnf_w, *lnf_b;
     ea_layer_weights *layers;
+    ea_rowmat lm_head; /* wte in stored precision, for decode logits */
+    void *decode_buf;  /* one allocation behind every ea_rowmat */
+    int stored_f16;    /* every weight tensor was F16 in the checkpoint */
     ea_run_state rs;
     ea_capture_fn capture;
     void *capture_user;

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cblas.h>
+
 #include "model/internal.h"
 
 #define EA_INDEX_MAX_BYTES (16u << 20)
@@ -104,7 +106,7 @@ static ea_status checkpoint_find(const ea_checkpoint *ck, const char *dir, const
 }
 
 static ea_status load_tensor(const ea_checkpoint *ck, const char *dir, const char *name, int64_t d0, int64_t d1,
-                             float *dst) {
+                             float *dst, int *all_f16) {
     const ea_st_file *f = NULL;
     const ea_st_tensor *t = NULL;
     ea_status st = checkpoint_find(ck, dir, name, &f, &t);
@@ -121,6 +123,7 @@ static ea_status load_tensor(const ea_checkpoint *ck, const char *dir, const cha
     if (t->dtype != EA_DTYPE_F32 && t->dtype != EA_DTYPE_F16 && t->dtype != EA_DTYPE_BF16)
         return ea_error(EA_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; weights must be F32, F16 or BF16",
                         ea_st_path(f), t->name, ea_dtype_name(t->dtype));
+    if (t->dtype != EA_DTYPE_F16) *all_f16 = 0;
     if ((st = ea_st_to_f32(f, t, dst))) return st;
     for (size_t i = 0; i < t->numel; i++)
         if (!isfinite(dst[i]))
@@ -140,6 +143,47 @@ static void fingerprint(ea_model *m) {
     snprintf(m->fingerprint, sizeof m->fingerprint, "%016llx", (unsigned long long)h);
 }
 
+/* Transposed copies [out, in] of the projection matrices (and wte as is), in the stored
+ * precision: decode is bound by the bytes of weights read per token. */
+typedef struct { ea_rowmat *dst; const float *src; size_t in, out; int transpose; } decode_job;
+
+static ea_status build_decode_weights(ea_model *m) {
+    const ea_config *c = &m->cfg;
+    size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size;
+    size_t per_layer = 3 * C * C + C * C + F * C + C * F, total = per_layer * (size_t)c->n_layer + V * C;
+    size_t esize = m->stored_f16 ? 2 : 4;
+    m->decode_buf = malloc(total * esize);
+    if (!m->decode_buf) return ea_error(EA_ERR_NOMEM, "%s: cannot allocate decode weights", m->dir);
+    size_t off = 0;
+    decode_job jobs[4 * 256 + 1];
+    int nj = 0;
+    for (int l = 0; l < c->n_layer && l < 256; l++) {
+        ea_layer_weights *w = &m->layers[l];
+        jobs[nj++] = (decode_job){&w->attn_t, w->attn_w, C, 3 * C, 1};
+        jobs[nj++] = (decode_job){&w->proj_t, w->proj_w, C, C, 1};
+        jobs[nj++] = (decode_job){&w->fc_t, w->fc_w, C, F, 1};
+        jobs[nj++] = (decode_job){&w->fcproj_t, w->fcproj_w, F, C, 1};
+    }
+    jobs[nj++] = (decode_job){&m->lm_head, m->wte, C, V, 0};
+    for (int j = 0; j < nj; j++) {
+        ea_rowmat *r = jobs[j].dst;
+        size_t in = jobs[j].in, outn = jobs[j].out;
+        r->rows = (int)outn;
+        r->cols = (int)in;
+        if (m->stored_f16) r->f16 = (uint16_t *)m->decode_buf + off;
+        else r->f32 = (float *)m->decode_buf + off;
+        off += in * outn;
+        for (size_t o = 0; o < outn; o++)
+            for (size_t i = 0; i < in; i++) {
+                /* source is [in, out] when transposing, else already [out, in] */
+                float v = jobs[j].transpose ? jobs[j].src[i * outn + o] : jobs[j].src[o * in + i];
+                if (m->stored_f16) r->f16[o * in + i] = ea_f32_to_f16(v);
+                else r->f32[o * in + i] = v;
+            }
+    }
+    return EA_OK;
+}
+
 ea_status ea_model_load(const char *dir, ea_model **out) {
     *out = NULL;
     if (!dir || !*dir) return ea_error(EA_ERR_ARG, "empty model directory");
@@ -148,6 +192,7 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     ea_model *m = calloc(1, sizeof *m);
     if (!m) return ea_error(EA_ERR_NOMEM, "out of memory");
     m->check_finite = 1;
+    m->stored_f16 = 1;
     m->dir = strdup(dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -169,10 +214,10 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     TAKE(m->wpe, P * C);
     TAKE(m->lnf_w, C);
     TAKE(m->lnf_b, C);
-    if ((st = load_tensor(&ck, dir, "wte.weight", (int64_t)V, (int64_t)C, m->wte)) ||
-        (st = load_tensor(&ck, dir, "wpe.weight", (int64_t)P, (int64_t)C, m->wpe)) ||
-        (st = load_tensor(&ck, dir, "ln_f.weight", (int64_t)C, 0, m->lnf_w)) ||
-        (st = load_tensor(&ck, dir, "ln_f.bias", (int64_t)C, 0, m->lnf_b)))
+    if ((st = load_tensor(&ck, dir, "wte.weight", (int64_t)V, (int64_t)C, m->wte, &m->stored_f16)) ||
+        (st = load_tensor(&ck, dir, "wpe.weight", (int64_t)P, (int64_t)C, m->wpe, &m->stored_f16)) ||
+        (st = load_tensor(&ck, dir, "ln_f.weight", (int64_t)C, 0, m->lnf_w, &m->stored_f16)) ||
+        (st = load_tensor(&ck, dir, "ln_f.bias", (int64_t)C, 0, m->lnf_b, &m->stored_f16)))
         goto fail;
     for (int l = 0; l < c->n_layer; l++) {
         ea_layer_weights *w = &m->layers[l];
@@ -188,11 +233,14 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
             char name[128];
             snprintf(name, sizeof name, "h.%d.%s", l, spec[i].name);
             TAKE(*spec[i].dst, spec[i].d0 * (spec[i].d1 ? spec[i].d1 : 1));
-            if ((st = load_tensor(&ck, dir, name, (int64_t)spec[i].d0, (int64_t)spec[i].d1, *spec[i].dst))) goto fail;
+            if ((st = load_tensor(&ck, dir, name, (int64_t)spec[i].d0, (int64_t)spec[i].d1, *spec[i].dst, &m->stored_f16))) goto fail;
         }
     }
 #undef TAKE
     checkpoint_close(&ck);
+    if ((st = build_decode_weights(m))) goto fail;
+    /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). */
+    openblas_set_num_threads(1);
     fingerprint(m);
     *out = m;
     return EA_OK;
@@ -207,6 +255,7 @@ void ea_model_free(ea_model *m) {
     ea_run_state *r = &m->rs;
     free(r->x); free(r->xn); free(r->qkv); free(r->q); free(r->att); free(r->fc); free(r->tmp); free(r->scores);
     free(m->params);
+    free(m->decode_buf);
     free(m->layers);
     free(m->dir);
     free(m);
