@@ -7,6 +7,8 @@
 
 #include "model/internal.h"
 
+#define EA_ATT_BLOCK 64
+
 static ea_status run_state_reserve(ea_model *m, int t, int kv) {
     ea_run_state *r = &m->rs;
     size_t C = (size_t)m->cfg.n_embd, F = (size_t)m->cfg.n_inner;
@@ -26,8 +28,8 @@ static ea_status run_state_reserve(ea_model *m, int t, int kv) {
     int nth = omp_get_max_threads();
     if (grew || kv > r->cap_kv || nth != r->n_threads) {
         free(r->scores);
-        /* per thread: one head's score matrix for t queries × kv keys */
-        if (!(r->scores = malloc(sizeof(float) * (size_t)kv * (size_t)r->cap_t * (size_t)nth))) {
+        /* per thread: one block of queries' scores over kv keys (also >= kv for decode) */
+        if (!(r->scores = malloc(sizeof(float) * (size_t)kv * EA_ATT_BLOCK * (size_t)nth))) {
             r->cap_kv = 0;
             return ea_error(EA_ERR_NOMEM, "forward: cannot allocate attention scratch");
         }
@@ -72,26 +74,32 @@ static void gelu_new(float *x, size_t n) {
     }
 }
 
-/* Prefill attention: per head, S = Q Kᵀ and O = softmax(S) V as sgemm (BLAS beats the scalar
- * loop even though the causal upper triangle is computed and then masked). */
+/* Prefill attention: per head and block of queries, S = Q Kᵀ and O = softmax(S) V as sgemm.
+ * A block only sees keys up to its last query, so little of the causal upper triangle is
+ * computed; BLAS beats the scalar loop even counting the masked part. */
 static void attention_gemm(ea_model *m, const float *q, int nq, int pos0, const float *k, const float *v, float *out) {
-    int C = m->cfg.n_embd, H = m->cfg.n_head, hd = C / H, nk = pos0 + nq;
+    int C = m->cfg.n_embd, H = m->cfg.n_head, hd = C / H, nblk = (nq + EA_ATT_BLOCK - 1) / EA_ATT_BLOCK;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int h = 0; h < H; h++) {
-        float *S = m->rs.scores + (size_t)omp_get_thread_num() * m->rs.cap_kv * m->rs.cap_t;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + h * hd, C, k + h * hd, C, 0.0f, S, nk);
-        for (int i = 0; i < nq; i++) {
-            float *row = S + (size_t)i * nk, mx = -INFINITY, sum = 0;
-            int valid = pos0 + i + 1;
-            for (int t = 0; t < valid; t++) mx = row[t] > mx ? row[t] : mx;
-            for (int t = 0; t < valid; t++) { row[t] = expf(row[t] - mx); sum += row[t]; }
-            float inv = 1.0f / sum;
-            for (int t = 0; t < valid; t++) row[t] *= inv;
-            for (int t = valid; t < nk; t++) row[t] = 0.0f;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int h = 0; h < H; h++)
+        for (int b = nblk - 1; b >= 0; b--) { /* biggest blocks first balances the threads */
+            int i0 = b * EA_ATT_BLOCK, i1 = i0 + EA_ATT_BLOCK < nq ? i0 + EA_ATT_BLOCK : nq, bq = i1 - i0;
+            int nk = pos0 + i1;
+            float *S = m->rs.scores + (size_t)omp_get_thread_num() * m->rs.cap_kv * EA_ATT_BLOCK;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, nk, hd, scale, q + (size_t)i0 * C + h * hd, C,
+                        k + h * hd, C, 0.0f, S, nk);
+            for (int i = 0; i < bq; i++) {
+                float *row = S + (size_t)i * nk, mx = -INFINITY, sum = 0;
+                int valid = pos0 + i0 + i + 1;
+                for (int t = 0; t < valid; t++) mx = row[t] > mx ? row[t] : mx;
+                for (int t = 0; t < valid; t++) { row[t] = expf(row[t] - mx); sum += row[t]; }
+                float inv = 1.0f / sum;
+                for (int t = 0; t < valid; t++) row[t] *= inv;
+                for (int t = valid; t < nk; t++) row[t] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, hd, nk, 1.0f, S, nk, v + h * hd, C, 0.0f,
+                        out + (size_t)i0 * C + h * hd, C);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, S, nk, v + h * hd, C, 0.0f, out + h * hd, C);
-    }
 }
 
 /* Causal attention of nq queries (positions pos0..) over float K/V rows, heads in parallel. */
