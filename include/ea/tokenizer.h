@@ -17,9 +17,12 @@ ea_status ea_tokenizer_load_dir(const char *dir, ea_tokenizer **out);
 void ea_tokenizer_free(ea_tokenizer *t);
 int ea_tokenizer_vocab_size(const ea_tokenizer *t);
 
-/* Encode len bytes of text (any bytes: invalid UTF-8 is encoded byte-wise, never rejected).
+/* Encode len bytes of text (any bytes: invalid UTF-8 is encoded byte-wise, never rejected:
+ * each byte that is not part of a well-formed UTF-8 sequence is a pre-token of its own, and
+ * the valid text around it is pre-tokenized as if it ended/started there).
  * parse_special: when non-zero, the literal "<|endoftext|>" becomes EA_TOKEN_EOT; otherwise it
- * is plain text. *ids is malloc'd (caller frees); *n may be 0 for empty text. */
+ * is plain text. *ids is malloc'd (caller frees); *n may be 0 for empty text.
+ * The tokenizer is read-only after loading: threads may encode/decode with one tokenizer. */
 ea_status ea_tokenizer_encode(const ea_tokenizer *t, const char *text, size_t len, int parse_special,
                               int **ids, size_t *n);
 /* Decode ids to bytes; *text is malloc'd and NUL-terminated. Unknown ids are an error. */
