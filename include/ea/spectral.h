@@ -17,7 +17,10 @@ void ea_cov_free(ea_cov *c);
 void ea_cov_reset(ea_cov *c);
 int ea_cov_dim(const ea_cov *c);
 double ea_cov_count(const ea_cov *c);
-/* Add n rows of d floats (row stride ld >= d). Rows with NaN/Inf are an EA_ERR_NUMERIC error. */
+/* Add n rows of d floats (row stride ld >= d). Rows with NaN/Inf are an EA_ERR_NUMERIC error and
+ * the call then adds nothing. Rows are buffered into batches of 256, so adding a few rows at a
+ * time costs the same as adding many. The accessors fold pending rows in, so one accumulator
+ * must not be used from two threads at once (give each thread its own and merge). */
 ea_status ea_cov_add(ea_cov *c, const float *x, int n, int ld);
 ea_status ea_cov_add_f64(ea_cov *c, const double *x, int n, int ld);
 ea_status ea_cov_merge(ea_cov *dst, const ea_cov *src);
@@ -44,19 +47,29 @@ typedef struct {
     int d;
     double n;
     double df;
+    double trace;        /* trace of the decomposed matrix (Σ variances; d when standardized) */
     int k90, k95, k99;
     double *eigenvalues; /* d, descending */
-    int top_dims[8];     /* dimensions with the largest variance */
-    double top_share[8]; /* their share of the trace */
+    int top_dims[8];     /* dimensions with the largest raw variance, largest first (also when
+                            standardized: there every correlation diagonal is 1) */
+    double top_share[8]; /* their share of the covariance trace */
     int n_top;
 } ea_spectrum_summary;
-/* From an accumulator: covariance (or correlation), eigenvalues, statistics. */
+/* From an accumulator (at least 2 samples): covariance (or correlation), eigenvalues, statistics.
+ * Release with ea_spectrum_summary_free. */
 ea_status ea_spectrum_summarize(const ea_cov *c, int standardize, ea_spectrum_summary *out);
 void ea_spectrum_summary_free(ea_spectrum_summary *s);
 
 /* Null reference: Df and k95 of the sample covariance of n isotropic Gaussian vectors in d
- * dimensions (what "low rank" means for this n and d; Marchenko-Pastur). Deterministic in seed. */
+ * dimensions (what "low rank" means for this n and d). Closed forms, no sample (see null.c):
+ * Df from the exact Wishart moments, m·d/(m + d + 1) with m = n − 1; k95 from the
+ * Marchenko–Pastur quantile spectrum. seed is accepted for API stability and unused (the result
+ * is deterministic). n >= 2, d >= 1. */
 ea_status ea_spectrum_null(int n, int d, uint64_t seed, double *df, int *k95);
+double ea_spectrum_null_df(int n, int d);
+/* The expected sorted null spectrum (d values, descending, trace d): MP quantiles for the
+ * min(d, n − 1) non-zero eigenvalues, zeros after. For null C(k) curves. */
+ea_status ea_spectrum_null_spectrum(int n, int d, double *ev);
 
 #ifdef __cplusplus
 }

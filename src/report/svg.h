@@ -1,0 +1,45 @@
+/* Small SVG line-chart writer for reports: a figure is a grid of panels, each panel a line chart
+ * (series of (x, y) points) with axes, ticks, optional log scales, a legend and a title.
+ * No dependencies beyond the core; files are written atomically through ea_outfile.
+ *
+ *   ea_svg *s; int p;
+ *   ea_svg_init(&s, "Figure title", 2, 420, 300);          // 2 panels per row, 420×300 each
+ *   ea_svg_panel(s, "C(k)", "k", "cumulative variance", EA_SVG_LOG_X, &p);
+ *   ea_svg_series(s, p, "layer 0", xs, ys, n, NULL, EA_SVG_SOLID, 0);
+ *   ea_svg_save(s, "out.svg");  ea_svg_free(s);
+ */
+#ifndef EA_REPORT_SVG_H
+#define EA_REPORT_SVG_H
+
+#include <stddef.h>
+
+#include "ea/core.h"
+
+typedef struct ea_svg ea_svg;
+
+/* Panel flags. EA_SVG_BLANK: an empty grid cell (keeps the grid aligned). EA_SVG_INT_X: a linear
+ * x axis of whole numbers (layers): ticks only at integers. */
+enum { EA_SVG_LOG_X = 1, EA_SVG_LOG_Y = 2, EA_SVG_BLANK = 4, EA_SVG_INT_X = 8 };
+typedef enum { EA_SVG_SOLID = 0, EA_SVG_DASHED = 1, EA_SVG_DOTTED = 2 } ea_svg_dash;
+
+/* cols panels per row; every panel is panel_w × panel_h pixels. title may be NULL. */
+ea_status ea_svg_init(ea_svg **out, const char *title, int cols, double panel_w, double panel_h);
+void ea_svg_free(ea_svg *s);
+/* Append a panel (grid filled row by row); its index goes to *panel. flags: EA_SVG_LOG_*. */
+ea_status ea_svg_panel(ea_svg *s, const char *title, const char *xlabel, const char *ylabel, unsigned flags,
+                       int *panel);
+/* Fix an axis range; NaN leaves that end automatic (data range, rounded out to ticks). */
+ea_status ea_svg_panel_range(ea_svg *s, int panel, double xmin, double xmax, double ymin, double ymax);
+/* Add a series (points copied). Non-finite points, and non-positive ones on a log axis, are
+ * skipped and break the line. label NULL: not in the legend. color: any SVG colour, NULL for the
+ * default palette. markers: draw a dot at each point. */
+ea_status ea_svg_series(ea_svg *s, int panel, const char *label, const double *x, const double *y, int n,
+                        const char *color, ea_svg_dash dash, int markers);
+/* Colour i of n from a sequential (viridis-like) ramp, as "#rrggbb" in buf (8 bytes); returns buf.
+ * For series that are ordered (layers). */
+const char *ea_svg_ramp(int i, int n, char buf[8]);
+/* Render to a malloc'd NUL-terminated string; or write to path atomically. */
+ea_status ea_svg_render(const ea_svg *s, char **out, size_t *len);
+ea_status ea_svg_save(const ea_svg *s, const char *path);
+
+#endif
