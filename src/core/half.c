@@ -58,6 +58,8 @@ void ea_f16_to_f32_array(const uint16_t *src, float *dst, size_t n) {
 #if defined(__F16C__)
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    /* Unoptimised builds omit vzeroupper; dirty upper halves slow every later SSE libm call. */
+    _mm256_zeroupper();
 #endif
     for (; i < n; i++) dst[i] = ea_f16_to_f32(src[i]);
 }

@@ -172,13 +172,20 @@ static ea_status parse_header(ea_st_file *f, const char *json, size_t len, const
     if (!byoff) { st = ea_error(EA_ERR_NOMEM, "%s: out of memory", f->path); goto done; }
     memcpy(byoff, f->tensors, sizeof *byoff * (size_t)f->n);
     qsort(byoff, (size_t)f->n, sizeof *byoff, cmp_by_offset);
-    for (int i = 1; i < f->n; i++) {
-        const char *prev_end = (const char *)byoff[i - 1].data + byoff[i - 1].nbytes;
-        if ((const char *)byoff[i].data < prev_end) {
+    /* The tensors must tile the data section in offset order, as the reference implementation
+     * requires: a gap would hide bytes no tensor accounts for. */
+    size_t covered = 0;
+    for (int i = 0; i < f->n && !st; i++) {
+        size_t begin = (size_t)((const char *)byoff[i].data - data);
+        if (begin < covered)
             st = ea_error(EA_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap", f->path, byoff[i - 1].name, byoff[i].name);
-            break;
-        }
+        else if (begin > covered)
+            st = ea_error(EA_ERR_FORMAT, "%s: data bytes [%zu, %zu) are not covered by any tensor", f->path, covered, begin);
+        covered = begin + byoff[i].nbytes;
     }
+    if (!st && covered != data_size)
+        st = ea_error(EA_ERR_FORMAT, "%s: data bytes [%zu, %zu) are not covered by any tensor", f->path, covered,
+                      data_size);
     free(byoff);
 done:
     cJSON_Delete(root);

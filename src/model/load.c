@@ -124,6 +124,7 @@ static ea_status load_tensor(const ea_checkpoint *ck, const char *dir, const cha
         return ea_error(EA_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; weights must be F32, F16 or BF16",
                         ea_st_path(f), t->name, ea_dtype_name(t->dtype));
     if (t->dtype != EA_DTYPE_F16) *all_f16 = 0;
+    if (!dst) return EA_OK; /* checking pass */
     if ((st = ea_st_to_f32(f, t, dst))) return st;
     for (size_t i = 0; i < t->numel; i++)
         if (!isfinite(dst[i]))
@@ -184,6 +185,43 @@ static ea_status build_decode_weights(ea_model *m) {
     return EA_OK;
 }
 
+/* Point every weight into p (one allocation) and fill it; with p NULL, only check shapes and dtypes. */
+static ea_status load_weights(ea_model *m, const ea_checkpoint *ckp, const char *dir, float *p) {
+    const ea_config *c = &m->cfg;
+    size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
+    ea_status st;
+#define TAKE(ptr, n) (ptr = p, p = p ? p + (n) : NULL)
+    TAKE(m->wte, V * C);
+    TAKE(m->wpe, P * C);
+    TAKE(m->lnf_w, C);
+    TAKE(m->lnf_b, C);
+    if ((st = load_tensor(ckp, dir, "wte.weight", (int64_t)V, (int64_t)C, m->wte, &m->stored_f16)) ||
+        (st = load_tensor(ckp, dir, "wpe.weight", (int64_t)P, (int64_t)C, m->wpe, &m->stored_f16)) ||
+        (st = load_tensor(ckp, dir, "ln_f.weight", (int64_t)C, 0, m->lnf_w, &m->stored_f16)) ||
+        (st = load_tensor(ckp, dir, "ln_f.bias", (int64_t)C, 0, m->lnf_b, &m->stored_f16)))
+        return st;
+    for (int l = 0; l < c->n_layer; l++) {
+        ea_layer_weights *w = &m->layers[l];
+        struct { const char *name; float **dst; size_t d0, d1; } spec[] = {
+            {"ln_1.weight", &w->ln1_w, C, 0},       {"ln_1.bias", &w->ln1_b, C, 0},
+            {"attn.c_attn.weight", &w->attn_w, C, 3 * C}, {"attn.c_attn.bias", &w->attn_b, 3 * C, 0},
+            {"attn.c_proj.weight", &w->proj_w, C, C}, {"attn.c_proj.bias", &w->proj_b, C, 0},
+            {"ln_2.weight", &w->ln2_w, C, 0},       {"ln_2.bias", &w->ln2_b, C, 0},
+            {"mlp.c_fc.weight", &w->fc_w, C, F},    {"mlp.c_fc.bias", &w->fc_b, F, 0},
+            {"mlp.c_proj.weight", &w->fcproj_w, F, C}, {"mlp.c_proj.bias", &w->fcproj_b, C, 0},
+        };
+        for (size_t i = 0; i < sizeof spec / sizeof *spec; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "h.%d.%s", l, spec[i].name);
+            TAKE(*spec[i].dst, spec[i].d0 * (spec[i].d1 ? spec[i].d1 : 1));
+            if ((st = load_tensor(ckp, dir, name, (int64_t)spec[i].d0, (int64_t)spec[i].d1, *spec[i].dst, &m->stored_f16))) return st;
+        }
+    }
+#undef TAKE
+    return EA_OK;
+}
+
+
 ea_status ea_model_load(const char *dir, ea_model **out) {
     *out = NULL;
     if (!dir || !*dir) return ea_error(EA_ERR_ARG, "empty model directory");
@@ -204,39 +242,15 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     size_t per_layer = 2 * C + C * 3 * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C;
     size_t total = V * C + P * C + 2 * C + per_layer * (size_t)c->n_layer;
     m->n_params = total;
-    m->params = malloc(total * sizeof(float));
     m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
-    if (!m->params || !m->layers) { st = ea_error(EA_ERR_NOMEM, "%s: cannot allocate %zu parameters", dir, total); goto fail; }
+    if (!m->layers) { st = ea_error(EA_ERR_NOMEM, "%s: out of memory", dir); goto fail; }
     if ((st = checkpoint_open(dir, &ck))) goto fail;
-    float *p = m->params;
-#define TAKE(ptr, n) (ptr = p, p += (n))
-    TAKE(m->wte, V * C);
-    TAKE(m->wpe, P * C);
-    TAKE(m->lnf_w, C);
-    TAKE(m->lnf_b, C);
-    if ((st = load_tensor(&ck, dir, "wte.weight", (int64_t)V, (int64_t)C, m->wte, &m->stored_f16)) ||
-        (st = load_tensor(&ck, dir, "wpe.weight", (int64_t)P, (int64_t)C, m->wpe, &m->stored_f16)) ||
-        (st = load_tensor(&ck, dir, "ln_f.weight", (int64_t)C, 0, m->lnf_w, &m->stored_f16)) ||
-        (st = load_tensor(&ck, dir, "ln_f.bias", (int64_t)C, 0, m->lnf_b, &m->stored_f16)))
-        goto fail;
-    for (int l = 0; l < c->n_layer; l++) {
-        ea_layer_weights *w = &m->layers[l];
-        struct { const char *name; float **dst; size_t d0, d1; } spec[] = {
-            {"ln_1.weight", &w->ln1_w, C, 0},       {"ln_1.bias", &w->ln1_b, C, 0},
-            {"attn.c_attn.weight", &w->attn_w, C, 3 * C}, {"attn.c_attn.bias", &w->attn_b, 3 * C, 0},
-            {"attn.c_proj.weight", &w->proj_w, C, C}, {"attn.c_proj.bias", &w->proj_b, C, 0},
-            {"ln_2.weight", &w->ln2_w, C, 0},       {"ln_2.bias", &w->ln2_b, C, 0},
-            {"mlp.c_fc.weight", &w->fc_w, C, F},    {"mlp.c_fc.bias", &w->fc_b, F, 0},
-            {"mlp.c_proj.weight", &w->fcproj_w, F, C}, {"mlp.c_proj.bias", &w->fcproj_b, C, 0},
-        };
-        for (size_t i = 0; i < sizeof spec / sizeof *spec; i++) {
-            char name[128];
-            snprintf(name, sizeof name, "h.%d.%s", l, spec[i].name);
-            TAKE(*spec[i].dst, spec[i].d0 * (spec[i].d1 ? spec[i].d1 : 1));
-            if ((st = load_tensor(&ck, dir, name, (int64_t)spec[i].d0, (int64_t)spec[i].d1, *spec[i].dst, &m->stored_f16))) goto fail;
-        }
-    }
-#undef TAKE
+    /* Pass 0 checks every tensor's presence, shape and dtype against config.json; only then is
+     * memory reserved for them (pass 1 converts): config.json alone cannot make us allocate. */
+    if ((st = load_weights(m, &ck, dir, NULL))) goto fail;
+    m->params = malloc(total * sizeof(float));
+    if (!m->params) { st = ea_error(EA_ERR_NOMEM, "%s: cannot allocate %zu parameters", dir, total); goto fail; }
+    if ((st = load_weights(m, &ck, dir, m->params))) goto fail;
     checkpoint_close(&ck);
     if ((st = build_decode_weights(m))) goto fail;
     /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). */

@@ -43,6 +43,7 @@ static float dot_f16(const uint16_t *w, const float *x, int n) {
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
     s = _mm_cvtss_f32(h);
+    _mm256_zeroupper(); /* see ea_f16_to_f32_array */
 #endif
     for (; i < n; i++) s += ea_f16_to_f32(w[i]) * x[i];
     return s;
