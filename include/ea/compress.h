@@ -16,6 +16,9 @@ extern "C" {
 
 #define EA_COMPRESSOR_FORMAT "eigenalign-compressor"
 #define EA_COMPRESSOR_FORMAT_VERSION 1
+/* Default window: min(n_positions, 512) tokens, the same windows as `analyze`. */
+#define EA_COMPRESS_DEFAULT_CTX 512
+int ea_compress_default_ctx(const ea_config *cfg);
 
 /* Which activation a projector applies to: hidden layer 0..n_layer, q/k/v layer 0..n_layer-1;
  * head -1 for the whole row, else the head's columns h*hd..(h+1)*hd of q/k/v. */
@@ -104,7 +107,7 @@ typedef struct {
     ea_rank_rule rule;
     unsigned sites;    /* EA_SITE_BIT(EA_SITE_HIDDEN) | ...; hidden covers layers 0..n_layer */
     int per_head;      /* q/k/v sites fitted per head instead of whole rows */
-    int ctx;           /* window length (1..n_positions; <= 0: min(256, n_positions)); each window
+    int ctx;           /* window length (1..n_positions; <= 0: ea_compress_default_ctx); each window
                         * starts from an empty cache */
     int exclude_first; /* drop position 0 of every window (the attention sink) */
     /* Optional progress report after each window. */
@@ -116,8 +119,8 @@ ea_fit_params ea_fit_params_default(void); /* variance 0.95, sites hidden|k|v, d
 /* Calibrate: run the model over windows of ids, accumulate a covariance per site, keep the
  * top eigenvectors by the rule. The model's capture hook is used and cleared afterwards. */
 ea_status ea_compressor_fit(ea_model *m, const int *ids, size_t n, const ea_fit_params *p, ea_compressor **out);
-/* Build one from projectors (ownership of the projectors passes to the compressor, also on
- * failure). Used by the fit and by tests. */
+/* Build one from projectors: the projectors (not the array holding them) pass to the
+ * compressor, also on failure. Checks that each site exists in a model of info's shape. */
 ea_status ea_compressor_create(const ea_compressor_info *info, ea_projector **proj, int n_proj,
                                ea_compressor **out);
 void ea_compressor_free(ea_compressor *c);
@@ -148,7 +151,7 @@ void ea_kv_stats_free(ea_kv_stats *s);
 #define EA_INJECT_ALL (-1)
 
 typedef struct {
-    int ctx;    /* window length (<= 0: min(256, n_positions)); each window runs from an empty cache */
+    int ctx;    /* window length (<= 0: ea_compress_default_ctx); each window runs from an empty cache */
     int inject; /* hidden layer 0..n_layer-1 whose input is replaced, EA_INJECT_ALL, or EA_INJECT_NONE */
     void (*progress)(void *user, size_t done_tokens, size_t total_tokens);
     void *progress_user;
