@@ -7,6 +7,7 @@
 
 #include "ea/core.h"
 #include "ea/model.h"
+#include "ea/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -14,8 +15,9 @@ extern "C" {
 
 /* ---- 1. Spectrum handshake ------------------------------------------------------------- */
 
-/* Largest dimension a spectrum message may claim: bounds what a hostile message can allocate. */
-#define EA_ESAP_MAX_DIM 65536
+/* Largest dimension a spectrum message may claim: bounds what a hostile message can make us
+ * allocate and compute (the isotropic control samples a d × d covariance; GPT-2 XL has d = 1600). */
+#define EA_ESAP_MAX_DIM 8192
 /* Longest fingerprint / site string in a message (printable ASCII). */
 #define EA_ESAP_MAX_NAME 128
 /* The note's threshold: Pearson r of the C(k) curves above this is called "converged". */
@@ -68,9 +70,10 @@ typedef struct {
     /* r of each curve against an isotropic Gaussian sample (same d, n = 10·d, seeded) and
      * against λ_i ∝ 1/i of the same d, over the same k = 1..K. */
     double a_vs_isotropic, b_vs_isotropic, a_vs_powerlaw, b_vs_powerlaw;
-    int isotropic_n;
 } ea_esap_handshake;
-/* K <= 0 means min(d_a, d_b); K must not exceed either message's K. */
+#define EA_ESAP_ISOTROPIC_FACTOR 10 /* isotropic control sample: n = 10·d vectors */
+/* K <= 0 means min(d_a, d_b); K must not exceed either message's K. The isotropic controls use
+ * seeds seed (side a) and seed + 1 (side b). */
 ea_status ea_esap_compare(const ea_esap_spectrum *a, const ea_esap_spectrum *b, int K, uint64_t seed,
                           ea_esap_handshake *out);
 
@@ -87,6 +90,8 @@ typedef struct ea_esap_basis ea_esap_basis;
 ea_status ea_esap_basis_fit(const float *x, int n, int d, ea_esap_basis **out);
 void ea_esap_basis_free(ea_esap_basis *b);
 int ea_esap_basis_dim(const ea_esap_basis *b);
+/* Mean of the anchor vectors (d values). */
+const double *ea_esap_basis_mean(const ea_esap_basis *b);
 /* Covariance eigenvalues, descending (d values). */
 const double *ea_esap_basis_eigenvalues(const ea_esap_basis *b);
 /* Centre n rows of d floats and project on the top-k eigenvectors: out n × k. */
@@ -116,14 +121,16 @@ typedef struct {
     int rank, train_anchors, test_anchors;
     ea_esap_retrieval test;   /* held-out pairs, W fitted on the training pairs */
     double train_cosine;      /* IN-SAMPLE: mean cosine of the training pairs W was fitted on */
-    ea_esap_retrieval null;   /* held-out pairs, W fitted on shuffled training correspondences */
-    double null_train_cosine; /* in-sample cosine of that null fit */
+    ea_esap_retrieval null;   /* held-out pairs, W fitted on shuffled training correspondences
+                                 (mean over EA_ESAP_NULL_SHUFFLES shuffles) */
+    double null_train_cosine; /* in-sample cosine of those null fits (mean) */
     double chance_p_at_1;     /* 1 / test_anchors */
 } ea_esap_align_report;
+#define EA_ESAP_NULL_SHUFFLES 5
 /* za, zb: the n anchors of each side already reduced to k dims (ea_esap_basis_project), row i
  * of za paired with row i of zb. Splits with ea_esap_split(seed), fits W on the training pairs
  * and evaluates on the held-out ones; w (k × k, optional) receives W. The null shuffles the
- * training correspondences with a stream derived from seed. */
+ * training correspondences with streams derived from seed and averages over the shuffles. */
 ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
                              uint64_t seed, double *w, ea_esap_align_report *out);
 
@@ -132,14 +139,18 @@ ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int
 /* Agent A sends the k eigen-coefficients of a token's vector (float32, or rounded to float16);
  * agent B maps them with W into its own k-space, lifts them to its full d_b-dim space with its
  * eigenbasis and resolves the token by cosine nearest neighbour among its own (centred, full)
- * vectors of the held-out tokens. W is fitted on the training anchors as in ea_esap_align_eval. */
+ * vectors of the held-out tokens. A receiver that first reduces its own vectors to its top k
+ * (acc_reduced) is what ea_esap_align_eval's P@1 measures. W is fitted on the training anchors
+ * as in ea_esap_align_eval. */
 typedef struct {
     int rank, train_anchors, test_anchors;
     size_t bytes_f32, bytes_f16; /* per message: 4k and 2k */
     size_t bytes_full;           /* the full float32 vector of A: 4·d_a */
-    double acc_f32, acc_f16;     /* token resolved exactly (top 1) */
+    double acc_f32, acc_f16;     /* token resolved exactly (top 1) among B's full vectors */
+    double acc_reduced_f32;      /* resolved among B's vectors reduced to its top k */
     double top10_f32;            /* true token among B's 10 nearest */
-    double null_acc_f32;         /* W fitted on shuffled training correspondences */
+    double null_acc_f32;         /* W fitted on shuffled training correspondences (mean of
+                                    EA_ESAP_NULL_SHUFFLES shuffles) */
     double chance;               /* 1 / test_anchors */
 } ea_esap_message_report;
 ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
@@ -158,6 +169,9 @@ typedef struct {
 } ea_esap_repr;
 /* "wte", "hidden:L", "hidden:last" or "hidden:LA,LB" (a layer for each model). */
 ea_status ea_esap_repr_parse(const char *s, ea_esap_repr *out);
+/* The hidden layer one side uses (side_b: 0 for model a, 1 for b), checked against the model:
+ * EA_ERR_ARG naming the model when out of range. */
+ea_status ea_esap_repr_layer(const ea_esap_repr *r, int side_b, const ea_model *m, int *layer);
 /* Canonical name of one side's representation ("wte" or "hidden:L"), into buf. */
 void ea_esap_repr_name(const ea_esap_repr *r, int side_b, const ea_model *m, char *buf, size_t size);
 
@@ -165,24 +179,52 @@ void ea_esap_repr_name(const ea_esap_repr *r, int side_b, const ea_model *m, cha
  * an empty cache. Accumulates the covariance of all positions (for the handshake) and the
  * per-token sums (for averaged anchors). */
 typedef struct ea_esap_hidden ea_esap_hidden;
-ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx,
-                                 void (*progress)(size_t done, size_t total), ea_esap_hidden **out);
+typedef void (*ea_esap_progress_fn)(const char *label, size_t done, size_t total);
+/* progress (optional) is called after each window with label. */
+ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx, ea_esap_progress_fn progress,
+                                 const char *label, ea_esap_hidden **out);
 void ea_esap_hidden_free(ea_esap_hidden *h);
 int ea_esap_hidden_dim(const ea_esap_hidden *h);
 size_t ea_esap_hidden_positions(const ea_esap_hidden *h);
 /* Covariance (n-1 denominator) of all captured positions, d × d. */
 ea_status ea_esap_hidden_covariance(const ea_esap_hidden *h, double *cov);
-/* Mean hidden state of token id over its occurrences; 0 occurrences → returns 0 (out untouched). */
+/* Occurrences of token id, and its mean hidden state (d floats; EA_ERR_ARG if it never occurred). */
 int ea_esap_hidden_token_count(const ea_esap_hidden *h, int id);
 ea_status ea_esap_hidden_token_mean(const ea_esap_hidden *h, int id, float *out);
 
-/* The anchor pair matrices for two models: token ids shared by both vocabularies (same GPT-2
- * tokenizer: every id below the smaller vocab size) and, for hidden representations, seen at
- * least once in both collections. ids, a (n × d_a) and b (n × d_b) are malloc'd. ha/hb may be
- * NULL for EA_ESAP_REPR_WTE. */
-ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea_esap_repr *r,
-                                const ea_esap_hidden *ha, const ea_esap_hidden *hb, int **ids,
-                                float **a, float **b, int *n);
+/* Anchor pairs of two models: token ids present in both vocabularies and, for hidden
+ * representations, seen at least once in both collections. With both tokenizers given, a pair is
+ * two ids whose tokens have the same bytes (ids may differ between vocabularies); without them
+ * (NULL), ids below the smaller vocab size pair with themselves (same GPT-2 tokenizer). */
+typedef struct {
+    int n, d_a, d_b;
+    int *id_a, *id_b; /* n each */
+    float *a, *b;     /* n × d_a and n × d_b */
+} ea_esap_anchors;
+/* ha/hb: hidden collections of each model (NULL for EA_ESAP_REPR_WTE). */
+ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea_tokenizer *ta,
+                                const ea_tokenizer *tb, const ea_esap_repr *r, const ea_esap_hidden *ha,
+                                const ea_esap_hidden *hb, ea_esap_anchors *out);
+void ea_esap_anchors_free(ea_esap_anchors *a);
+
+/* The whole path from two loaded models to their anchors or spectra. Hidden representations read
+ * text_path, tokenized by each model's own tokenizer (at most max_tokens tokens, 0 = all), run in
+ * windows of ctx tokens (0 = min(n_positions, EA_ESAP_DEFAULT_CTX)). */
+#define EA_ESAP_DEFAULT_CTX 256
+typedef struct {
+    ea_esap_repr repr;
+    const char *text_path;
+    size_t max_tokens;
+    int ctx;
+    ea_esap_progress_fn progress; /* optional */
+} ea_esap_source;
+ea_status ea_esap_anchors_from_models(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
+                                      const ea_esap_source *src, ea_esap_anchors *out);
+/* Spectrum message of one side (side_b: which layer of repr to use) at its site: the
+ * covariance of the wte rows, or of the hidden states at every position of the text. K <= 0
+ * means K = d. */
+ea_status ea_esap_spectrum_from_model(ea_model *m, const ea_tokenizer *t, int side_b, const ea_esap_source *src, int K,
+                                      ea_esap_spectrum *out);
 
 #ifdef __cplusplus
 }

@@ -1,3 +1,246 @@
-/* TEMPORARY stub until its issue lands: replaced by the real command. */
+/* eigenalign align: ESAP section 2. Shared tokens as anchors, each side reduced to k dims with its
+ * own eigenbasis, orthogonal Procrustes on a training split, retrieval on the held-out split,
+ * a shuffled-correspondence null beside it. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli/cli.h"
-int cmd_align(int argc, char **argv) { (void)argc; return cli_error(argv[0], "not implemented yet"); }
+
+#define DEFAULT_RANK 64
+#define DEFAULT_TRAIN 5000
+#define DEFAULT_TEST 2000
+#define MAX_LIST 32
+
+static void usage(void) {
+    printf("usage: eigenalign align [--model-a DIR] [--model-b DIR] [--repr wte|hidden:L|hidden:last|hidden:LA,LB]\n"
+           "                        [--rank K] [--anchors N] [--test M] [--seed S] [--text PATH]\n"
+           "                        [--max-tokens N] [--ctx N] [--sweep [--ranks LIST] [--anchor-counts LIST]] [--json]\n\n"
+           "Align two models on shared tokens (ESAP). Anchors: tokens with the same bytes in both vocabularies,\n"
+           "as embedding rows (wte) or as hidden states at a layer averaged over the token's occurrences in\n"
+           "--text (only tokens seen in the text). Each side is centred and reduced to K dims with its own\n"
+           "eigenbasis (fitted on all its anchor vectors: no pairing used), W = orthogonal Procrustes on N\n"
+           "training pairs; P@1, P@10 (cosine and CSLS) and the mean cosine are measured on M held-out pairs\n"
+           "against all M held-out candidates. null: the same with the training pairs shuffled (mean of %d\n"
+           "shuffles). train_cosine is IN-SAMPLE (the pairs W was fitted on).\n\n"
+           "  --model-a/-b DIR     models (default: the bundled model for both)\n"
+           "  --repr R             wte (default), hidden:L (layer L of both), hidden:last, hidden:LA,LB\n"
+           "  --rank K             dims per side (default min(%d, d_a, d_b))\n"
+           "  --anchors N          training anchors (default min(%d, all - M))\n"
+           "  --test M             held-out anchors (default min(%d, all/5))\n"
+           "  --seed S             split and null seed (default 0)\n"
+           "  --text PATH          text for hidden representations (default: bundled calibration text)\n"
+           "  --max-tokens N       use at most N tokens of the text\n"
+           "  --ctx N              window length for hidden states (default min(n_positions, %d))\n"
+           "  --sweep              table over ranks x training-anchor counts (same held-out set throughout)\n"
+           "  --ranks LIST         sweep ranks, e.g. 8,16,32 (default powers of 2 up to min(d_a, d_b))\n"
+           "  --anchor-counts LIST sweep training sizes (default 100,300,1000,... up to all - M)\n"
+           "  --json               JSON on stdout (an array with --sweep)\n",
+           EA_ESAP_NULL_SHUFFLES, DEFAULT_RANK, DEFAULT_TRAIN, DEFAULT_TEST, EA_ESAP_DEFAULT_CTX);
+}
+
+/* "8,16,32" → values (each in [lo, hi]); -1 on a malformed list. */
+static int parse_list(const char *s, int *out, int max, int lo, int hi) {
+    int n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < lo || v > hi || n == max || (*end && *end != ',')) return -1;
+        out[n++] = (int)v;
+        s = *end ? end + 1 : end;
+        if (*end && !*s) return -1;
+    }
+    return n;
+}
+
+static cJSON *report_json(const ea_esap_align_report *r) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "rank", r->rank);
+    cJSON_AddNumberToObject(o, "train_anchors", r->train_anchors);
+    cJSON_AddNumberToObject(o, "test_anchors", r->test_anchors);
+    cli_add_number(o, "p_at_1", r->test.p_at_1);
+    cli_add_number(o, "p_at_10", r->test.p_at_10);
+    cli_add_number(o, "csls_p_at_1", r->test.csls_p_at_1);
+    cli_add_number(o, "csls_p_at_10", r->test.csls_p_at_10);
+    cli_add_number(o, "test_cosine", r->test.mean_cos);
+    cli_add_number(o, "train_cosine", r->train_cosine);
+    cli_add_number(o, "chance_p_at_1", r->chance_p_at_1);
+    cJSON *n = cJSON_AddObjectToObject(o, "null");
+    cli_add_number(n, "p_at_1", r->null.p_at_1);
+    cli_add_number(n, "p_at_10", r->null.p_at_10);
+    cli_add_number(n, "csls_p_at_1", r->null.csls_p_at_1);
+    cli_add_number(n, "test_cosine", r->null.mean_cos);
+    cli_add_number(n, "train_cosine", r->null_train_cosine);
+    cJSON_AddNumberToObject(n, "shuffles", EA_ESAP_NULL_SHUFFLES);
+    return o;
+}
+
+static void table_header(void) {
+    printf("  %5s %7s %6s | %6s %6s %7s %8s %9s | %11s %9s | %6s %9s\n", "rank", "train", "test", "P@1", "P@10",
+           "CSLS@1", "CSLS@10", "test_cos", "train_cos*", "chance@1", "null@1", "null_cos");
+}
+
+static void table_row(const ea_esap_align_report *r) {
+    printf("  %5d %7d %6d | %6.4f %6.4f %7.4f %8.4f %9.4f | %11.4f %9.4f | %6.4f %9.4f\n", r->rank,
+           r->train_anchors, r->test_anchors, r->test.p_at_1, r->test.p_at_10, r->test.csls_p_at_1,
+           r->test.csls_p_at_10, r->test.mean_cos, r->train_cosine, r->chance_p_at_1, r->null.p_at_1,
+           r->null.mean_cos);
+}
+
+/* Project both sides to k dims once, then evaluate every training size at that rank. */
+static ea_status run_rank(const ea_esap_anchors *an, const ea_esap_basis *ba, const ea_esap_basis *bb, int k,
+                          const int *counts, int nc, int n_test, uint64_t seed, ea_esap_align_report *reps) {
+    float *za = malloc((size_t)an->n * k * sizeof *za), *zb = malloc((size_t)an->n * k * sizeof *zb);
+    ea_status st;
+    if (!za || !zb) st = ea_error(EA_ERR_NOMEM, "align: cannot allocate %d x %d", an->n, k);
+    else if (!(st = ea_esap_basis_project(ba, an->a, an->n, k, za)) && !(st = ea_esap_basis_project(bb, an->b, an->n, k, zb)))
+        for (int j = 0; j < nc && !st; j++) st = ea_esap_align_eval(za, zb, an->n, k, counts[j], n_test, seed, NULL, &reps[j]);
+    free(za);
+    free(zb);
+    return st;
+}
+
+int cmd_align(int argc, char **argv) {
+    if (cli_wants_help(argc, argv)) {
+        usage();
+        return 0;
+    }
+    cli_args a;
+    cli_args_init(&a, "align", argc, argv);
+    const char *dir_a = cli_str(&a, "--model-a", cli_default_model());
+    const char *dir_b = cli_str(&a, "--model-b", cli_default_model());
+    const char *repr = cli_str(&a, "--repr", "wte");
+    long rank = cli_long(&a, "--rank", 0, 1, EA_ESAP_MAX_DIM);
+    long n_train = cli_long(&a, "--anchors", 0, 1, 1L << 30);
+    long n_test = cli_long(&a, "--test", 0, 1, 1L << 30);
+    long seed = cli_long(&a, "--seed", 0, 0, 0x7fffffffffffffffL);
+    const char *text = cli_str(&a, "--text", cli_default_calib());
+    long max_tokens = cli_long(&a, "--max-tokens", 0, 0, 1L << 40);
+    long ctx = cli_long(&a, "--ctx", 0, 1, 1 << 20);
+    int sweep = cli_has(&a, "--sweep");
+    const char *ranks_s = cli_str(&a, "--ranks", NULL), *counts_s = cli_str(&a, "--anchor-counts", NULL);
+    int json = cli_has(&a, "--json");
+    int rc = cli_finish(&a);
+    cli_args_free(&a);
+    if (rc) return rc;
+    if (!sweep && (ranks_s || counts_s)) return cli_error("align", "--ranks and --anchor-counts need --sweep");
+    if (sweep && (rank || n_train)) return cli_error("align", "--sweep takes --ranks and --anchor-counts, not --rank/--anchors");
+
+    ea_esap_source src = {.text_path = text, .max_tokens = (size_t)max_tokens, .ctx = (int)ctx, .progress = cli_progress};
+    ea_status st = ea_esap_repr_parse(repr, &src.repr);
+    if (st) return cli_fail_status("align", st);
+    ea_model *ma = NULL, *mb = NULL;
+    ea_tokenizer *ta = NULL, *tb = NULL;
+    ea_esap_anchors an;
+    memset(&an, 0, sizeof an);
+    ea_esap_basis *ba = NULL, *bb = NULL;
+    ea_esap_align_report *reps = NULL;
+    int nrep = 0;
+    rc = 1;
+    if ((st = cli_load_model(dir_a, &ma, &ta)) || (st = cli_load_model(dir_b, &mb, &tb)) ||
+        (st = ea_esap_anchors_from_models(ma, ta, mb, tb, &src, &an)))
+        goto fail;
+    cli_progress_done();
+    int kmax = an.d_a < an.d_b ? an.d_a : an.d_b;
+    if (n_test == 0) n_test = an.n / 5 < DEFAULT_TEST ? (an.n / 5 > 0 ? an.n / 5 : 1) : DEFAULT_TEST;
+    if (n_test >= an.n) {
+        cli_error("align", "--test %ld leaves no training anchors (%d anchors in all)", n_test, an.n);
+        goto out;
+    }
+    int room = an.n - (int)n_test;
+    if (n_train == 0) n_train = room < DEFAULT_TRAIN ? room : DEFAULT_TRAIN;
+    if (n_train > room) {
+        cli_error("align", "--anchors %ld + --test %ld exceed the %d anchors available (%s)", n_train, n_test, an.n,
+                  repr);
+        goto out;
+    }
+    if (rank == 0) rank = kmax < DEFAULT_RANK ? kmax : DEFAULT_RANK;
+    if (rank > kmax) {
+        cli_error("align", "--rank %ld exceeds the smaller width min(%d, %d)", rank, an.d_a, an.d_b);
+        goto out;
+    }
+    int ranks[MAX_LIST], counts[MAX_LIST], nr = 0, nc = 0;
+    if (sweep) {
+        if (ranks_s) {
+            if ((nr = parse_list(ranks_s, ranks, MAX_LIST, 1, kmax)) <= 0) {
+                cli_error("align", "--ranks '%s': expected up to %d comma-separated ranks in [1, %d]", ranks_s, MAX_LIST, kmax);
+                goto out;
+            }
+        } else {
+            for (int k = 4; k < kmax && nr < MAX_LIST - 1; k *= 2) ranks[nr++] = k;
+            ranks[nr++] = kmax;
+        }
+        if (counts_s) {
+            if ((nc = parse_list(counts_s, counts, MAX_LIST, 1, room)) <= 0) {
+                cli_error("align", "--anchor-counts '%s': expected up to %d comma-separated counts in [1, %d]", counts_s,
+                          MAX_LIST, room);
+                goto out;
+            }
+        } else {
+            static const int ladder[] = {100, 300, 1000, 3000, 10000, 30000, 100000, 300000};
+            for (size_t i = 0; i < sizeof ladder / sizeof *ladder && ladder[i] < room; i++) counts[nc++] = ladder[i];
+            counts[nc++] = room;
+        }
+    } else {
+        ranks[nr++] = (int)rank;
+        counts[nc++] = (int)n_train;
+    }
+    if ((st = ea_esap_basis_fit(an.a, an.n, an.d_a, &ba)) || (st = ea_esap_basis_fit(an.b, an.n, an.d_b, &bb))) goto fail;
+    reps = calloc((size_t)nr * nc, sizeof *reps);
+    if (!reps) {
+        st = ea_error(EA_ERR_NOMEM, "align: out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < nr; i++) {
+        if ((st = run_rank(&an, ba, bb, ranks[i], counts, nc, (int)n_test, (uint64_t)seed, reps + nrep))) goto fail;
+        nrep += nc;
+        if (sweep) cli_progress("sweep", (size_t)nrep, (size_t)nr * nc);
+    }
+    cli_progress_done();
+    char name_a[64], name_b[64];
+    ea_esap_repr_name(&src.repr, 0, ma, name_a, sizeof name_a);
+    ea_esap_repr_name(&src.repr, 1, mb, name_b, sizeof name_b);
+    if (json) {
+        if (sweep) {
+            cJSON *arr = cJSON_CreateArray();
+            for (int i = 0; i < nrep; i++) cJSON_AddItemToArray(arr, report_json(&reps[i]));
+            cli_print_json(arr);
+        } else {
+            cJSON *o = report_json(&reps[0]);
+            cJSON_AddStringToObject(o, "repr_a", name_a);
+            cJSON_AddStringToObject(o, "repr_b", name_b);
+            cJSON_AddNumberToObject(o, "anchors_total", an.n);
+            cJSON_AddNumberToObject(o, "d_a", an.d_a);
+            cJSON_AddNumberToObject(o, "d_b", an.d_b);
+            cJSON_AddNumberToObject(o, "seed", (double)seed);
+            cJSON_AddStringToObject(o, "fingerprint_a", ea_model_fingerprint(ma));
+            cJSON_AddStringToObject(o, "fingerprint_b", ea_model_fingerprint(mb));
+            cJSON_AddStringToObject(o, "note", "train_cosine is in-sample (the pairs W was fitted on); every other "
+                                               "number is on held-out anchors. null: training pairs shuffled.");
+            cli_print_json(o);
+        }
+    } else {
+        printf("ESAP alignment: %s (%s, d=%d) -> %s (%s, d=%d)\n", dir_a, name_a, an.d_a, dir_b, name_b, an.d_b);
+        printf("%d shared anchors; held-out set of %ld fixed by seed %ld; retrieval over all held-out candidates\n\n",
+               an.n, n_test, seed);
+        table_header();
+        for (int i = 0; i < nrep; i++) table_row(&reps[i]);
+        printf("\n  * train_cos is IN-SAMPLE (the pairs W was fitted on); all other columns are held-out.\n"
+               "  null: W fitted on shuffled training pairs (mean of %d shuffles); chance@1 = 1/test.\n",
+               EA_ESAP_NULL_SHUFFLES);
+    }
+    rc = 0;
+    goto out;
+fail:
+    cli_progress_done();
+    rc = cli_fail_status("align", st);
+out:
+    free(reps);
+    ea_esap_basis_free(ba);
+    ea_esap_basis_free(bb);
+    ea_esap_anchors_free(&an);
+    ea_tokenizer_free(ta);
+    ea_tokenizer_free(tb);
+    ea_model_free(ma);
+    ea_model_free(mb);
+    return rc;
+}
