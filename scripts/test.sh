@@ -15,3 +15,9 @@ echo "== ASan + UBSan build + tests" >&2
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEA_SANITIZE=ON -DEA_NATIVE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure
+
+echo "== fuzz smoke: every libFuzzer target for 3 s" >&2
+bash scripts/fuzz.sh --time 3
+
+echo "== valgrind: the main job, no errors and no leaks" >&2
+bash scripts/valgrind.sh
