@@ -65,12 +65,14 @@ static void matmul_bias(float *out, const float *x, const float *W, const ea_row
     ea_gemm(n, cols, rows, x, rows, W, cols, 0, out, cols, 1.0f);
 }
 
+/* gelu_new: 0.5·x·(1 + tanh(u)), u = √(2/π)(x + 0.044715x³), computed as the identical
+ * x / (1 + e^(−2u)): one expf is much cheaper than tanhf, and the form stays finite at both ends. */
 static void gelu_new(float *x, size_t n) {
-    const float s = 0.7978845608028654f; /* sqrt(2/pi) */
+    const float s2 = -2.0f * 0.7978845608028654f;
 #pragma omp parallel for if (n > 4096)
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
-        x[i] = 0.5f * v * (1.0f + tanhf(s * (v + 0.044715f * v * v * v)));
+        x[i] = v / (1.0f + expf(s2 * (v + 0.044715f * v * v * v)));
     }
 }
 
