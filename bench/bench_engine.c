@@ -74,7 +74,7 @@ static void bench_model(const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    ea_blas_select_kernel(argv);
+    ea_process_tune(argv);
     if (argc > 1) {
         for (int i = 1; i < argc; i++) bench_model(argv[i]);
         return 0;

@@ -66,10 +66,11 @@ ea_status ea_write_file_atomic(const char *path, const void *data, size_t n);
 /* Read a whole (small) file into a NUL-terminated buffer; max_bytes bounds it. */
 ea_status ea_read_file(const char *path, size_t max_bytes, char **data, size_t *n);
 
-/* For executables, first thing in main(): when OpenBLAS fell back to its generic SSE3 kernels on
- * a CPU with AVX2+FMA (an unrecognised model), re-execute with OPENBLAS_CORETYPE=Haswell.
- * Returns only if nothing needed doing or exec failed. Never called by the library itself. */
-void ea_blas_select_kernel(char **argv);
+/* For executables, first thing in main(): re-execute once with OPENBLAS_CORETYPE=Haswell when
+ * OpenBLAS fell back to SSE3 kernels on a CPU with AVX2+FMA, and with a short OpenMP spin
+ * (GOMP_SPINCOUNT) unless the user set a wait policy. EA_NO_REEXEC=1 disables it. Returns only if
+ * nothing needed doing or exec failed. Never called by the library itself. */
+void ea_process_tune(char **argv);
 
 /* Wall clock in seconds (monotonic). */
 double ea_time_now(void);

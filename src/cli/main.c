@@ -32,7 +32,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    ea_blas_select_kernel(argv);
+    ea_process_tune(argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
