@@ -1,0 +1,276 @@
+/* Attention computed on basis coefficients, without rebuilding K or V.
+ * For head h with key basis W_h (coefficient j ↦ its hd-dim vector) and mean μ_h:
+ *   q_h·k_t = q_h·μ_h + (W_hᵀ q_h)·c_t; the first term is the same for every key and cancels
+ *   in the softmax, so scores cost one dot product of length n_coef(h) per key;
+ *   Σ_t a_t v_t = μ_h + W_h (Σ_t a_t c_t) because the weights sum to 1, so values are summed on
+ *   coefficients and projected once per query.
+ * One query (decoding) streams over the keys in chunks with an online softmax, split across
+ * threads and merged; many queries (prefill) unpack everything and use BLAS per head. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "compress/kv_internal.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define KV_AVX512 1
+#endif
+
+#define CHUNK 64      /* keys unpacked at a time while decoding */
+#define QBLOCK 256    /* queries per BLAS block in prefill */
+#define DECODE_MAX 4  /* up to this many queries take the streaming path */
+
+/* Per-thread softmax state of one query: running max, sum and value accumulator per head. */
+typedef struct {
+    float *m, *l, *acc; /* n_head, n_head, n_head × nv */
+} stream_state;
+
+/* Online-softmax update of head h with the chunk's scores s[r*ss] (r < n): rescales what was
+ * accumulated under an older maximum; leaves p_r = exp(s_r - m) in s. */
+static void softmax_chunk(stream_state *st, int h, int nvh, int nv, float *s, int ss, int n) {
+    float mx = -INFINITY;
+    for (int r = 0; r < n; r++) mx = fmaxf(mx, s[(size_t)r * ss]);
+    float *acc = st->acc + (size_t)h * nv;
+    if (mx > st->m[h]) { /* rescale what was accumulated under the old maximum */
+        float f = expf(st->m[h] - mx);
+        st->l[h] *= f;
+        for (int j = 0; j < nvh; j++) acc[j] *= f;
+        st->m[h] = mx;
+    }
+    float m = st->m[h], l = 0;
+    for (int r = 0; r < n; r++) {
+        float p = expf(s[(size_t)r * ss] - m);
+        s[(size_t)r * ss] = p;
+        l += p;
+    }
+    st->l[h] += l;
+}
+
+/* s (n × H) = c (n × nk) qtᵀ (qt: H × nk): scores of a chunk of keys for every head. */
+static void chunk_scores(const float *c, int n, int nk, const float *qt, int H, float *s) {
+#ifdef KV_AVX512
+    if (H <= 16) {
+        __mmask16 tail = (__mmask16)((1u << (nk & 15)) - 1);
+        for (int r = 0; r < n; r++) {
+            const float *cr = c + (size_t)r * nk;
+            __m512 acc[16];
+            for (int h = 0; h < H; h++) acc[h] = _mm512_setzero_ps();
+            int j = 0;
+            for (; j + 16 <= nk; j += 16) {
+                __m512 x = _mm512_loadu_ps(cr + j);
+                for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(qt + (size_t)h * nk + j), acc[h]);
+            }
+            if (tail) {
+                __m512 x = _mm512_maskz_loadu_ps(tail, cr + j);
+                for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(tail, qt + (size_t)h * nk + j), acc[h]);
+            }
+            for (int h = 0; h < H; h++) s[(size_t)r * H + h] = _mm512_reduce_add_ps(acc[h]);
+        }
+        return;
+    }
+#endif
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, nk, 1.0f, c, nk, qt, nk, 0.0f, s, H);
+}
+
+/* acc (H × nv) += pᵀ (p: n × H) c (n × nv): attention-weighted sums of a chunk's value coefficients. */
+static void chunk_values(const float *p, int n, const float *c, int nv, int H, float *acc) {
+#ifdef KV_AVX512
+    if (H <= 16) {
+        for (int j = 0; j < nv; j += 16) {
+            __mmask16 m = nv - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nv - j)) - 1);
+            __m512 a[16];
+            for (int h = 0; h < H; h++) a[h] = _mm512_maskz_loadu_ps(m, acc + (size_t)h * nv + j);
+            for (int r = 0; r < n; r++) {
+                __m512 x = _mm512_maskz_loadu_ps(m, c + (size_t)r * nv + j);
+                const float *pr = p + (size_t)r * H;
+                for (int h = 0; h < H; h++) a[h] = _mm512_fmadd_ps(_mm512_set1_ps(pr[h]), x, a[h]);
+            }
+            for (int h = 0; h < H; h++) _mm512_mask_storeu_ps(acc + (size_t)h * nv + j, m, a[h]);
+        }
+        return;
+    }
+#endif
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, nv, n, 1.0f, p, H, c, nv, 1.0f, acc, nv);
+}
+
+static void stream_range(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *qt, int t0, int t1,
+                         stream_state *st, float *ck, float *cv, float *s) {
+    const ea_kv_basis *bk = k->b, *bv = v->b;
+    int H = bk->n_head, nk = bk->n_coef, nv = bv->n_coef;
+    for (int c0 = t0; c0 < t1; c0 += CHUNK) {
+        int n = t1 - c0 < CHUNK ? t1 - c0 : CHUNK;
+        if (nk) k->unpack(k->self, k->rows, c0, n, ck);
+        if (nv) v->unpack(v->self, v->rows, c0, n, cv);
+        if (bk->shared && bv->shared && nk && nv) {
+            /* every head reads all coefficients: scores and value sums are small matrix products */
+            chunk_scores(ck, n, nk, qt, H, s);
+            for (int h = 0; h < H; h++) softmax_chunk(st, h, nv, nv, s + h, H, n);
+            chunk_values(s, n, cv, nv, H, st->acc);
+            continue;
+        }
+        for (int h = 0; h < H; h++) {
+            int lo = bk->lo[h], nh = bk->hi[h] - lo, vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
+            const float *qh = qt + (size_t)h * nk;
+            for (int r = 0; r < n; r++) {
+                const float *cr = ck + (size_t)r * nk + lo;
+                float a = 0;
+#pragma omp simd reduction(+ : a)
+                for (int j = 0; j < nh; j++) a += qh[j] * cr[j];
+                s[r] = a;
+            }
+            softmax_chunk(st, h, nvh, nv, s, 1, n);
+            float *acc = st->acc + (size_t)h * nv;
+            for (int r = 0; r < n; r++) {
+                const float *cr = cv + (size_t)r * nv + vlo;
+                float p = s[r];
+#pragma omp simd
+                for (int j = 0; j < nvh; j++) acc[j] += p * cr[j];
+            }
+        }
+    }
+}
+
+static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int T, float *out) {
+    const ea_kv_basis *bk = k->b, *bv = v->b;
+    int H = bk->n_head, hd = bk->hd, nk = bk->n_coef, nv = bv->n_coef;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *qt = malloc(sizeof(float) * ((size_t)H * nk + 1));
+    for (int h = 0; h < H; h++) {
+        const float *w = bk->w[h], *qh = q + h * hd;
+        for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++, w += hd) {
+            float a = 0;
+            for (int i = 0; i < hd; i++) a += w[i] * qh[i];
+            qt[(size_t)h * nk + j] = a * scale;
+        }
+    }
+    int nth = 1;
+#ifdef _OPENMP
+    if (T >= 4 * CHUNK && !omp_in_parallel()) nth = omp_get_max_threads();
+    if (nth > T / CHUNK) nth = T / CHUNK > 0 ? T / CHUNK : 1;
+#endif
+    size_t per = (size_t)2 * H + (size_t)H * nv;
+    float *states = malloc(sizeof(float) * per * nth);
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        stream_state st = {states + per * tid, states + per * tid + H, states + per * tid + 2 * H};
+        for (int h = 0; h < H; h++) {
+            st.m[h] = -INFINITY;
+            st.l[h] = 0;
+        }
+        memset(st.acc, 0, sizeof(float) * (size_t)H * nv);
+        /* contiguous, chunk-aligned ranges of keys per thread */
+        int nchunks = (T + CHUNK - 1) / CHUNK;
+        int c0 = (int)((long)nchunks * tid / nth), c1 = (int)((long)nchunks * (tid + 1) / nth);
+        int t0 = c0 * CHUNK, t1 = c1 * CHUNK < T ? c1 * CHUNK : T;
+        float *ck = malloc(sizeof(float) * ((size_t)CHUNK * nk + 1));
+        float *cv = malloc(sizeof(float) * ((size_t)CHUNK * nv + 1));
+        float *s = malloc(sizeof(float) * (size_t)CHUNK * H); /* scores: chunk rows × heads */
+        if (t0 < t1) stream_range(k, v, qt, t0, t1, &st, ck, cv, s);
+        free(ck);
+        free(cv);
+        free(s);
+    }
+    /* merge the threads' partial softmax sums, then project once */
+    float *acc = malloc(sizeof(float) * ((size_t)nv + 1));
+    for (int h = 0; h < H; h++) {
+        int vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
+        float M = -INFINITY, L = 0;
+        for (int t = 0; t < nth; t++) M = fmaxf(M, states[per * t + h]);
+        memset(acc, 0, sizeof(float) * (size_t)(nvh > 0 ? nvh : 1));
+        for (int t = 0; t < nth; t++) {
+            const float *base = states + per * t;
+            if (base[h] == -INFINITY) continue;
+            float f = expf(base[h] - M);
+            L += base[H + h] * f;
+            const float *a = base + 2 * H + (size_t)h * nv;
+            for (int j = 0; j < nvh; j++) acc[j] += a[j] * f;
+        }
+        float inv = 1.0f / L, *oh = out + h * hd;
+        memcpy(oh, bv->mean + h * hd, sizeof(float) * (size_t)hd);
+        const float *w = bv->w[h];
+        for (int j = 0; j < nvh; j++, w += hd) {
+            float a = acc[j] * inv;
+            for (int i = 0; i < hd; i++) oh[i] += a * w[i];
+        }
+    }
+    free(acc);
+    free(states);
+    free(qt);
+}
+
+static void unpack_all(const ea_kv_coef_src *src, int T, float *c) {
+    int n = src->b->n_coef;
+    if (!n) return;
+#pragma omp parallel for schedule(static)
+    for (int t0 = 0; t0 < T; t0 += CHUNK)
+        src->unpack(src->self, src->rows, t0, T - t0 < CHUNK ? T - t0 : CHUNK, c + (size_t)t0 * n);
+}
+
+static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,
+                         float *out) {
+    const ea_kv_basis *bk = k->b, *bv = v->b;
+    int H = bk->n_head, hd = bk->hd, d = bk->d, nk = bk->n_coef, nv = bv->n_coef, T = pos0 + nq;
+    int qb = nq < QBLOCK ? nq : QBLOCK;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *ck = malloc(sizeof(float) * ((size_t)T * nk + 1)), *cv = malloc(sizeof(float) * ((size_t)T * nv + 1));
+    float *s = malloc(sizeof(float) * (size_t)qb * T);
+    float *qt = malloc(sizeof(float) * ((size_t)qb * nk + 1)), *acc = malloc(sizeof(float) * ((size_t)qb * nv + 1));
+    unpack_all(k, T, ck);
+    unpack_all(v, T, cv);
+    for (int i0 = 0; i0 < nq; i0 += qb) {
+        int n = nq - i0 < qb ? nq - i0 : qb, tk = pos0 + i0 + n; /* keys this block can see */
+        for (int h = 0; h < H; h++) {
+            int lo = bk->lo[h], nh = bk->hi[h] - lo, vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
+            if (nh > 0) {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nh, hd, scale, q + (size_t)i0 * d + h * hd, d,
+                            bk->w[h], hd, 0.0f, qt, nh);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, tk, nh, 1.0f, qt, nh, ck + lo, nk, 0.0f, s, tk);
+            } else
+                memset(s, 0, sizeof(float) * (size_t)n * tk);
+#pragma omp parallel for schedule(static) if (n * tk > 65536)
+            for (int i = 0; i < n; i++) {
+                float *si = s + (size_t)i * tk;
+                int valid = pos0 + i0 + i + 1;
+                float mx = -INFINITY, sum = 0;
+                for (int t = 0; t < valid; t++) mx = fmaxf(mx, si[t]);
+                for (int t = 0; t < valid; t++) sum += (si[t] = expf(si[t] - mx));
+                float inv = 1.0f / sum;
+                for (int t = 0; t < valid; t++) si[t] *= inv;
+                for (int t = valid; t < tk; t++) si[t] = 0;
+            }
+            float *oh = out + (size_t)i0 * d + h * hd;
+            if (nvh > 0) {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, nvh, tk, 1.0f, s, tk, cv + vlo, nv, 0.0f, acc,
+                            nvh);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, nvh, 1.0f, acc, nvh, bv->w[h], hd, 0.0f,
+                            oh, d);
+            }
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < hd; j++) oh[(size_t)i * d + j] = (nvh > 0 ? oh[(size_t)i * d + j] : 0) + bv->mean[h * hd + j];
+        }
+    }
+    free(ck);
+    free(cv);
+    free(s);
+    free(qt);
+    free(acc);
+}
+
+void ea_kv_basis_attend(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,
+                        float *out) {
+    int d = k->b->d;
+    if (nq > DECODE_MAX) {
+        attend_block(k, v, q, nq, pos0, out);
+        return;
+    }
+    for (int i = 0; i < nq; i++) attend_one(k, v, q + (size_t)i * d, pos0 + i + 1, out + (size_t)i * d);
+}

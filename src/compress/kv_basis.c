@@ -1,0 +1,178 @@
+/* Bases of the basis codecs (pca, klt): eigen-decomposition of the calibration covariance of one
+ * layer's K or V (whole, or its per-head diagonal blocks), and the linear code built from chosen
+ * eigenvectors: projection onto it (encode) and expansion back (decode). */
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compress/kv_internal.h"
+
+/* Symmetric eigen-decomposition (LAPACK dsyevd), descending; a (n × n) is overwritten. */
+ea_status ea_kv_eigh(double *a, int n, double *vals, double *vecs) {
+    double *w = malloc(sizeof(double) * (size_t)n);
+    if (!w) return ea_error(EA_ERR_NOMEM, "kv basis: out of memory");
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a, n, w);
+    if (info != 0) {
+        free(w);
+        return ea_error(EA_ERR_NUMERIC, "kv basis: eigen-decomposition failed (dsyevd info %d)", (int)info);
+    }
+    for (int j = 0; j < n; j++) {
+        int src = n - 1 - j; /* dsyevd sorts ascending */
+        vals[j] = w[src] > 0 ? w[src] : 0.0;
+        for (int i = 0; i < n; i++) vecs[(size_t)i * n + j] = a[(size_t)i * n + src];
+    }
+    free(w);
+    return EA_OK;
+}
+
+ea_status ea_kv_eigen(const ea_kv_stats *s, int layer, int kind, int per_head, int n_head, double *evals,
+                      double *evecs) {
+    int d = s->d, groups = per_head ? n_head : 1, w = d / groups;
+    const double *cov = s->cov[kind] + (size_t)layer * d * d;
+    double *a = malloc(sizeof(double) * (size_t)w * w);
+    if (!a) return ea_error(EA_ERR_NOMEM, "kv basis: out of memory");
+    ea_status st = EA_OK;
+    for (int g = 0; g < groups && !st; g++) {
+        for (int i = 0; i < w; i++)
+            for (int j = 0; j < w; j++) {
+                double v = cov[(size_t)(g * w + i) * d + g * w + j];
+                if (!isfinite(v)) {
+                    free(a);
+                    return ea_error(EA_ERR_NUMERIC, "kv basis: covariance of layer %d %s is not finite", layer,
+                                    kind ? "V" : "K");
+                }
+                a[(size_t)i * w + j] = v;
+            }
+        st = ea_kv_eigh(a, w, evals + (size_t)g * w, evecs + (size_t)g * w * w);
+    }
+    free(a);
+    return st;
+}
+
+static float round_f16(float v) { return ea_f16_to_f32(ea_f32_to_f16(v)); }
+
+void ea_kv_basis_free(ea_kv_basis *b) {
+    if (!b) return;
+    for (int h = 0; h < b->n_head; h++) {
+        if (b->w) free(b->w[h]);
+    }
+    free(b->w);
+    free(b->blk);
+    free(b->lo);
+    free(b->hi);
+    free(b->mean);
+    memset(b, 0, sizeof *b);
+}
+
+ea_status ea_kv_basis_build(ea_kv_basis *b, const ea_kv_stats *s, int layer, int kind, int n_head, int per_head,
+                            const double *dec, const unsigned char *keep, int f16) {
+    memset(b, 0, sizeof *b);
+    int d = s->d, hd = d / n_head, groups = per_head ? n_head : 1, w = d / groups;
+    b->d = d;
+    b->n_head = n_head;
+    b->hd = hd;
+    b->shared = !per_head;
+    b->mean = malloc(sizeof(float) * (size_t)d);
+    b->lo = calloc((size_t)n_head, sizeof(int));
+    b->hi = calloc((size_t)n_head, sizeof(int));
+    b->w = calloc((size_t)n_head, sizeof(float *));
+    if (!b->mean || !b->lo || !b->hi || !b->w) goto nomem;
+    for (int i = 0; i < d; i++) {
+        float m = (float)s->mean[kind][(size_t)layer * d + i];
+        b->mean[i] = f16 ? round_f16(m) : m;
+    }
+    /* Kept columns per group, in eigenvalue order. */
+    int *cols = malloc(sizeof(int) * (size_t)d);
+    if (!cols) goto nomem;
+    int n = 0;
+    for (int g = 0; g < groups; g++) {
+        int start = n;
+        for (int j = 0; j < w; j++)
+            if (keep[g * w + j]) cols[n++] = j;
+        if (per_head) {
+            b->lo[g] = start;
+            b->hi[g] = n;
+        }
+    }
+    b->n_coef = n;
+    for (int h = 0; h < n_head; h++) {
+        int g = per_head ? h : 0, lo = per_head ? b->lo[h] : 0, hi = per_head ? b->hi[h] : n;
+        b->lo[h] = lo;
+        b->hi[h] = hi;
+        int row0 = per_head ? 0 : h * hd; /* first dim of head h inside the group */
+        const double *ev = dec + (size_t)g * w * w;
+        float *dst = malloc(sizeof(float) * (size_t)((hi - lo) > 0 ? hi - lo : 1) * hd);
+        if (!dst) {
+            free(cols);
+            goto nomem;
+        }
+        b->w[h] = dst;
+        for (int j = lo; j < hi; j++)
+            for (int i = 0; i < hd; i++) {
+                float v = (float)ev[(size_t)(row0 + i) * w + cols[j]];
+                dst[(size_t)(j - lo) * hd + i] = f16 ? round_f16(v) : v;
+            }
+    }
+    free(cols);
+    return EA_OK;
+nomem:
+    ea_kv_basis_free(b);
+    return ea_error(EA_ERR_NOMEM, "kv basis: out of memory");
+}
+
+size_t ea_kv_basis_floats(const ea_kv_basis *b) {
+    size_t vec = 0;
+    if (b->shared) vec = (size_t)b->n_coef * b->d;
+    else
+        for (int h = 0; h < b->n_head; h++) vec += (size_t)(b->hi[h] - b->lo[h]) * b->hd;
+    return (size_t)b->d + vec;
+}
+
+ea_status ea_kv_basis_set_metric(ea_kv_basis *b, const double *blocks) {
+    size_t hh = (size_t)b->hd * b->hd;
+    float *blk = malloc(sizeof(float) * hh * b->n_head);
+    if (!blk) return ea_error(EA_ERR_NOMEM, "kv basis: out of memory");
+    for (size_t i = 0; i < hh * b->n_head; i++) blk[i] = (float)blocks[i];
+    free(b->blk);
+    b->blk = blk;
+    return EA_OK;
+}
+
+void ea_kv_basis_project(const ea_kv_basis *b, const float *x, float *coef) {
+    int hd = b->hd;
+    float xc[hd];
+    memset(coef, 0, sizeof(float) * (size_t)b->n_coef);
+    for (int h = 0; h < b->n_head; h++) {
+        for (int i = 0; i < hd; i++) xc[i] = x[h * hd + i] - b->mean[h * hd + i];
+        if (b->blk) { /* weighted basis: coefficient j = (B_h w_j)·xc = w_j·(B_h xc), B_h symmetric */
+            const float *B = b->blk + (size_t)h * hd * hd;
+            float z[hd];
+            for (int i = 0; i < hd; i++) {
+                float a = 0;
+                for (int k = 0; k < hd; k++) a += B[i * hd + k] * xc[k];
+                z[i] = a;
+            }
+            memcpy(xc, z, sizeof(float) * (size_t)hd);
+        }
+        const float *w = b->w[h];
+        for (int j = b->lo[h]; j < b->hi[h]; j++, w += hd) {
+            float s = 0;
+            for (int i = 0; i < hd; i++) s += w[i] * xc[i];
+            coef[j] += s;
+        }
+    }
+}
+
+void ea_kv_basis_expand(const ea_kv_basis *b, const float *coef, float *x) {
+    int hd = b->hd;
+    for (int h = 0; h < b->n_head; h++) {
+        float *xh = x + h * hd;
+        memcpy(xh, b->mean + h * hd, sizeof(float) * (size_t)hd);
+        const float *w = b->w[h];
+        for (int j = b->lo[h]; j < b->hi[h]; j++, w += hd) {
+            float cj = coef[j];
+            for (int i = 0; i < hd; i++) xh[i] += cj * w[i];
+        }
+    }
+}

@@ -1,0 +1,172 @@
+/* KV codec construction from a spec string, and the accounting every codec shares. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compress/kv_internal.h"
+#include "compress/kv_quant.h"
+
+static ea_status check_stats(const char *spec, const ea_config *cfg, const ea_kv_stats *s) {
+    if (!s) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration statistics (a basis is fitted from them)", spec);
+    if (s->n_layer != cfg->n_layer || s->d != cfg->n_embd)
+        return ea_error(EA_ERR_MISMATCH, "kv codec '%s': statistics are for %d layers x %d dims, the model has %d x %d",
+                        spec, s->n_layer, s->d, cfg->n_layer, cfg->n_embd);
+    if (!(s->n >= 2) || !s->mean[0] || !s->mean[1] || !s->cov[0] || !s->cov[1])
+        return ea_error(EA_ERR_ARG, "kv codec '%s': statistics are empty (%g tokens)", spec, s->n);
+    return EA_OK;
+}
+
+/* "R" as a positive integer at most max. */
+static ea_status parse_int(const char *spec, const char *p, int max, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(p, &end, 10);
+    if (errno || end == p || *end || v < 1 || v > max)
+        return ea_error(EA_ERR_ARG, "kv codec '%s': '%s' is not an integer in [1, %d]", spec, p, max);
+    *out = (int)v;
+    return EA_OK;
+}
+
+/* "B[:flags]" for klt: B in (0, 16]; flags (letters, any order) override the defaults (see
+ * ea_kv_klt_default):
+ * g per-layer basis, h per-head basis, s/S per-token scale on/off, l Lloyd-Max levels, u uniform,
+ * p pooled allocation, b budget per layer and kind, f/F f32/f16 bases, w/m weighted metric / plain
+ * squared error, k/v weight K/V only, r<x> metric regularisation x (default 1). */
+static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
+    char *end;
+    errno = 0;
+    double b = strtod(p, &end);
+    if (errno || end == p || !isfinite(b) || b <= 0 || b > EA_KV_QBITS || (*end && *end != ':'))
+        return ea_error(EA_ERR_ARG, "kv codec '%s': bit budget '%s' is not a number in (0, %d]", spec, p, EA_KV_QBITS);
+    ea_kv_klt_default(o, b);
+    if (*end == ':')
+        for (const char *f = end + 1; *f; f++) switch (*f) {
+            case 'r': { /* r<x>: metric regularisation */
+                char *e2;
+                double r = strtod(f + 1, &e2);
+                if (e2 == f + 1 || !isfinite(r) || r < 0)
+                    return ea_error(EA_ERR_ARG, "kv codec '%s': flag r needs a non-negative number", spec);
+                o->reg = r;
+                f = e2 - 1;
+                break;
+            }
+            case 'g': o->per_head = 0; break;
+            case 'h': o->per_head = 1; break;
+            case 's': o->token_scale = 1; break;
+            case 'S': o->token_scale = 0; break;
+            case 'l': o->lloyd = 1; break;
+            case 'u': o->lloyd = 0; break;
+            case 'p': o->pool = 1; break;
+            case 'b': o->pool = 0; break;
+            case 'f': o->f16_basis = 0; break;
+            case 'F': o->f16_basis = 1; break;
+            case 'w': o->weighted = 3; break;
+            case 'k': o->weighted = 1; break;
+            case 'v': o->weighted = 2; break;
+            case 'm': o->weighted = 0; break;
+            default: return ea_error(EA_ERR_ARG, "kv codec '%s': unknown klt flag '%c'", spec, *f);
+            }
+    return EA_OK;
+}
+
+ea_status ea_kv_codec_check_spec(const char *spec) {
+    /* the parsers are the real ones; bounds that depend on the model are checked at creation */
+    if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");
+    const char *colon = strchr(spec, ':');
+    size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
+    const char *known[] = {"f32", "f16", "q8", "q4", "pca", "pca-head", "klt"};
+    int ok = 0;
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++) ok |= nlen == strlen(known[i]) && !strncmp(spec, known[i], nlen);
+    if (!ok) return ea_error(EA_ERR_ARG, "kv codec '%s': unknown codec (f32, f16, q8, q4, pca:R, pca-head:R, klt:B)", spec);
+    if (!colon) return (nlen == 3 && !strncmp(spec, "klt", 3)) || (nlen >= 3 && !strncmp(spec, "pca", 3))
+                           ? ea_error(EA_ERR_ARG, "kv codec '%s': needs a parameter, e.g. %s:2", spec, spec)
+                           : EA_OK;
+    if (!strncmp(spec, "klt", 3)) {
+        ea_kv_klt_opts o;
+        return parse_klt(spec, colon + 1, &o);
+    }
+    if (!strncmp(spec, "pca", 3)) {
+        int r;
+        return parse_int(spec, colon + 1, 1 << 20, &r);
+    }
+    return ea_error(EA_ERR_ARG, "kv codec '%s': takes no parameter", spec);
+}
+
+ea_status ea_kv_codec_create(const char *spec, const ea_config *cfg, const ea_kv_stats *stats, ea_kv_codec **out) {
+    return ea_kv_codec_create_ex(spec, cfg, stats, NULL, out);
+}
+
+void ea_kv_metric_free(ea_kv_metric *mt) {
+    if (!mt) return;
+    for (int k = 0; k < 2; k++) {
+        free(mt->m[k]);
+        mt->m[k] = NULL;
+    }
+}
+
+ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
+                                const ea_kv_metric *metric, ea_kv_codec **out) {
+    *out = NULL;
+    if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");
+    if (strlen(spec) >= sizeof(((ea_kv_codec *)0)->name))
+        return ea_error(EA_ERR_ARG, "kv codec '%.32s...': spec too long", spec);
+    if (!cfg || cfg->n_layer < 1 || cfg->n_head < 1 || cfg->n_embd < 1 || cfg->n_embd % cfg->n_head)
+        return ea_error(EA_ERR_ARG, "kv codec '%s': invalid model shape", spec);
+    if (metric && (metric->n_layer != cfg->n_layer || metric->d != cfg->n_embd))
+        return ea_error(EA_ERR_MISMATCH, "kv codec '%s': distortion metric is for %d layers x %d dims, the model has %d x %d",
+                        spec, metric->n_layer, metric->d, cfg->n_layer, cfg->n_embd);
+    ea_kv_codec *c = calloc(1, sizeof *c);
+    if (!c) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", spec);
+    snprintf(c->name, sizeof c->name, "%s", spec);
+    c->n_layer = cfg->n_layer;
+    c->n_head = cfg->n_head;
+    c->d = cfg->n_embd;
+    int hd = c->d / c->n_head, r = 0;
+    const char *colon = strchr(spec, ':');
+    size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
+    const char *arg = colon ? colon + 1 : NULL;
+#define IS(s) (nlen == strlen(s) && !strncmp(spec, s, nlen))
+    ea_status st;
+    if ((IS("f32") || IS("f16") || IS("q8") || IS("q4")) && arg)
+        st = ea_error(EA_ERR_ARG, "kv codec '%s': takes no parameter", spec);
+    else if (IS("f32")) st = ea_kv_f32_setup(c);
+    else if (IS("f16")) st = ea_kv_f16_setup(c);
+    else if (IS("q8")) st = ea_kv_q8_setup(c);
+    else if (IS("q4")) st = ea_kv_q4_setup(c);
+    else if (IS("pca") || IS("pca-head")) {
+        int per_head = IS("pca-head");
+        if (!arg) st = ea_error(EA_ERR_ARG, "kv codec '%s': needs a rank, e.g. %s:16", spec, per_head ? "pca-head" : "pca");
+        else if (!(st = parse_int(spec, arg, per_head ? hd : c->d, &r)) && !(st = check_stats(spec, cfg, stats)))
+            st = ea_kv_pca_setup(c, stats, r, per_head);
+    } else if (IS("klt")) {
+        ea_kv_klt_opts o;
+        if (!arg) st = ea_error(EA_ERR_ARG, "kv codec '%s': needs a bit budget, e.g. klt:2", spec);
+        else if (!(st = parse_klt(spec, arg, &o)) && !(st = check_stats(spec, cfg, stats)))
+            st = ea_kv_klt_setup(c, stats, metric, &o);
+    } else
+        st = ea_error(EA_ERR_ARG, "kv codec '%s': unknown codec (f32, f16, q8, q4, pca:R, pca-head:R, klt:B)", spec);
+#undef IS
+    if (st) {
+        ea_kv_codec_free(c);
+        return st;
+    }
+    *out = c;
+    return EA_OK;
+}
+
+void ea_kv_codec_free(ea_kv_codec *c) {
+    if (!c) return;
+    if (c->ops && c->ops->destroy) c->ops->destroy(c);
+    free(c);
+}
+
+double ea_kv_codec_bits_per_value(const ea_kv_codec *c) {
+    double bytes = 0;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int k = 0; k < 2; k++) bytes += (double)c->ops->row_bytes(c, l, (ea_kv_kind)k);
+    return bytes * 8.0 / (2.0 * c->n_layer * c->d);
+}
+
+size_t ea_kv_codec_overhead(const ea_kv_codec *c) { return c->ops->overhead_bytes ? c->ops->overhead_bytes(c) : 0; }

@@ -1,0 +1,23 @@
+/* f16 KV codec: IEEE half per value (F16C when the build targets it). */
+#include "compress/kv_internal.h"
+
+static size_t f16_row_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) { return sizeof(uint16_t) * (size_t)c->d; }
+
+static void f16_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst) {
+    uint16_t *h = dst;
+    for (int i = 0; i < c->d; i++) h[i] = ea_f32_to_f16(x[i]);
+}
+
+static void f16_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src, float *x) {
+    ea_f16_to_f32_array(src, x, (size_t)c->d * (size_t)n);
+}
+
+static size_t f16_overhead(const ea_kv_codec *c) { return 0; }
+static void f16_destroy(ea_kv_codec *c) {}
+
+static const ea_kv_codec_ops f16_ops = {f16_row_bytes, f16_encode, f16_decode, NULL, f16_overhead, f16_destroy};
+
+ea_status ea_kv_f16_setup(ea_kv_codec *c) {
+    c->ops = &f16_ops;
+    return EA_OK;
+}

@@ -1,0 +1,24 @@
+/* f32 KV codec: rows stored as they are (the exact reference; the cache's default). */
+#include <string.h>
+
+#include "compress/kv_internal.h"
+
+static size_t f32_row_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) { return sizeof(float) * (size_t)c->d; }
+
+static void f32_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst) {
+    memcpy(dst, x, sizeof(float) * (size_t)c->d);
+}
+
+static void f32_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src, float *x) {
+    memcpy(x, src, sizeof(float) * (size_t)c->d * (size_t)n);
+}
+
+static size_t f32_overhead(const ea_kv_codec *c) { return 0; }
+static void f32_destroy(ea_kv_codec *c) {}
+
+static const ea_kv_codec_ops f32_ops = {f32_row_bytes, f32_encode, f32_decode, NULL, f32_overhead, f32_destroy};
+
+ea_status ea_kv_f32_setup(ea_kv_codec *c) {
+    c->ops = &f32_ops;
+    return EA_OK;
+}

@@ -1,0 +1,150 @@
+/* KV-cache codecs: pieces shared by the codec files of src/compress (not public API). */
+#ifndef EA_KV_INTERNAL_H
+#define EA_KV_INTERNAL_H
+
+#include "ea/kvcodec.h"
+
+/* Distortion metric of the transform coder, per layer (d × d, symmetric PSD, float64): an error e
+ * in a K row costs eᵀ M_K e, in a V row eᵀ M_V e. M_K = E[q qᵀ] restricted to each head's block
+ * (what an error does to the attention scores), M_V = W_o W_oᵀ (what it does to the attention
+ * block's output). NULL anywhere means plain squared error. */
+typedef struct {
+    int n_layer, d;
+    double *m[2];
+    /* Optional: KL per unit of distortion of each part [layer*2 + kind] (measured by
+     * ea_kv_sensitivity); with it, a pooled klt allocation spends bits where they lower KL most. */
+    double *part_weight;
+} ea_kv_metric;
+void ea_kv_metric_free(ea_kv_metric *mt);
+/* Syntax of a codec spec (name, parameter, flags) without building it: lets commands reject a typo
+ * before loading anything. */
+ea_status ea_kv_codec_check_spec(const char *spec);
+/* ea_kv_codec_create with an optional metric (used by the klt codec). */
+ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
+                                const ea_kv_metric *metric, ea_kv_codec **out);
+
+/* Each setup fills c->ops and c->state of a codec whose name and shape are already set. */
+ea_status ea_kv_f32_setup(ea_kv_codec *c);
+ea_status ea_kv_f16_setup(ea_kv_codec *c);
+ea_status ea_kv_q8_setup(ea_kv_codec *c);
+ea_status ea_kv_q4_setup(ea_kv_codec *c);
+/* pca:R (per_head 0: R coefficients per row) or pca-head:R (R per head). */
+ea_status ea_kv_pca_setup(ea_kv_codec *c, const ea_kv_stats *s, int rank, int per_head);
+
+/* Options of the transform coder (klt); the spec string sets them, see kv_klt.c. */
+typedef struct {
+    double bits;        /* average budget, bits per cached value (K and V, all layers) */
+    int per_head;       /* 1: one KLT per head (hd × hd blocks); 0: one per layer (d × d) */
+    int token_scale;    /* 1: one f16 gain per row rescales the coefficients */
+    int lloyd;          /* 1: Lloyd-Max levels for a Gaussian; 0: optimal uniform step */
+    int pool;           /* 1: one greedy pool over all layers and kinds; 0: budget per layer and kind */
+    int f16_basis;      /* 1: bases stored and used in f16 precision (overhead counted as 2 bytes) */
+    double kv_ratio;    /* weight of V distortion against K distortion in the pooled allocation */
+    int weighted;       /* use the metric (when one is given): bit 0 for K, bit 1 for V */
+    double reg;         /* metric regularisation: M + reg·tr(M)/w·I per group */
+} ea_kv_klt_opts;
+void ea_kv_klt_default(ea_kv_klt_opts *o, double bits);
+ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o);
+/* Expected squared error per row of (layer, kind) for Gaussian rows with the calibration covariance. */
+double ea_kv_klt_predicted_mse(const ea_kv_codec *c, int layer, int kind);
+
+/* ---- A linear code of one (layer, kind): x ≈ mean + Σ_j coef_j · basis_j. ----
+ * Coefficients of head h are [lo[h], hi[h]); basis rows of head h are w[h] ((hi-lo) × hd, row j is
+ * coefficient lo+j's vector restricted to head h's dims). A per-layer basis has lo = 0, hi = n for
+ * every head; a per-head basis has disjoint ranges. */
+typedef struct {
+    int d, n_head, hd, n_coef;
+    float *mean;   /* d */
+    int *lo, *hi;  /* n_head each */
+    float **w;     /* n_head matrices: decode vectors */
+    float *blk;    /* metric-weighted bases: per-head hd × hd blocks B_h; coefficient j of x is
+                    * Σ_h w_j,h · B_h (x_h - mean_h). NULL: orthonormal, coefficient = w_j·(x - mean) */
+    int shared;    /* every head uses all coefficients (per-layer basis) */
+} ea_kv_basis;
+
+/* Symmetric eigen-decomposition, eigenvalues descending (negatives from rounding clamped to 0);
+ * vecs (n × n row-major): column j = eigenvector j; a is overwritten. */
+ea_status ea_kv_eigh(double *a, int n, double *vals, double *vecs);
+/* Eigen-decomposition of the calibration covariance (layer, kind): per group (one, or one per head)
+ * the eigenvalues (descending) and eigenvectors. evals: d values, group g at [g*w, (g+1)*w);
+ * evecs: per group w × w row-major, column j = eigenvector j, group g at g*w*w. */
+ea_status ea_kv_eigen(const ea_kv_stats *s, int layer, int kind, int per_head, int n_head, double *evals,
+                      double *evecs);
+/* Basis keeping, for each group g, the columns keep[g*w + j] != 0 of dec (layout of evecs) as
+ * decode vectors (rounded to f16 precision when f16). */
+ea_status ea_kv_basis_build(ea_kv_basis *b, const ea_kv_stats *s, int layer, int kind, int n_head, int per_head,
+                            const double *dec, const unsigned char *keep, int f16);
+void ea_kv_basis_free(ea_kv_basis *b);
+/* Make b a metric-weighted basis: encoding multiplies by the blocks B_h (hd × hd, float64, n_head
+ * of them) before projecting on the decode vectors. */
+ea_status ea_kv_basis_set_metric(ea_kv_basis *b, const double *blocks);
+/* Stored floats of the basis: means and decode vectors. */
+size_t ea_kv_basis_floats(const ea_kv_basis *b);
+/* coef (n_coef) = basisᵀ (x - mean) */
+void ea_kv_basis_project(const ea_kv_basis *b, const float *x, float *coef);
+/* x (d) = mean + basis coef */
+void ea_kv_basis_expand(const ea_kv_basis *b, const float *coef, float *x);
+/* Where attention reads coefficients from: unpack(self, rows, t0, n, coef) writes the
+ * coefficients of encoded rows t0..t0+n-1 of buffer rows into coef (n × b->n_coef). */
+typedef struct {
+    const ea_kv_basis *b;
+    void (*unpack)(const void *self, const void *rows, int t0, int n, float *coef);
+    const void *self;
+    const void *rows;
+} ea_kv_coef_src;
+/* Causal attention of nq queries (positions pos0..pos0+nq-1, q and out nq × d) on the keys and
+ * values 0..pos0+nq-1 held as coefficients, without rebuilding K or V:
+ *   score_t = (W_hᵀ q_h)·c_t (q·mean is the same for every t and cancels in the softmax),
+ *   out_h = mean_h + W_h Σ_t a_t c_t (the weights sum to 1). */
+void ea_kv_basis_attend(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,
+                        float *out);
+
+/* ---- Fitting statistics from the model (used by eval and the benchmarks). ---- */
+#include "ea/model.h"
+/* Capture K and V over windows of ctx tokens of ids; positions < skip of each window are left
+ * out (the attention-sink token). Fills a fresh stats (free with ea_kvfit_stats_free). */
+ea_status ea_kvfit_stats(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out);
+/* The same, also returning the distortion metric (metric may be NULL). */
+ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
+                                ea_kv_metric *metric);
+ea_status ea_kvfit_stats_alloc(ea_kv_stats *s, int n_layer, int d);
+void ea_kvfit_stats_free(ea_kv_stats *s);
+
+/* Sensitivity of the model to coding errors in each part: with only part p (layer, kind) coded by
+ * probe (a klt codec), the mean KL over the windows of ids divided by the probe's predicted
+ * distortion of p. alpha: 2 × n_layer values. */
+ea_status ea_kv_sensitivity(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_codec *probe, double *alpha);
+
+/* Sensitivities already measured, by probe spec (ea_kv_codec_fit fills and reuses it). */
+typedef struct {
+    int n;
+    char spec[8][96];
+    double *alpha[8];
+} ea_kv_sens_cache;
+void ea_kv_sens_cache_free(ea_kv_sens_cache *sc);
+
+/* A codec for this model from its spec, fitted as the eval does: basis codecs from stats and
+ * metric (may be NULL); a pooled klt (the default, unless flag 'b') first measures part
+ * sensitivities with ea_kv_sensitivity on up to sens_tokens of calib ids (windows of ctx; skipped
+ * when calib or metric is NULL). cache may be NULL. */
+ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
+                          const int *calib, size_t n_calib, int ctx, size_t sens_tokens, ea_kv_sens_cache *cache,
+                          ea_kv_codec **out);
+
+/* Next-token scoring of one window against the exact model's logits (rows first-1..len-2):
+ * base logits, base probabilities and log-sum-exps (from ea_kv_ref_prepare) and a codec's logits. */
+typedef struct {
+    double nll, kl;
+    size_t top1, scored;
+} ea_kv_score;
+void ea_kv_ref_prepare(const float *base, int first, int len, int V, float *prob, double *lse);
+void ea_kv_score_window(ea_kv_score *acc, const float *base, const float *prob, const double *lse, const float *logits,
+                        const int *ids, int first, int len, int V);
+
+/* Generation-style decode speed with a codec (NULL: the exact float32 cache): prefill
+ * ctx - n_decode tokens of ids (repeated if short), then time n_decode one-token forward passes
+ * with logits, so the timed steps attend to about ctx positions. */
+ea_status ea_kv_decode_rate(ea_model *m, const ea_kv_codec *codec, const int *ids, size_t n, int ctx, int n_decode,
+                            double *tok_s);
+
+#endif

@@ -1,0 +1,133 @@
+/* How much each layer's K or V matters: code one part at a time with a probe codec (the others
+ * exact) and measure the KL it causes per unit of the probe's predicted distortion. A pooled bit
+ * allocation then weighs each part's distortion by this sensitivity. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compress/kv_internal.h"
+
+typedef struct {
+    const ea_kv_codec *probe;
+    int layer, kind;
+    unsigned char *row;
+} sens_hook_ctx;
+
+/* Replace the target part's rows by their coded version (encode + decode). */
+static int sens_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+    sens_hook_ctx *h = user;
+    int kind = site == EA_SITE_V ? 1 : site == EA_SITE_K ? 0 : -1;
+    if (kind != h->kind || layer != h->layer) return 0;
+    for (int i = 0; i < n; i++) {
+        float *r = x + (size_t)i * ld;
+        h->probe->ops->encode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, r, h->row);
+        h->probe->ops->decode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, 1, h->row, r);
+    }
+    return 0;
+}
+
+ea_status ea_kv_sensitivity(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_codec *probe, double *alpha) {
+    const ea_config *cfg = ea_model_config(m);
+    int L = cfg->n_layer, P = 2 * L, V = cfg->vocab_size;
+    if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv sensitivity: window %d outside [2, %d]", ctx, cfg->n_positions);
+    size_t cells = (size_t)ctx * V, maxrow = 0;
+    for (int p = 0; p < P; p++) {
+        size_t rb = probe->ops->row_bytes(probe, p / 2, (ea_kv_kind)(p % 2));
+        if (rb > maxrow) maxrow = rb;
+    }
+    float *base = malloc(sizeof(float) * cells), *prob = malloc(sizeof(float) * cells), *lg = malloc(sizeof(float) * cells);
+    double *lse = malloc(sizeof(double) * (size_t)ctx);
+    ea_kv_score *acc = calloc((size_t)P, sizeof *acc);
+    sens_hook_ctx h = {probe, -1, -1, malloc(maxrow + 8)};
+    ea_kvcache *cache = NULL;
+    ea_status st = (!base || !prob || !lg || !lse || !acc || !h.row) ? ea_error(EA_ERR_NOMEM, "kv sensitivity: out of memory") : EA_OK;
+    if (!st) st = ea_kvcache_init(&cache, cfg, ctx, NULL);
+    for (size_t s0 = 0; !st && s0 + 1 < n; s0 += (size_t)ctx) {
+        int len = (int)(n - s0 < (size_t)ctx ? n - s0 : (size_t)ctx);
+        if (len < 2) break;
+        ea_kvcache_reset(cache);
+        if ((st = ea_model_forward(m, cache, ids + s0, len, base, 1))) break;
+        ea_kv_ref_prepare(base, 1, len, V, prob, lse);
+        for (int p = 0; p < P && !st; p++) {
+            h.layer = p / 2;
+            h.kind = p % 2;
+            ea_model_set_capture(m, sens_hook, &h);
+            ea_kvcache_reset(cache);
+            st = ea_model_forward(m, cache, ids + s0, len, lg, 1);
+            ea_model_set_capture(m, NULL, NULL);
+            if (!st) ea_kv_score_window(&acc[p], base, prob, lse, lg, ids + s0, 1, len, V);
+        }
+    }
+    for (int p = 0; p < P && !st; p++) {
+        double pred = ea_kv_klt_predicted_mse(probe, p / 2, p % 2);
+        alpha[p] = acc[p].scored && pred > 0 ? acc[p].kl / (double)acc[p].scored / pred : 0;
+    }
+    ea_kvcache_free(cache);
+    free(base);
+    free(prob);
+    free(lg);
+    free(lse);
+    free(acc);
+    free(h.row);
+    return st;
+}
+
+/* A pooled klt spec: the default, unless a 'b' flag comes after the last 'p'. */
+static int spec_pooled(const char *spec) {
+    if (strncmp(spec, "klt:", 4)) return 0;
+    const char *f = strchr(spec + 4, ':');
+    int p = 1;
+    for (; f && *f; f++) p = *f == 'p' ? 1 : *f == 'b' ? 0 : p;
+    return p;
+}
+
+/* The probe that measures sensitivities: the same variant at 3 bits per value, budget per part. */
+static void probe_spec(const char *spec, char *out, size_t cap) {
+    const char *f = strchr(spec + 4, ':');
+    size_t n = (size_t)snprintf(out, cap, "klt:3:");
+    for (f = f ? f + 1 : ""; *f && n + 2 < cap; f++)
+        if (*f != 'p' && *f != 'b') out[n++] = *f;
+    out[n++] = 'b';
+    out[n] = 0;
+}
+
+void ea_kv_sens_cache_free(ea_kv_sens_cache *sc) {
+    if (!sc) return;
+    for (int i = 0; i < sc->n; i++) free(sc->alpha[i]);
+    sc->n = 0;
+}
+
+ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
+                          const int *calib, size_t n_calib, int ctx, size_t sens_tokens, ea_kv_sens_cache *cache,
+                          ea_kv_codec **out) {
+    const ea_config *cfg = ea_model_config(m);
+    *out = NULL;
+    if (!spec_pooled(spec) || !calib || !stats || !metric) return ea_kv_codec_create_ex(spec, cfg, stats, metric, out);
+    char ps[96];
+    probe_spec(spec, ps, sizeof ps);
+    ea_kv_metric mt = *metric;
+    double *alpha = NULL;
+    int owned = 1;
+    for (int i = 0; cache && i < cache->n; i++)
+        if (!strcmp(cache->spec[i], ps)) {
+            alpha = cache->alpha[i];
+            owned = 0;
+        }
+    ea_status st = EA_OK;
+    if (!alpha) {
+        ea_kv_codec *probe = NULL;
+        if (!(alpha = malloc(sizeof(double) * 2 * (size_t)cfg->n_layer))) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", spec);
+        st = ea_kv_codec_create_ex(ps, cfg, stats, metric, &probe);
+        if (!st) st = ea_kv_sensitivity(m, calib, n_calib < sens_tokens ? n_calib : sens_tokens, ctx, probe, alpha);
+        ea_kv_codec_free(probe);
+        if (!st && cache && cache->n < 8) {
+            snprintf(cache->spec[cache->n], sizeof cache->spec[0], "%s", ps);
+            cache->alpha[cache->n++] = alpha;
+            owned = 0;
+        }
+    }
+    mt.part_weight = alpha;
+    if (!st) st = ea_kv_codec_create_ex(spec, cfg, stats, &mt, out);
+    if (owned) free(alpha);
+    return st;
+}

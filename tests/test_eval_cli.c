@@ -1,0 +1,203 @@
+/* End to end: `eigenalign eval` and `eigenalign bench-memory` on the bundled model, small inputs.
+ * Checks the JSON shape and invariants (counts from the protocol, bits/value of the known formats,
+ * KL >= 0, top-1 in [0, 1], delta ppl consistent with ppl), the curve files, and clean failures. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
+
+#include "testutil.h"
+
+#define EVAL_TEXT EA_SOURCE_DIR "/data/eval.txt"
+#define CALIB_TEXT EA_SOURCE_DIR "/data/calib.txt"
+
+static int exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static double num(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    assert_non_null(v);
+    assert_true(cJSON_IsNumber(v));
+    return v->valuedouble;
+}
+
+/* Scored targets of a text of n tokens cut in windows of ctx (see ea_ppl_first_scored). */
+static size_t expected_scored(size_t n, int ctx, int llama) {
+    size_t s = 0;
+    for (size_t w0 = 0; w0 + 1 < n; w0 += (size_t)ctx) {
+        int len = (int)(n - w0 < (size_t)ctx ? n - w0 : (size_t)ctx);
+        if (len < 2) break;
+        int first = llama ? (len / 2 > 1 ? len / 2 : 1) : 1;
+        s += (size_t)(len - first);
+    }
+    return s;
+}
+
+static void test_eval_json(void **state) {
+    char *dir = test_tmpdir(), curve[512], svg[512], *out = NULL, *err = NULL;
+    snprintf(curve, sizeof curve, "%s/curve.json", dir);
+    snprintf(svg, sizeof svg, "%s/curve.svg", dir);
+    const char *args[] = {"eval", "--text", EVAL_TEXT, "--max-tokens", "200", "--ctx", "64", "--kv", "q8,q4,pca:8,klt:2",
+                          "--calib", CALIB_TEXT, "--calib-max-tokens", "768", "--sens-tokens", "128", "--decode-tokens", "4",
+                          "--curve-json", curve, "--svg", svg, "--json", NULL};
+    int rc = test_run_cli(&out, &err, args);
+    if (rc != 0) printf("stderr: %s\n", err);
+    assert_int_equal(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "baseline");
+    double base_ppl = num(b, "ppl");
+    assert_true(base_ppl > 1 && isfinite(base_ppl));
+    assert_int_equal((size_t)num(b, "tokens_scored"), expected_scored(200, 64, 0));
+    const cJSON *codecs = cJSON_GetObjectItemCaseSensitive(j, "codecs");
+    assert_int_equal(cJSON_GetArraySize(codecs), 4);
+    const char *names[] = {"q8", "q4", "pca:8", "klt:2"};
+    const double bits[] = {8.5, 4.5, 8.0 * 32 / 128, 2.0};
+    for (int i = 0; i < 4; i++) {
+        const cJSON *c = cJSON_GetArrayItem(codecs, i);
+        assert_string_equal(cJSON_GetObjectItemCaseSensitive(c, "codec")->valuestring, names[i]);
+        double bpv = num(c, "bits_per_value"), kl = num(c, "kl"), top1 = num(c, "top1"), ppl = num(c, "ppl");
+        double dppl = num(c, "dppl_pct"), cache = num(c, "cache_bytes"), over = num(c, "overhead_bytes");
+        printf("%-6s bits %.3f overhead %.0f cache %.0f ppl %.3f (base %.3f) dppl %+.3f%% KL %.5f top1 %.3f decode %.1f/s\n",
+               names[i], bpv, over, cache, ppl, base_ppl, dppl, kl, top1, num(c, "decode_tok_s"));
+        if (i < 3) assert_true(fabs(bpv - bits[i]) < 1e-9);
+        else assert_true(bpv <= bits[i] + 1e-9 && bpv > bits[i] - 0.1);
+        assert_true(kl >= 0 && isfinite(kl));
+        assert_true(top1 >= 0 && top1 <= 1);
+        assert_true(fabs(dppl - 100 * (ppl / base_ppl - 1)) < 1e-6 * fabs(dppl) + 1e-9);
+        /* cache bytes at --ctx: 2 x layers x ctx x d x bits / 8 for the bundled model (4 x 128) */
+        assert_true(fabs(cache - 2.0 * 4 * 64 * 128 * bpv / 8) < 0.5);
+        assert_true(num(c, "decode_tok_s") > 0);
+        if (i >= 2) assert_true(over > 0);
+    }
+    /* q8 is much closer to the exact cache than the note's pca at the same bits */
+    assert_true(num(cJSON_GetArrayItem(codecs, 0), "kl") < num(cJSON_GetArrayItem(codecs, 2), "kl"));
+    cJSON_Delete(j);
+    char *cj = NULL;
+    size_t n = 0;
+    assert_int_equal(ea_read_file(curve, 1 << 20, &cj, &n), EA_OK);
+    cJSON *cv = cJSON_Parse(cj);
+    assert_non_null(cv);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(cv, "points")), 4);
+    cJSON_Delete(cv);
+    free(cj);
+    char *sv = NULL;
+    assert_int_equal(ea_read_file(svg, 1 << 22, &sv, &n), EA_OK);
+    assert_non_null(strstr(sv, "<svg"));
+    free(sv);
+    free(out);
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
+static void test_eval_llama_protocol(void **state) {
+    char *out = NULL, *err = NULL;
+    const char *args[] = {"eval", "--text", EVAL_TEXT, "--max-tokens", "150", "--ctx", "64", "--kv", "f16",
+                          "--protocol", "llama", "--decode-tokens", "0", "--json", NULL};
+    int rc = test_run_cli(&out, &err, args);
+    if (rc != 0) printf("stderr: %s\n", err);
+    assert_int_equal(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    size_t scored = (size_t)num(cJSON_GetObjectItemCaseSensitive(j, "baseline"), "tokens_scored");
+    printf("llama protocol: %zu tokens scored (expected %zu)\n", scored, expected_scored(150, 64, 1));
+    assert_int_equal(scored, expected_scored(150, 64, 1));
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "codecs"), 0);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(c, "decode_tok_s")));
+    printf("f16 KL %.3g\n", num(c, "kl"));
+    assert_true(num(c, "kl") < 1e-4);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+}
+
+static void test_eval_errors(void **state) {
+    char *dir = test_tmpdir(), curve[512], *out = NULL, *err = NULL;
+    snprintf(curve, sizeof curve, "%s/curve.json", dir);
+    /* a missing text file: named in the message, no curve written */
+    const char *a1[] = {"eval", "--text", "/nonexistent/eval.txt", "--kv", "q8", "--curve-json", curve, NULL};
+    int rc = test_run_cli(&out, &err, a1);
+    printf("missing text: rc %d, %s", rc, err);
+    assert_true(rc != 0);
+    assert_non_null(strstr(err, "/nonexistent/eval.txt"));
+    assert_false(exists(curve));
+    free(out);
+    free(err);
+    /* an unknown codec: named, before any work */
+    const char *a2[] = {"eval", "--text", EVAL_TEXT, "--max-tokens", "50", "--kv", "q8,zip:3", "--curve-json", curve, NULL};
+    rc = test_run_cli(&out, &err, a2);
+    printf("unknown codec: rc %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(err, "zip:3"));
+    assert_false(exists(curve));
+    free(out);
+    free(err);
+    const char *a3[] = {"eval", "--text", EVAL_TEXT, "--kv", "klt:2", "--compressor", "x", "--calib", "y", NULL};
+    rc = test_run_cli(&out, &err, a3);
+    assert_int_equal(rc, 2);
+    free(out);
+    free(err);
+    const char *a4[] = {"eval", "--text", EVAL_TEXT, NULL};
+    rc = test_run_cli(&out, &err, a4);
+    printf("no --kv: rc %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    free(out);
+    free(err);
+    const char *a5[] = {"eval", "--kv", "q8", "--text", EVAL_TEXT, "--ctx", "4096", NULL};
+    rc = test_run_cli(&out, &err, a5);
+    printf("ctx too long: rc %d, %s", rc, err);
+    assert_true(rc != 0);
+    free(out);
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
+static void test_bench_memory_json(void **state) {
+    char *out = NULL, *err = NULL;
+    const char *args[] = {"bench-memory", "--seq", "32,64,4096", "--codec", "f32,q4,klt:1", "--calib", CALIB_TEXT,
+                          "--calib-tokens", "512", "--json", NULL};
+    int rc = test_run_cli(&out, &err, args);
+    if (rc != 0) printf("stderr: %s\n", err);
+    assert_int_equal(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    const cJSON *rows = cJSON_GetObjectItemCaseSensitive(j, "rows");
+    assert_int_equal(cJSON_GetArraySize(rows), 9);
+    const cJSON *r;
+    cJSON_ArrayForEach(r, rows) {
+        int seq = (int)num(r, "seq");
+        const char *codec = cJSON_GetObjectItemCaseSensitive(r, "codec")->valuestring;
+        double kv = num(r, "kv_bytes"), bits = num(r, "bits_per_value");
+        /* 2 x layers x seq x d x bits / 8 for the bundled model */
+        assert_true(fabs(kv - 2.0 * 4 * seq * 128 * bits / 8) < 0.5);
+        assert_true(fabs(num(r, "attn_scores_bytes") - 4.0 * 4 * seq * seq) < 0.5);
+        const cJSON *cache = cJSON_GetObjectItemCaseSensitive(r, "cache_allocated_bytes");
+        if (seq > 512) assert_true(cJSON_IsNull(cache)); /* beyond n_positions: computed only */
+        else {
+            printf("%-6s seq %4d: computed KV %.0f B, allocated %.0f B, peak RSS %.1f MiB\n", codec, seq, kv,
+                   cache->valuedouble, num(r, "peak_rss_bytes") / 1048576);
+            assert_true(fabs(cache->valuedouble - kv) < 0.5); /* the cache's own accounting agrees */
+            assert_true(num(r, "peak_rss_bytes") > kv);
+        }
+    }
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eval_json),
+        cmocka_unit_test(test_eval_llama_protocol),
+        cmocka_unit_test(test_eval_errors),
+        cmocka_unit_test(test_bench_memory_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

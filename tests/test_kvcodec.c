@@ -1,0 +1,523 @@
+/* KV codecs: each round-trips within its analytic error bound, attention on compressed rows equals
+ * attention on the decoded rows, and bits/value match the cache's allocation. */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compress/kv_internal.h"
+#include "testutil.h"
+
+static ea_config small_cfg(void) {
+    ea_config c = {0};
+    c.n_layer = 2;
+    c.n_head = 4;
+    c.n_embd = 64;
+    c.n_positions = 256;
+    c.vocab_size = 100;
+    c.n_inner = 256;
+    c.layer_norm_epsilon = 1e-5f;
+    return c;
+}
+
+/* Random orthogonal d × d matrix (Gram-Schmidt of a Gaussian matrix), row-major. */
+static void random_orthogonal(ea_rng *r, int d, double *u) {
+    for (int i = 0; i < d * d; i++) u[i] = ea_rng_normal(r);
+    for (int j = 0; j < d; j++) { /* columns */
+        for (int k = 0; k < j; k++) {
+            double dot = 0;
+            for (int i = 0; i < d; i++) dot += u[i * d + j] * u[i * d + k];
+            for (int i = 0; i < d; i++) u[i * d + j] -= dot * u[i * d + k];
+        }
+        double nrm = 0;
+        for (int i = 0; i < d; i++) nrm += u[i * d + j] * u[i * d + j];
+        nrm = sqrt(nrm);
+        for (int i = 0; i < d; i++) u[i * d + j] /= nrm;
+    }
+}
+
+/* A Gaussian source per (layer, kind): x = mean + U diag(sqrt λ) z, λ_j decaying like j^-1.5
+ * times a per-part scale. The stats hold the exact mean and covariance. */
+typedef struct {
+    ea_kv_stats st;
+    double *u[2];   /* per kind, per layer: d × d */
+    double *lam[2]; /* per kind, per layer: d */
+} source;
+
+static void source_init(source *s, const ea_config *c, uint64_t seed) {
+    int L = c->n_layer, d = c->n_embd;
+    ea_rng r;
+    ea_rng_seed(&r, seed);
+    assert_int_equal(ea_kvfit_stats_alloc(&s->st, L, d), EA_OK);
+    s->st.n = 1e6;
+    for (int k = 0; k < 2; k++) {
+        s->u[k] = malloc(sizeof(double) * (size_t)L * d * d);
+        s->lam[k] = malloc(sizeof(double) * (size_t)L * d);
+        for (int l = 0; l < L; l++) {
+            double *u = s->u[k] + (size_t)l * d * d, *lam = s->lam[k] + (size_t)l * d;
+            double scale = 0.5 + l + 2.0 * k;
+            random_orthogonal(&r, d, u);
+            for (int j = 0; j < d; j++) lam[j] = scale * pow(1.0 + j, -1.5);
+            for (int i = 0; i < d; i++) s->st.mean[k][(size_t)l * d + i] = ea_rng_normal(&r) * 0.3;
+            double *cov = s->st.cov[k] + (size_t)l * d * d;
+            for (int i = 0; i < d; i++)
+                for (int j = 0; j < d; j++) {
+                    double a = 0;
+                    for (int m = 0; m < d; m++) a += u[i * d + m] * lam[m] * u[j * d + m];
+                    cov[i * d + j] = a;
+                }
+        }
+    }
+}
+
+static void source_free(source *s) {
+    ea_kvfit_stats_free(&s->st);
+    for (int k = 0; k < 2; k++) {
+        free(s->u[k]);
+        free(s->lam[k]);
+    }
+}
+
+static void source_sample(const source *s, ea_rng *r, int layer, int kind, float *x) {
+    int d = s->st.d;
+    const double *u = s->u[kind] + (size_t)layer * d * d, *lam = s->lam[kind] + (size_t)layer * d;
+    double z[d];
+    for (int j = 0; j < d; j++) z[j] = ea_rng_normal(r) * sqrt(lam[j]);
+    for (int i = 0; i < d; i++) {
+        double a = s->st.mean[kind][(size_t)layer * d + i];
+        for (int j = 0; j < d; j++) a += u[i * d + j] * z[j];
+        x[i] = (float)a;
+    }
+}
+
+/* A metric like the eval's: per layer a random PSD matrix (K: a query second moment, V: W Wᵀ) and,
+ * optionally, part sensitivities for pooling. */
+static void metric_init(ea_kv_metric *mt, const ea_config *c, uint64_t seed, int with_weights) {
+    int L = c->n_layer, d = c->n_embd;
+    ea_rng r;
+    ea_rng_seed(&r, seed);
+    mt->n_layer = L;
+    mt->d = d;
+    mt->part_weight = NULL;
+    double *g = malloc(sizeof(double) * (size_t)d * d);
+    for (int k = 0; k < 2; k++) {
+        mt->m[k] = malloc(sizeof(double) * (size_t)L * d * d);
+        for (int l = 0; l < L; l++) {
+            for (int i = 0; i < d * d; i++) g[i] = ea_rng_normal(&r) * (1 + (i % d) % 7);
+            double *m = mt->m[k] + (size_t)l * d * d;
+            for (int i = 0; i < d; i++)
+                for (int j = 0; j < d; j++) {
+                    double a = 0;
+                    for (int q = 0; q < d; q++) a += g[i * d + q] * g[j * d + q];
+                    m[i * d + j] = a / d;
+                }
+        }
+    }
+    free(g);
+    if (with_weights) {
+        mt->part_weight = malloc(sizeof(double) * 2 * L);
+        for (int p = 0; p < 2 * L; p++) mt->part_weight[p] = 0.2 + ea_rng_uniform(&r);
+    }
+}
+
+static void metric_free(ea_kv_metric *mt) {
+    free(mt->part_weight);
+    ea_kv_metric_free(mt);
+}
+
+static ea_kv_codec *make_ex(const char *spec, const ea_config *c, const ea_kv_stats *st, const ea_kv_metric *mt) {
+    ea_kv_codec *codec = NULL;
+    ea_status s = ea_kv_codec_create_ex(spec, c, st, mt, &codec);
+    if (s) printf("create %s: %s\n", spec, ea_last_error());
+    assert_int_equal(s, EA_OK);
+    return codec;
+}
+
+static ea_kv_codec *make(const char *spec, const ea_config *c, const ea_kv_stats *st) {
+    ea_kv_codec *codec = NULL;
+    ea_status s = ea_kv_codec_create(spec, c, st, &codec);
+    if (s) printf("create %s: %s\n", spec, ea_last_error());
+    assert_int_equal(s, EA_OK);
+    return codec;
+}
+
+static void roundtrip(const ea_kv_codec *codec, int layer, int kind, const float *x, float *y) {
+    size_t rb = codec->ops->row_bytes(codec, layer, (ea_kv_kind)kind);
+    unsigned char *buf = malloc(rb);
+    codec->ops->encode(codec, layer, (ea_kv_kind)kind, 5, x, buf);
+    codec->ops->decode(codec, layer, (ea_kv_kind)kind, 5, 1, buf, y);
+    free(buf);
+}
+
+static void test_f32_exact(void **state) {
+    ea_config c = small_cfg();
+    ea_kv_codec *codec = make("f32", &c, NULL);
+    ea_rng r;
+    ea_rng_seed(&r, 1);
+    float x[64], y[64];
+    for (int i = 0; i < 64; i++) x[i] = (float)(ea_rng_normal(&r) * 1e3);
+    x[3] = FLT_MIN / 4; /* subnormal survives */
+    roundtrip(codec, 1, 1, x, y);
+    assert_memory_equal(x, y, sizeof x);
+    assert_true(ea_kv_codec_bits_per_value(codec) == 32.0);
+    assert_int_equal(ea_kv_codec_overhead(codec), 0);
+    ea_kv_codec_free(codec);
+}
+
+static void test_f16_bound(void **state) {
+    ea_config c = small_cfg();
+    ea_kv_codec *codec = make("f16", &c, NULL);
+    ea_rng r;
+    ea_rng_seed(&r, 2);
+    float x[64], y[64];
+    double worst = 0;
+    for (int it = 0; it < 200; it++) {
+        for (int i = 0; i < 64; i++) x[i] = (float)(ea_rng_normal(&r) * pow(10.0, ea_rng_uniform(&r) * 6 - 3));
+        roundtrip(codec, 0, 0, x, y);
+        for (int i = 0; i < 64; i++) {
+            double rel = fabs((double)y[i] - x[i]) / fabs((double)x[i]);
+            if (fabs(x[i]) >= 6.2e-5) { /* normal halves: round to nearest, 11 significant bits */
+                assert_true(rel <= ldexp(1.0, -11));
+                if (rel > worst) worst = rel;
+            }
+        }
+    }
+    printf("f16: max relative error %.3g (bound %.3g)\n", worst, ldexp(1.0, -11));
+    assert_true(ea_kv_codec_bits_per_value(codec) == 16.0);
+    ea_kv_codec_free(codec);
+}
+
+static float f16r(float v) { return ea_f16_to_f32(ea_f32_to_f16(v)); }
+
+static void test_q8_bound(void **state) {
+    ea_config c = small_cfg();
+    ea_kv_codec *codec = make("q8", &c, NULL);
+    assert_int_equal(codec->ops->row_bytes(codec, 0, EA_KV_K), 2 * 34);
+    assert_true(fabs(ea_kv_codec_bits_per_value(codec) - 8.5) < 1e-12);
+    ea_rng r;
+    ea_rng_seed(&r, 3);
+    float x[64], y[64];
+    double worst = 0;
+    for (int it = 0; it < 500; it++) {
+        double sc = pow(10.0, ea_rng_uniform(&r) * 4 - 2);
+        for (int i = 0; i < 64; i++) x[i] = (float)(ea_rng_normal(&r) * sc);
+        if (it == 0) memset(x, 0, sizeof x); /* zero block: scale 0 */
+        roundtrip(codec, 1, 0, x, y);
+        for (int b = 0; b < 2; b++) {
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+            double d = amax / 127.0f, dh = f16r((float)d);
+            /* |x - q·d| <= d/2 from rounding, plus |q|·|d - f16(d)| from storing the scale in f16 */
+            double bound = d / 2 + 127 * fabs(d - dh) + 4 * FLT_EPSILON * amax;
+            for (int j = 0; j < 32; j++) {
+                double e = fabs((double)y[b * 32 + j] - x[b * 32 + j]);
+                assert_true(e <= bound);
+                if (d > 0 && e / d > worst) worst = e / d;
+            }
+        }
+    }
+    printf("q8: max error %.4f d (bound 0.5 d + f16 scale rounding)\n", worst);
+    ea_kv_codec_free(codec);
+}
+
+static void test_q4_bound_and_layout(void **state) {
+    ea_config c = small_cfg();
+    ea_kv_codec *codec = make("q4", &c, NULL);
+    assert_int_equal(codec->ops->row_bytes(codec, 0, EA_KV_V), 2 * 18);
+    assert_true(fabs(ea_kv_codec_bits_per_value(codec) - 4.5) < 1e-12);
+    /* llama.cpp q4_0 layout: x_j = j - 16 in the first block: max = -16, d = 2, byte j holds
+     * q(x_j) in its low nibble and q(x_{16+j}) in its high nibble, q = min(15, (int)(x/d + 8.5)). */
+    float x[64], y[64];
+    for (int i = 0; i < 64; i++) x[i] = (float)(i < 32 ? i - 16 : 0);
+    unsigned char buf[36];
+    codec->ops->encode(codec, 0, EA_KV_K, 0, x, buf);
+    uint16_t h;
+    memcpy(&h, buf, 2);
+    assert_true(ea_f16_to_f32(h) == 2.0f);
+    for (int j = 0; j < 16; j++) {
+        int q0 = (int)((j - 16) / 2.0f + 8.5f), q1 = (int)(j / 2.0f + 8.5f);
+        if (q1 > 15) q1 = 15;
+        assert_int_equal(buf[2 + j], q0 | (q1 << 4));
+    }
+    ea_rng r;
+    ea_rng_seed(&r, 4);
+    double worst = 0;
+    for (int it = 0; it < 500; it++) {
+        double sc = pow(10.0, ea_rng_uniform(&r) * 4 - 2);
+        for (int i = 0; i < 64; i++) x[i] = (float)(ea_rng_normal(&r) * sc);
+        roundtrip(codec, 1, 1, x, y);
+        for (int b = 0; b < 2; b++) {
+            float amax = 0, mx = 0;
+            for (int j = 0; j < 32; j++)
+                if (fabsf(x[b * 32 + j]) > amax) { amax = fabsf(x[b * 32 + j]); mx = x[b * 32 + j]; }
+            double d = mx / -8.0f, ad = fabs(d), dh = f16r((float)d);
+            for (int j = 0; j < 32; j++) {
+                double z = x[b * 32 + j] / d;
+                /* rounding error d/2; values beyond +7.5 d clamp to level 7 (error up to d); plus
+                 * |q - 8| <= 8 times the f16 scale rounding */
+                double bound = (z < 7.5 ? ad / 2 : ad) + 8 * fabs(d - dh) + 8 * FLT_EPSILON * amax;
+                double e = fabs((double)y[b * 32 + j] - x[b * 32 + j]);
+                assert_true(e <= bound);
+                if (z < 7.5 && e / ad > worst) worst = e / ad;
+            }
+        }
+    }
+    printf("q4: max error %.4f |d| on unclamped values (bound 0.5 |d| + f16 scale rounding)\n", worst);
+    ea_kv_codec_free(codec);
+}
+
+static void test_pca_full_rank_exact(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 5);
+    const char *specs[] = {"pca:64", "pca-head:16"};
+    ea_rng r;
+    ea_rng_seed(&r, 6);
+    for (int k = 0; k < 2; k++) {
+        ea_kv_codec *codec = make(specs[k], &c, &s.st);
+        assert_true(fabs(ea_kv_codec_bits_per_value(codec) - 32.0) < 1e-12);
+        double worst = 0;
+        float x[64], y[64];
+        for (int it = 0; it < 50; it++) {
+            source_sample(&s, &r, 1, 1, x);
+            roundtrip(codec, 1, 1, x, y);
+            double e = test_max_abs_diff(x, y, 64);
+            if (e > worst) worst = e;
+        }
+        printf("%s (full rank): max reconstruction error %.3g\n", specs[k], worst);
+        assert_true(worst < 1e-5);
+        ea_kv_codec_free(codec);
+    }
+    source_free(&s);
+}
+
+/* Attention on encoded rows (ops->attend) equals ea_attention_ref on the decoded rows. */
+static double attend_vs_ref(const ea_kv_codec *codec, const source *s, int nq, int pos0, uint64_t seed) {
+    int d = codec->d, T = pos0 + nq, layer = 1;
+    ea_rng r;
+    ea_rng_seed(&r, seed);
+    size_t rbk = codec->ops->row_bytes(codec, layer, EA_KV_K), rbv = codec->ops->row_bytes(codec, layer, EA_KV_V);
+    unsigned char *kb = malloc(rbk * T), *vb = malloc(rbv * T);
+    float *x = malloc(sizeof(float) * d), *k = malloc(sizeof(float) * (size_t)T * d), *v = malloc(sizeof(float) * (size_t)T * d);
+    float *q = malloc(sizeof(float) * (size_t)nq * d), *o1 = malloc(sizeof(float) * (size_t)nq * d);
+    float *o2 = malloc(sizeof(float) * (size_t)nq * d), *scratch = malloc(sizeof(float) * T);
+    for (int t = 0; t < T; t++) {
+        source_sample(s, &r, layer, 0, x);
+        if (t == 0)
+            for (int i = 0; i < d; i++) x[i] *= 6; /* a sink-like outlier row */
+        codec->ops->encode(codec, layer, EA_KV_K, t, x, kb + rbk * t);
+        source_sample(s, &r, layer, 1, x);
+        codec->ops->encode(codec, layer, EA_KV_V, t, x, vb + rbv * t);
+    }
+    for (int i = 0; i < nq * d; i++) q[i] = (float)(ea_rng_normal(&r) * 2);
+    codec->ops->decode(codec, layer, EA_KV_K, 0, T, kb, k);
+    codec->ops->decode(codec, layer, EA_KV_V, 0, T, vb, v);
+    ea_attention_ref(codec->n_head, d, q, nq, pos0, k, v, o1, scratch);
+    codec->ops->attend(codec, layer, q, nq, pos0, kb, vb, o2);
+    double e = test_max_abs_diff(o2, o1, (size_t)nq * d);
+    free(kb); free(vb); free(x); free(k); free(v); free(q); free(o1); free(o2); free(scratch);
+    return e;
+}
+
+static void test_compressed_attention(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 7);
+    ea_kv_metric mt;
+    metric_init(&mt, &c, 77, 1);
+    const char *specs[] = {"pca:12", "pca:64", "pca-head:5", "klt:2", "klt:3:h", "klt:1.5:hs", "klt:4:u", "klt:0.5:f"};
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++)
+        for (int weighted = 0; weighted < 2; weighted++) {
+            if (weighted && (strncmp(specs[i], "klt", 3) || i % 2)) continue;
+            /* weighted: metric-weighted transform (non-orthogonal bases) and pooled bits */
+            ea_kv_codec *codec = make_ex(specs[i], &c, &s.st, weighted ? &mt : NULL);
+            assert_non_null(codec->ops->attend);
+            /* one query after a long context (decode path), a prefill of several query blocks, and a
+             * block after a prefix */
+            double e1 = attend_vs_ref(codec, &s, 1, 200, 11), e2 = attend_vs_ref(codec, &s, 300, 0, 12);
+            double e3 = attend_vs_ref(codec, &s, 40, 60, 13);
+            printf("%-12s%s attend vs decoded reference: max |diff| %.2g (decode), %.2g (prefill), %.2g (block)\n",
+                   specs[i], weighted ? " (metric)" : "         ", e1, e2, e3);
+            assert_true(e1 <= 1e-5 && e2 <= 1e-5 && e3 <= 1e-5);
+            ea_kv_codec_free(codec);
+        }
+    metric_free(&mt);
+    source_free(&s);
+}
+
+/* Under a metric the coder minimises the weighted error Σ eᵀ B e (B: the regularised per-head
+ * blocks of the metric); the measured weighted error must match the prediction. */
+static void test_klt_weighted_distortion(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 21);
+    ea_kv_metric mt;
+    metric_init(&mt, &c, 22, 0);
+    int d = c.n_embd, hd = d / c.n_head, N = 2000;
+    ea_rng r;
+    ea_rng_seed(&r, 23);
+    const char *specs[] = {"klt:2:f", "klt:3:uf"};
+    float x[64], y[64];
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        ea_kv_codec *codec = make_ex(specs[i], &c, &s.st, &mt);
+        for (int part = 0; part < 4; part++) {
+            int layer = part / 2, kind = part % 2;
+            const double *M = mt.m[kind] + (size_t)layer * d * d;
+            double tr = 0;
+            for (int j = 0; j < d; j++) tr += M[j * d + j];
+            double eps = tr / d, we = 0, plain = 0; /* regularisation 1 (the default) */
+            for (int n = 0; n < N; n++) {
+                source_sample(&s, &r, layer, kind, x);
+                roundtrip(codec, layer, kind, x, y);
+                for (int a = 0; a < d; a++) {
+                    double ea = (double)y[a] - x[a];
+                    plain += ea * ea;
+                    for (int b = (a / hd) * hd; b < (a / hd + 1) * hd; b++)
+                        we += ea * (M[a * d + b] + (a == b ? eps : 0)) * ((double)y[b] - x[b]);
+                }
+            }
+            double pred = ea_kv_klt_predicted_mse(codec, layer, kind);
+            printf("%-9s layer %d %s: weighted error %.5g predicted %.5g (ratio %.3f); plain mse %.5g\n", specs[i], layer,
+                   kind ? "V" : "K", we / N, pred, we / N / pred, plain / N);
+            assert_true(fabs(we / N / pred - 1) < 0.08);
+        }
+        ea_kv_codec_free(codec);
+    }
+    metric_free(&mt);
+    source_free(&s);
+}
+
+static void test_klt_predicted_distortion(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 8);
+    const char *specs[] = {"klt:1", "klt:2:u", "klt:4:h", "klt:2.5:hu", "klt:6"};
+    ea_rng r;
+    ea_rng_seed(&r, 9);
+    int d = c.n_embd, N = 2000;
+    float x[64], y[64];
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        ea_kv_codec *codec = make(specs[i], &c, &s.st);
+        double bpv = ea_kv_codec_bits_per_value(codec), bud = atof(specs[i] + 4);
+        assert_true(bpv <= bud + 1e-12);
+        for (int part = 0; part < 4; part++) {
+            int layer = part / 2, kind = part % 2;
+            double se = 0, tot = 0;
+            for (int n = 0; n < N; n++) {
+                source_sample(&s, &r, layer, kind, x);
+                roundtrip(codec, layer, kind, x, y);
+                for (int j = 0; j < d; j++) {
+                    double e = (double)y[j] - x[j];
+                    se += e * e;
+                    tot += s.lam[kind][(size_t)layer * d + j];
+                }
+            }
+            double mse = se / N, pred = ea_kv_klt_predicted_mse(codec, layer, kind);
+            printf("%-10s (%.3f bits/value) layer %d %s: mse %.5g predicted %.5g (ratio %.3f, NMSE %.4f)\n", specs[i],
+                   bpv, layer, kind ? "V" : "K", mse, pred, mse / pred, se / tot);
+            /* sampling error of a mean of 2000 rows is ~2-3%; 8% leaves room for quantizer clamping */
+            assert_true(fabs(mse / pred - 1) < 0.08);
+        }
+        ea_kv_codec_free(codec);
+    }
+    source_free(&s);
+}
+
+static void test_spec_errors(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 10);
+    ea_kv_codec *codec = NULL;
+    const char *bad[] = {"", "f64", "q8:3", "pca", "pca:0", "pca:65", "pca-head:17", "klt", "klt:0", "klt:x", "klt:2:z", "klt:13", "klt:2:r"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ea_status st = ea_kv_codec_create(bad[i], &c, &s.st, &codec);
+        printf("'%s' -> %s: %s\n", bad[i], ea_status_name(st), ea_last_error());
+        assert_int_equal(st, EA_ERR_ARG);
+        assert_null(codec);
+    }
+    assert_int_equal(ea_kv_codec_create("klt:2", &c, NULL, &codec), EA_ERR_ARG);
+    assert_non_null(strstr(ea_last_error(), "statistics"));
+    ea_config other = c;
+    other.n_embd = 128;
+    assert_int_equal(ea_kv_codec_create("pca:4", &other, &s.st, &codec), EA_ERR_MISMATCH);
+    printf("mismatch: %s\n", ea_last_error());
+    source_free(&s);
+}
+
+/* bits/value from the codec equals the cache's allocation / values for every codec. */
+static void test_accounting_matches_cache(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 11);
+    ea_kv_metric mt;
+    metric_init(&mt, &c, 12, 1);
+    const char *specs[] = {"f32", "f16", "q8", "q4", "pca:9", "pca-head:3", "klt:1", "klt:2:s", "klt:3.3:h", "klt:2.7"};
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        /* the last one pooled over parts with a metric */
+        ea_kv_codec *codec = make_ex(specs[i], &c, &s.st, i + 1 == sizeof specs / sizeof *specs ? &mt : NULL);
+        ea_kvcache *cache = NULL;
+        assert_int_equal(ea_kvcache_init(&cache, &c, 100, codec), EA_OK);
+        double values = 2.0 * c.n_layer * 100 * c.n_embd;
+        double bpv = (double)ea_kvcache_allocated_bytes(cache) * 8 / values;
+        printf("%-10s bits/value %.4f, cache %zu bytes for 100 tokens, overhead %zu bytes\n", specs[i],
+               ea_kv_codec_bits_per_value(codec), ea_kvcache_allocated_bytes(cache), ea_kv_codec_overhead(codec));
+        assert_true(fabs(bpv - ea_kv_codec_bits_per_value(codec)) < 1e-12);
+        if (!strncmp(specs[i], "klt:", 4)) assert_true(bpv <= atof(specs[i] + 4) + 1e-12);
+        ea_kvcache_free(cache);
+        ea_kv_codec_free(codec);
+    }
+    metric_free(&mt);
+    source_free(&s);
+}
+
+/* The f32 codec reproduces the plain engine bit for bit; a compressed codec runs through the same
+ * forward pass (attention on codes) and stays close. */
+static void test_f32_codec_matches_engine(void **state) {
+    ea_model *m = NULL;
+    if (ea_model_load(TEST_MODEL_DIR, &m) != EA_OK) {
+        printf("%s\n", ea_last_error());
+        fail();
+    }
+    const ea_config *cfg = ea_model_config(m);
+    int n = 48, V = cfg->vocab_size;
+    int toks[48];
+    for (int i = 0; i < n; i++) toks[i] = (i * 7919 + 13) % V;
+    float *a = malloc(sizeof(float) * (size_t)n * V), *b = malloc(sizeof(float) * (size_t)n * V);
+    ea_kv_codec *f32 = make("f32", cfg, NULL);
+    ea_kvcache *c0 = NULL, *c1 = NULL;
+    assert_int_equal(ea_kvcache_init(&c0, cfg, 64, NULL), EA_OK);
+    assert_int_equal(ea_kvcache_init(&c1, cfg, 64, f32), EA_OK);
+    /* prefill then token-by-token decode, both paths */
+    assert_int_equal(ea_model_forward(m, c0, toks, n - 8, a, 1), EA_OK);
+    assert_int_equal(ea_model_forward(m, c1, toks, n - 8, b, 1), EA_OK);
+    for (int i = n - 8; i < n; i++) {
+        assert_int_equal(ea_model_forward(m, c0, toks + i, 1, a + (size_t)i * V, 0), EA_OK);
+        assert_int_equal(ea_model_forward(m, c1, toks + i, 1, b + (size_t)i * V, 0), EA_OK);
+    }
+    printf("f32 codec vs plain cache: max |logit diff| %g over %d positions\n", test_max_abs_diff(a, b, (size_t)n * V), n);
+    assert_memory_equal(a, b, sizeof(float) * (size_t)n * V);
+    ea_kvcache_free(c0);
+    ea_kvcache_free(c1);
+    ea_kv_codec_free(f32);
+    free(a);
+    free(b);
+    ea_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_f32_exact),
+        cmocka_unit_test(test_f16_bound),
+        cmocka_unit_test(test_q8_bound),
+        cmocka_unit_test(test_q4_bound_and_layout),
+        cmocka_unit_test(test_pca_full_rank_exact),
+        cmocka_unit_test(test_compressed_attention),
+        cmocka_unit_test(test_klt_predicted_distortion),
+        cmocka_unit_test(test_klt_weighted_distortion),
+        cmocka_unit_test(test_f32_codec_matches_engine),
+        cmocka_unit_test(test_spec_errors),
+        cmocka_unit_test(test_accounting_matches_cache),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
