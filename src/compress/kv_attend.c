@@ -51,27 +51,60 @@ static void softmax_chunk(stream_state *st, int h, int nvh, int nv, float *s, in
     st->l[h] += l;
 }
 
+#ifdef KV_AVX512
+/* The head count is a compile-time constant in each instance, so the per-head accumulators live
+ * in registers. */
+static inline __attribute__((always_inline)) void scores_h(const int H, const float *c, int n, int nk, const float *qt,
+                                                           float *s) {
+    __mmask16 tail = (__mmask16)((1u << (nk & 15)) - 1);
+    for (int r = 0; r < n; r++) {
+        const float *cr = c + (size_t)r * nk;
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int h = 0; h < H; h++) acc[h] = _mm512_setzero_ps();
+        int j = 0;
+        for (; j + 16 <= nk; j += 16) {
+            __m512 x = _mm512_loadu_ps(cr + j);
+#pragma GCC unroll 16
+            for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(qt + (size_t)h * nk + j), acc[h]);
+        }
+        if (tail) {
+            __m512 x = _mm512_maskz_loadu_ps(tail, cr + j);
+#pragma GCC unroll 16
+            for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(tail, qt + (size_t)h * nk + j), acc[h]);
+        }
+#pragma GCC unroll 16
+        for (int h = 0; h < H; h++) s[(size_t)r * H + h] = _mm512_reduce_add_ps(acc[h]);
+    }
+}
+
+static inline __attribute__((always_inline)) void values_h(const int H, const float *p, int n, const float *c, int nv,
+                                                           float *acc) {
+    for (int j = 0; j < nv; j += 16) {
+        __mmask16 m = nv - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nv - j)) - 1);
+        __m512 a[16];
+#pragma GCC unroll 16
+        for (int h = 0; h < H; h++) a[h] = _mm512_maskz_loadu_ps(m, acc + (size_t)h * nv + j);
+        for (int r = 0; r < n; r++) {
+            __m512 x = _mm512_maskz_loadu_ps(m, c + (size_t)r * nv + j);
+            const float *pr = p + (size_t)r * H;
+#pragma GCC unroll 16
+            for (int h = 0; h < H; h++) a[h] = _mm512_fmadd_ps(_mm512_set1_ps(pr[h]), x, a[h]);
+        }
+#pragma GCC unroll 16
+        for (int h = 0; h < H; h++) _mm512_mask_storeu_ps(acc + (size_t)h * nv + j, m, a[h]);
+    }
+}
+#endif
+
 /* s (n × H) = c (n × nk) qtᵀ (qt: H × nk): scores of a chunk of keys for every head. */
 static void chunk_scores(const float *c, int n, int nk, const float *qt, int H, float *s) {
 #ifdef KV_AVX512
-    if (H <= 16) {
-        __mmask16 tail = (__mmask16)((1u << (nk & 15)) - 1);
-        for (int r = 0; r < n; r++) {
-            const float *cr = c + (size_t)r * nk;
-            __m512 acc[16];
-            for (int h = 0; h < H; h++) acc[h] = _mm512_setzero_ps();
-            int j = 0;
-            for (; j + 16 <= nk; j += 16) {
-                __m512 x = _mm512_loadu_ps(cr + j);
-                for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(qt + (size_t)h * nk + j), acc[h]);
-            }
-            if (tail) {
-                __m512 x = _mm512_maskz_loadu_ps(tail, cr + j);
-                for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(tail, qt + (size_t)h * nk + j), acc[h]);
-            }
-            for (int h = 0; h < H; h++) s[(size_t)r * H + h] = _mm512_reduce_add_ps(acc[h]);
-        }
-        return;
+    switch (H) {
+    case 4: scores_h(4, c, n, nk, qt, s); return;
+    case 8: scores_h(8, c, n, nk, qt, s); return;
+    case 12: scores_h(12, c, n, nk, qt, s); return;
+    case 16: scores_h(16, c, n, nk, qt, s); return;
     }
 #endif
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, nk, 1.0f, c, nk, qt, nk, 0.0f, s, H);
@@ -80,19 +113,11 @@ static void chunk_scores(const float *c, int n, int nk, const float *qt, int H, 
 /* acc (H × nv) += pᵀ (p: n × H) c (n × nv): attention-weighted sums of a chunk's value coefficients. */
 static void chunk_values(const float *p, int n, const float *c, int nv, int H, float *acc) {
 #ifdef KV_AVX512
-    if (H <= 16) {
-        for (int j = 0; j < nv; j += 16) {
-            __mmask16 m = nv - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nv - j)) - 1);
-            __m512 a[16];
-            for (int h = 0; h < H; h++) a[h] = _mm512_maskz_loadu_ps(m, acc + (size_t)h * nv + j);
-            for (int r = 0; r < n; r++) {
-                __m512 x = _mm512_maskz_loadu_ps(m, c + (size_t)r * nv + j);
-                const float *pr = p + (size_t)r * H;
-                for (int h = 0; h < H; h++) a[h] = _mm512_fmadd_ps(_mm512_set1_ps(pr[h]), x, a[h]);
-            }
-            for (int h = 0; h < H; h++) _mm512_mask_storeu_ps(acc + (size_t)h * nv + j, m, a[h]);
-        }
-        return;
+    switch (H) {
+    case 4: values_h(4, p, n, c, nv, acc); return;
+    case 8: values_h(8, p, n, c, nv, acc); return;
+    case 12: values_h(12, p, n, c, nv, acc); return;
+    case 16: values_h(16, p, n, c, nv, acc); return;
     }
 #endif
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, nv, n, 1.0f, p, H, c, nv, 1.0f, acc, nv);

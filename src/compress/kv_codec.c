@@ -33,7 +33,8 @@ static ea_status parse_int(const char *spec, const char *p, int max, int *out) {
  * ea_kv_klt_default):
  * g per-layer basis, h per-head basis, s/S per-token scale on/off, l Lloyd-Max levels, u uniform,
  * p pooled allocation, b budget per layer and kind, f/F f32/f16 bases, w/m weighted metric / plain
- * squared error, k/v weight K/V only, r<x> metric regularisation x (default 1). */
+ * squared error, k/v weight K/V only, r<x> metric regularisation x (default 1), z<x> position-0
+ * step gain x. */
 static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
     char *end;
     errno = 0;
@@ -43,12 +44,14 @@ static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
     ea_kv_klt_default(o, b);
     if (*end == ':')
         for (const char *f = end + 1; *f; f++) switch (*f) {
-            case 'r': { /* r<x>: metric regularisation */
+            case 'r':   /* r<x>: metric regularisation */
+            case 'z': { /* z<x>: position-0 step gain */
                 char *e2;
                 double r = strtod(f + 1, &e2);
-                if (e2 == f + 1 || !isfinite(r) || r < 0)
-                    return ea_error(EA_ERR_ARG, "kv codec '%s': flag r needs a non-negative number", spec);
-                o->reg = r;
+                if (e2 == f + 1 || !isfinite(r) || r < 0 || (*f == 'z' && r <= 0))
+                    return ea_error(EA_ERR_ARG, "kv codec '%s': flag %c needs a %s number", spec, *f, *f == 'z' ? "positive" : "non-negative");
+                if (*f == 'r') o->reg = r;
+                else o->pos0_gain = r;
                 f = e2 - 1;
                 break;
             }

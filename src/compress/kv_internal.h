@@ -42,6 +42,7 @@ typedef struct {
     double kv_ratio;    /* weight of V distortion against K distortion in the pooled allocation */
     int weighted;       /* use the metric (when one is given): bit 0 for K, bit 1 for V */
     double reg;         /* metric regularisation: M + reg·tr(M)/w·I per group */
+    double pos0_gain;   /* steps of the position-0 row scaled by this (it is an outlier) */
 } ea_kv_klt_opts;
 void ea_kv_klt_default(ea_kv_klt_opts *o, double bits);
 ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o);

@@ -36,6 +36,7 @@ typedef struct {
     int n_runs;
     size_t row_bytes;
     int hdr;                /* bytes before the codes (the f16 row gain) */
+    float pos0_gain;        /* position 0 (an outlier row) is coded with steps this much wider */
     double pred_mse;        /* expected squared error per row for Gaussian rows */
 } klt_part;
 
@@ -60,6 +61,7 @@ void ea_kv_klt_default(ea_kv_klt_opts *o, double bits) {
     o->kv_ratio = 1.0;
     o->weighted = 3;
     o->reg = 1.0;
+    o->pos0_gain = 1.0;
 }
 
 static const klt_part *part_of(const ea_kv_codec *c, int layer, int kind) {
@@ -96,6 +98,7 @@ static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
         }
         memcpy(row, &h, 2);
     }
+    if (pos == 0) g *= p->pos0_gain; /* known to the decoder from the position: no side information */
     unsigned char *codes = row + p->hdr;
     size_t bp = 0;
     for (int j = 0; j < n; j++) {
@@ -131,9 +134,9 @@ static inline __m256 lookup8(const float *tab, int b, __m256i idx) {
     return _mm256_i32gather_ps(tab, idx, 4);
 }
 
-/* One run, 8 codes per 64-bit read (b <= 7) or 4 (b <= 12); returns where the scalar tail starts. */
-static int unpack_run_simd(const klt_part *p, const unsigned char *codes, size_t clen, size_t *bpp, int j, int end,
-                           float g, float *cr) {
+/* One run, 8 codes per 64-bit read (b <= 7) or 4 (b <= 12); a short last group is masked. */
+static void unpack_run_simd(const klt_part *p, const unsigned char *codes, size_t clen, size_t *bpp, int j, int end,
+                            float g, float *cr) {
     int b = p->bits[j];
     const float *tab = p->tab[j];
     size_t bp = *bpp;
@@ -141,42 +144,50 @@ static int unpack_run_simd(const klt_part *p, const unsigned char *codes, size_t
     if (b <= 7) {
         const __m512i sh = _mm512_set_epi64(7 * b, 6 * b, 5 * b, 4 * b, 3 * b, 2 * b, b, 0);
         const __m512i mk = _mm512_set1_epi64((1 << b) - 1);
-        for (; j + 8 <= end; j += 8, bp += (size_t)8 * b) {
+        for (; j < end; j += 8) {
+            int m = end - j < 8 ? end - j : 8;
+            __mmask8 lanes = (__mmask8)((1u << m) - 1);
             __m512i v = _mm512_and_si512(_mm512_srlv_epi64(_mm512_set1_epi64((long long)load_bits(codes, clen, bp)), sh), mk);
             __m256i idx = _mm512_cvtepi64_epi32(v);
-            __m256 f = tab ? _mm256_mul_ps(lookup8(tab, b, idx), _mm256_loadu_ps(p->sig + j))
-                           : _mm256_fmadd_ps(_mm256_cvtepi32_ps(idx), _mm256_loadu_ps(p->lv_a + j), _mm256_loadu_ps(p->lv_c + j));
-            _mm256_storeu_ps(cr + j, _mm256_mul_ps(f, vg));
+            __m256 f = tab ? _mm256_mul_ps(lookup8(tab, b, idx), _mm256_maskz_loadu_ps(lanes, p->sig + j))
+                           : _mm256_fmadd_ps(_mm256_cvtepi32_ps(idx), _mm256_maskz_loadu_ps(lanes, p->lv_a + j),
+                                             _mm256_maskz_loadu_ps(lanes, p->lv_c + j));
+            _mm256_mask_storeu_ps(cr + j, lanes, _mm256_mul_ps(f, vg));
+            bp += (size_t)m * b;
         }
     } else {
         const __m256i sh = _mm256_set_epi64x(3 * b, 2 * b, b, 0), mk = _mm256_set1_epi64x((1 << b) - 1);
-        for (; j + 4 <= end; j += 4, bp += (size_t)4 * b) {
+        for (; j < end; j += 4) {
+            int m = end - j < 4 ? end - j : 4;
+            __mmask8 lanes = (__mmask8)((1u << m) - 1);
             __m256i v = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x((long long)load_bits(codes, clen, bp)), sh), mk);
             __m128i idx = _mm256_cvtepi64_epi32(v);
-            __m128 f = tab ? _mm_mul_ps(_mm_i32gather_ps(tab, idx, 4), _mm_loadu_ps(p->sig + j))
-                           : _mm_fmadd_ps(_mm_cvtepi32_ps(idx), _mm_loadu_ps(p->lv_a + j), _mm_loadu_ps(p->lv_c + j));
-            _mm_storeu_ps(cr + j, _mm_mul_ps(f, _mm256_castps256_ps128(vg)));
+            __m128 f = tab ? _mm_mul_ps(_mm_i32gather_ps(tab, idx, 4), _mm_maskz_loadu_ps(lanes, p->sig + j))
+                           : _mm_fmadd_ps(_mm_cvtepi32_ps(idx), _mm_maskz_loadu_ps(lanes, p->lv_a + j),
+                                          _mm_maskz_loadu_ps(lanes, p->lv_c + j));
+            _mm_mask_storeu_ps(cr + j, lanes, _mm_mul_ps(f, _mm256_castps256_ps128(vg)));
+            bp += (size_t)m * b;
         }
     }
     *bpp = bp;
-    return j;
 }
 #endif
 
-/* Coefficients of one row. */
-static void unpack_row(const klt_part *p, const unsigned char *row, float *cr) {
-    float g = 1.0f;
+/* Coefficients of the row of position pos. */
+static void unpack_row(const klt_part *p, const unsigned char *row, int pos, float *cr) {
+    float g = pos == 0 ? p->pos0_gain : 1.0f;
     if (p->hdr) {
         uint16_t h;
         memcpy(&h, row, 2);
-        g = ea_f16_to_f32(h);
+        g *= ea_f16_to_f32(h);
     }
     const unsigned char *codes = row + p->hdr;
     size_t clen = p->row_bytes - (size_t)p->hdr, bp = 0;
     for (int r = 0; r < p->n_runs; r++) {
         int j = p->runs[r].j0, end = j + p->runs[r].n;
 #ifdef KLT_AVX512
-        j = unpack_run_simd(p, codes, clen, &bp, j, end, g, cr);
+        unpack_run_simd(p, codes, clen, &bp, j, end, g, cr);
+        continue;
 #endif
         for (; j < end; j++) {
             int b = p->bits[j];
@@ -191,14 +202,14 @@ static void unpack_row(const klt_part *p, const unsigned char *row, float *cr) {
 static void klt_unpack(const void *self, const void *rows, int t0, int n, float *coef) {
     const klt_part *p = self;
     for (int r = 0; r < n; r++)
-        unpack_row(p, (const unsigned char *)rows + (size_t)(t0 + r) * p->row_bytes, coef + (size_t)r * p->b.n_coef);
+        unpack_row(p, (const unsigned char *)rows + (size_t)(t0 + r) * p->row_bytes, t0 + r, coef + (size_t)r * p->b.n_coef);
 }
 
 static void klt_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src, float *x) {
     const klt_part *p = part_of(c, layer, kind);
     float coef[p->b.n_coef + 1];
     for (int r = 0; r < n; r++) {
-        klt_unpack(p, src, r, 1, coef);
+        unpack_row(p, (const unsigned char *)src + (size_t)r * p->row_bytes, pos0 + r, coef);
         ea_kv_basis_expand(&p->b, coef, x + (size_t)r * c->d);
     }
 }
@@ -470,6 +481,7 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
             if (j == 0 || kp->bits[j] != kp->bits[j - 1]) kp->runs[kp->n_runs++] = (klt_run){j, 1, kp->bits[j]};
             else kp->runs[kp->n_runs - 1].n++;
         kp->hdr = hdr;
+        kp->pos0_gain = (float)o->pos0_gain;
         kp->row_bytes = (size_t)hdr + (size_t)((nbits + 7) / 8);
         if (kp->row_bytes == 0) kp->row_bytes = 1; /* nothing kept: keep rows addressable */
         kp->pred_mse = pred;
