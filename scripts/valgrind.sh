@@ -22,7 +22,8 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEA_NATIVE=OFF -DCMAKE
 nice -n 10 cmake --build "$BUILD" -j"${JOBS:-2}" --target eigenalign_cli >/dev/null
 CLI="$BUILD/eigenalign"
 
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+# EA_NO_REEXEC: under valgrind /proc/self/exe is the valgrind tool, so the CLI must not re-exec.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 EA_NO_REEXEC=1
 VG=(valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect
     --track-origins=yes --quiet)
 
