@@ -43,7 +43,7 @@ static void test_eval_json(void **state) {
     snprintf(curve, sizeof curve, "%s/curve.json", dir);
     snprintf(svg, sizeof svg, "%s/curve.svg", dir);
     const char *args[] = {"eval", "--text", EVAL_TEXT, "--max-tokens", "200", "--ctx", "64", "--kv", "q8,q4,pca:8,klt:2",
-                          "--calib", CALIB_TEXT, "--calib-max-tokens", "768", "--sens-tokens", "128", "--decode-tokens", "4",
+                          "--calib", CALIB_TEXT, "--calib-max-tokens", "768", "--sens-tokens", "64", "--decode-tokens", "4",
                           "--curve-json", curve, "--svg", svg, "--json", NULL};
     int rc = test_run_cli(&out, &err, args);
     if (rc != 0) printf("stderr: %s\n", err);
@@ -161,7 +161,7 @@ static void test_eval_errors(void **state) {
 
 static void test_bench_memory_json(void **state) {
     char *out = NULL, *err = NULL;
-    const char *args[] = {"bench-memory", "--seq", "32,64,4096", "--codec", "f32,q4,klt:1", "--calib", CALIB_TEXT,
+    const char *args[] = {"bench-memory", "--seq", "48,4096", "--codec", "f32,q4,klt:1:b", "--calib", CALIB_TEXT,
                           "--calib-tokens", "512", "--json", NULL};
     int rc = test_run_cli(&out, &err, args);
     if (rc != 0) printf("stderr: %s\n", err);
@@ -169,7 +169,7 @@ static void test_bench_memory_json(void **state) {
     cJSON *j = cJSON_Parse(out);
     assert_non_null(j);
     const cJSON *rows = cJSON_GetObjectItemCaseSensitive(j, "rows");
-    assert_int_equal(cJSON_GetArraySize(rows), 9);
+    assert_int_equal(cJSON_GetArraySize(rows), 6);
     const cJSON *r;
     cJSON_ArrayForEach(r, rows) {
         int seq = (int)num(r, "seq");

@@ -25,6 +25,9 @@
 #define QBLOCK 256    /* queries per BLAS block in prefill */
 #define DECODE_MAX 4  /* up to this many queries take the streaming path */
 
+/* fmaxf is a library call without -ffast-math (NaN rules); scores are finite. */
+static inline float max_f(float a, float b) { return a > b ? a : b; }
+
 /* Per-thread softmax state of one query: running max, sum and value accumulator per head. */
 typedef struct {
     float *m, *l, *acc; /* n_head, n_head, n_head × nv */
@@ -34,7 +37,7 @@ typedef struct {
  * accumulated under an older maximum; leaves p_r = exp(s_r - m) in s. */
 static void softmax_chunk(stream_state *st, int h, int nvh, int nv, float *s, int ss, int n) {
     float mx = -INFINITY;
-    for (int r = 0; r < n; r++) mx = fmaxf(mx, s[(size_t)r * ss]);
+    for (int r = 0; r < n; r++) mx = max_f(mx, s[(size_t)r * ss]);
     float *acc = st->acc + (size_t)h * nv;
     if (mx > st->m[h]) { /* rescale what was accumulated under the old maximum */
         float f = expf(st->m[h] - mx);
@@ -209,7 +212,7 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
     for (int h = 0; h < H; h++) {
         int vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
         float M = -INFINITY, L = 0;
-        for (int t = 0; t < nth; t++) M = fmaxf(M, states[per * t + h]);
+        for (int t = 0; t < nth; t++) M = max_f(M, states[per * t + h]);
         memset(acc, 0, sizeof(float) * (size_t)(nvh > 0 ? nvh : 1));
         for (int t = 0; t < nth; t++) {
             const float *base = states + per * t;
@@ -266,7 +269,7 @@ static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const
                 float *si = s + (size_t)i * tk;
                 int valid = pos0 + i0 + i + 1;
                 float mx = -INFINITY, sum = 0;
-                for (int t = 0; t < valid; t++) mx = fmaxf(mx, si[t]);
+                for (int t = 0; t < valid; t++) mx = max_f(mx, si[t]);
                 for (int t = 0; t < valid; t++) sum += (si[t] = expf(si[t] - mx));
                 float inv = 1.0f / sum;
                 for (int t = 0; t < valid; t++) si[t] *= inv;
