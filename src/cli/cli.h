@@ -49,6 +49,38 @@ ea_status cli_load_text_ids(const ea_tokenizer *t, const char *path, size_t max_
 void cli_progress(const char *label, size_t done, size_t total);
 void cli_progress_done(void);
 
+/* ESAP commands (esap_pair.c). Default split of the anchors into training and held-out pairs. */
+#define ESAP_DEFAULT_TRAIN 5000
+#define ESAP_DEFAULT_TEST 2000
+#define ESAP_MAX_LIST 32 /* longest --ranks / --anchor-counts list */
+
+/* --text, --max-tokens, --ctx (read in that order) into src, progress to cli_progress; src->repr is
+ * left zero for ea_esap_repr_parse. */
+void esap_source_args(cli_args *a, ea_esap_source *src);
+/* "8,16,32": up to max values, each in [lo, hi]; the count, or -1 when malformed. */
+int esap_parse_list(const char *s, int *out, int max, int lo, int hi);
+/* Ranks from --ranks s (NULL: 4, 8, 16, ... below kmax, then kmax), at most ESAP_MAX_LIST. The
+ * count, or -1 with the error printed. */
+int esap_ranks(const char *cmd, const char *s, int kmax, int *ranks);
+
+/* Two models, their tokenizers, the anchors they share and each side's eigenbasis: what align and
+ * message hold for a run. esap_pair_close frees whatever was opened, after any failure too. */
+typedef struct {
+    ea_esap_source src; /* with the parsed representation */
+    ea_model *ma, *mb;
+    ea_tokenizer *ta, *tb;
+    ea_esap_anchors an;
+    ea_esap_basis *ba, *bb;
+} esap_pair;
+/* Parse repr, load both models with their tokenizers, build the anchors. */
+ea_status esap_pair_open(esap_pair *p, const char *dir_a, const char *dir_b, const char *repr,
+                         const ea_esap_source *src);
+/* Default (0) and check --anchors and --test against the anchors: 0, or 1 with the error printed. */
+int esap_pair_split(const esap_pair *p, const char *cmd, const char *repr, long *n_train, long *n_test);
+/* Each side's eigenbasis, fitted on all its anchor vectors. */
+ea_status esap_pair_fit_bases(esap_pair *p);
+void esap_pair_close(esap_pair *p);
+
 /* Commands: each takes argv after the command name (argv[0] is the command). */
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

@@ -2,14 +2,10 @@
  * own eigenbasis, orthogonal Procrustes on a training split, retrieval on the held-out split,
  * a shuffled-correspondence null beside it. */
 #include <stdlib.h>
-#include <string.h>
 
 #include "cli/cli.h"
 
 #define DEFAULT_RANK 64
-#define DEFAULT_TRAIN 5000
-#define DEFAULT_TEST 2000
-#define MAX_LIST 32
 
 static void usage(void) {
     printf("usage: eigenalign align [--model-a DIR] [--model-b DIR] [--repr wte|hidden:L|hidden:last|hidden:LA,LB]\n"
@@ -35,21 +31,7 @@ static void usage(void) {
            "  --ranks LIST         sweep ranks, e.g. 8,16,32 (default powers of 2 up to min(d_a, d_b))\n"
            "  --anchor-counts LIST sweep training sizes (default 100,300,1000,... up to all - M)\n"
            "  --json               JSON on stdout (an array with --sweep)\n",
-           EA_ESAP_NULL_SHUFFLES, DEFAULT_RANK, DEFAULT_TRAIN, DEFAULT_TEST, EA_ESAP_DEFAULT_CTX);
-}
-
-/* "8,16,32" → values (each in [lo, hi]); -1 on a malformed list. */
-static int parse_list(const char *s, int *out, int max, int lo, int hi) {
-    int n = 0;
-    while (*s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < lo || v > hi || n == max || (*end && *end != ',')) return -1;
-        out[n++] = (int)v;
-        s = *end ? end + 1 : end;
-        if (*end && !*s) return -1;
-    }
-    return n;
+           EA_ESAP_NULL_SHUFFLES, DEFAULT_RANK, ESAP_DEFAULT_TRAIN, ESAP_DEFAULT_TEST, EA_ESAP_DEFAULT_CTX);
 }
 
 static cJSON *report_json(const ea_esap_align_report *r) {
@@ -113,9 +95,8 @@ int cmd_align(int argc, char **argv) {
     long n_train = cli_long(&a, "--anchors", 0, 1, 1L << 30);
     long n_test = cli_long(&a, "--test", 0, 1, 1L << 30);
     long seed = cli_long(&a, "--seed", 0, 0, 0x7fffffffffffffffL);
-    const char *text = cli_str(&a, "--text", cli_default_calib());
-    long max_tokens = cli_long(&a, "--max-tokens", 0, 0, 1L << 40);
-    long ctx = cli_long(&a, "--ctx", 0, 1, 1 << 20);
+    ea_esap_source src;
+    esap_source_args(&a, &src);
     int sweep = cli_has(&a, "--sweep");
     const char *ranks_s = cli_str(&a, "--ranks", NULL), *counts_s = cli_str(&a, "--anchor-counts", NULL);
     int json = cli_has(&a, "--json");
@@ -125,54 +106,28 @@ int cmd_align(int argc, char **argv) {
     if (!sweep && (ranks_s || counts_s)) return cli_error("align", "--ranks and --anchor-counts need --sweep");
     if (sweep && (rank || n_train)) return cli_error("align", "--sweep takes --ranks and --anchor-counts, not --rank/--anchors");
 
-    ea_esap_source src = {.text_path = text, .max_tokens = (size_t)max_tokens, .ctx = (int)ctx, .progress = cli_progress};
-    ea_status st = ea_esap_repr_parse(repr, &src.repr);
-    if (st) return cli_fail_status("align", st);
-    ea_model *ma = NULL, *mb = NULL;
-    ea_tokenizer *ta = NULL, *tb = NULL;
-    ea_esap_anchors an;
-    memset(&an, 0, sizeof an);
-    ea_esap_basis *ba = NULL, *bb = NULL;
+    esap_pair p;
+    const ea_esap_anchors *an = &p.an;
     ea_esap_align_report *reps = NULL;
     int nrep = 0;
+    ea_status st;
     rc = 1;
-    if ((st = cli_load_model(dir_a, &ma, &ta)) || (st = cli_load_model(dir_b, &mb, &tb)) ||
-        (st = ea_esap_anchors_from_models(ma, ta, mb, tb, &src, &an)))
-        goto fail;
-    cli_progress_done();
-    int kmax = an.d_a < an.d_b ? an.d_a : an.d_b;
-    if (n_test == 0) n_test = an.n / 5 < DEFAULT_TEST ? (an.n / 5 > 0 ? an.n / 5 : 1) : DEFAULT_TEST;
-    if (n_test >= an.n) {
-        cli_error("align", "--test %ld leaves no training anchors (%d anchors in all)", n_test, an.n);
-        goto out;
-    }
-    int room = an.n - (int)n_test;
-    if (n_train == 0) n_train = room < DEFAULT_TRAIN ? room : DEFAULT_TRAIN;
-    if (n_train > room) {
-        cli_error("align", "--anchors %ld + --test %ld exceed the %d anchors available (%s)", n_train, n_test, an.n,
-                  repr);
-        goto out;
-    }
+    if ((st = esap_pair_open(&p, dir_a, dir_b, repr, &src))) goto fail;
+    int kmax = an->d_a < an->d_b ? an->d_a : an->d_b;
+    if (esap_pair_split(&p, "align", repr, &n_train, &n_test)) goto out;
+    int room = an->n - (int)n_test;
     if (rank == 0) rank = kmax < DEFAULT_RANK ? kmax : DEFAULT_RANK;
     if (rank > kmax) {
-        cli_error("align", "--rank %ld exceeds the smaller width min(%d, %d)", rank, an.d_a, an.d_b);
+        cli_error("align", "--rank %ld exceeds the smaller width min(%d, %d)", rank, an->d_a, an->d_b);
         goto out;
     }
-    int ranks[MAX_LIST], counts[MAX_LIST], nr = 0, nc = 0;
+    int ranks[ESAP_MAX_LIST], counts[ESAP_MAX_LIST], nr = 0, nc = 0;
     if (sweep) {
-        if (ranks_s) {
-            if ((nr = parse_list(ranks_s, ranks, MAX_LIST, 1, kmax)) <= 0) {
-                cli_error("align", "--ranks '%s': expected up to %d comma-separated ranks in [1, %d]", ranks_s, MAX_LIST, kmax);
-                goto out;
-            }
-        } else {
-            for (int k = 4; k < kmax && nr < MAX_LIST - 1; k *= 2) ranks[nr++] = k;
-            ranks[nr++] = kmax;
-        }
+        if ((nr = esap_ranks("align", ranks_s, kmax, ranks)) < 0) goto out;
         if (counts_s) {
-            if ((nc = parse_list(counts_s, counts, MAX_LIST, 1, room)) <= 0) {
+            if ((nc = esap_parse_list(counts_s, counts, ESAP_MAX_LIST, 1, room)) <= 0) {
                 cli_error("align", "--anchor-counts '%s': expected up to %d comma-separated counts in [1, %d]", counts_s,
-                          MAX_LIST, room);
+                          ESAP_MAX_LIST, room);
                 goto out;
             }
         } else {
@@ -184,21 +139,21 @@ int cmd_align(int argc, char **argv) {
         ranks[nr++] = (int)rank;
         counts[nc++] = (int)n_train;
     }
-    if ((st = ea_esap_basis_fit(an.a, an.n, an.d_a, &ba)) || (st = ea_esap_basis_fit(an.b, an.n, an.d_b, &bb))) goto fail;
+    if ((st = esap_pair_fit_bases(&p))) goto fail;
     reps = calloc((size_t)nr * nc, sizeof *reps);
     if (!reps) {
         st = ea_error(EA_ERR_NOMEM, "align: out of memory");
         goto fail;
     }
     for (int i = 0; i < nr; i++) {
-        if ((st = run_rank(&an, ba, bb, ranks[i], counts, nc, (int)n_test, (uint64_t)seed, reps + nrep))) goto fail;
+        if ((st = run_rank(an, p.ba, p.bb, ranks[i], counts, nc, (int)n_test, (uint64_t)seed, reps + nrep))) goto fail;
         nrep += nc;
         if (sweep) cli_progress("sweep", (size_t)nrep, (size_t)nr * nc);
     }
     cli_progress_done();
     char name_a[64], name_b[64];
-    ea_esap_repr_name(&src.repr, 0, ma, name_a, sizeof name_a);
-    ea_esap_repr_name(&src.repr, 1, mb, name_b, sizeof name_b);
+    ea_esap_repr_name(&p.src.repr, 0, p.ma, name_a, sizeof name_a);
+    ea_esap_repr_name(&p.src.repr, 1, p.mb, name_b, sizeof name_b);
     if (json) {
         if (sweep) {
             cJSON *arr = cJSON_CreateArray();
@@ -208,20 +163,20 @@ int cmd_align(int argc, char **argv) {
             cJSON *o = report_json(&reps[0]);
             cJSON_AddStringToObject(o, "repr_a", name_a);
             cJSON_AddStringToObject(o, "repr_b", name_b);
-            cJSON_AddNumberToObject(o, "anchors_total", an.n);
-            cJSON_AddNumberToObject(o, "d_a", an.d_a);
-            cJSON_AddNumberToObject(o, "d_b", an.d_b);
+            cJSON_AddNumberToObject(o, "anchors_total", an->n);
+            cJSON_AddNumberToObject(o, "d_a", an->d_a);
+            cJSON_AddNumberToObject(o, "d_b", an->d_b);
             cJSON_AddNumberToObject(o, "seed", (double)seed);
-            cJSON_AddStringToObject(o, "fingerprint_a", ea_model_fingerprint(ma));
-            cJSON_AddStringToObject(o, "fingerprint_b", ea_model_fingerprint(mb));
+            cJSON_AddStringToObject(o, "fingerprint_a", ea_model_fingerprint(p.ma));
+            cJSON_AddStringToObject(o, "fingerprint_b", ea_model_fingerprint(p.mb));
             cJSON_AddStringToObject(o, "note", "train_cosine is in-sample (the pairs W was fitted on); every other "
                                                "number is on held-out anchors. null: training pairs shuffled.");
             cli_print_json(o);
         }
     } else {
-        printf("ESAP alignment: %s (%s, d=%d) -> %s (%s, d=%d)\n", dir_a, name_a, an.d_a, dir_b, name_b, an.d_b);
+        printf("ESAP alignment: %s (%s, d=%d) -> %s (%s, d=%d)\n", dir_a, name_a, an->d_a, dir_b, name_b, an->d_b);
         printf("%d shared anchors; held-out set of %ld fixed by seed %ld; retrieval over all held-out candidates\n\n",
-               an.n, n_test, seed);
+               an->n, n_test, seed);
         table_header();
         for (int i = 0; i < nrep; i++) table_row(&reps[i]);
         printf("\n  * train_cos is IN-SAMPLE (the pairs W was fitted on); all other columns are held-out.\n"
@@ -235,12 +190,6 @@ fail:
     rc = cli_fail_status("align", st);
 out:
     free(reps);
-    ea_esap_basis_free(ba);
-    ea_esap_basis_free(bb);
-    ea_esap_anchors_free(&an);
-    ea_tokenizer_free(ta);
-    ea_tokenizer_free(tb);
-    ea_model_free(ma);
-    ea_model_free(mb);
+    esap_pair_close(&p);
     return rc;
 }

@@ -70,9 +70,8 @@ int cmd_handshake(int argc, char **argv) {
     const char *model_b = cli_str(&a, "--model-b", cli_default_model());
     const char *spec_a = cli_str(&a, "--spectrum-a", NULL), *spec_b = cli_str(&a, "--spectrum-b", NULL);
     const char *site = cli_str(&a, "--site", "wte");
-    const char *text = cli_str(&a, "--text", cli_default_calib());
-    long max_tokens = cli_long(&a, "--max-tokens", 0, 0, 1L << 40);
-    long ctx = cli_long(&a, "--ctx", 0, 1, 1 << 20);
+    ea_esap_source src;
+    esap_source_args(&a, &src);
     long K = cli_long(&a, "--K", 0, 2, EA_ESAP_MAX_DIM);
     long seed = cli_long(&a, "--seed", 0, 0, 0x7fffffffffffffffL);
     const char *save_a = cli_str(&a, "--save-a", NULL), *save_b = cli_str(&a, "--save-b", NULL);
@@ -84,8 +83,6 @@ int cmd_handshake(int argc, char **argv) {
     if (spec_a && given_a) return cli_error("handshake", "give --model-a or --spectrum-a, not both");
     if (spec_b && given_b) return cli_error("handshake", "give --model-b or --spectrum-b, not both");
 
-    ea_esap_source src = {.text_path = text, .max_tokens = (size_t)max_tokens, .ctx = (int)ctx,
-                          .progress = cli_progress};
     ea_status st = ea_esap_repr_parse(site, &src.repr);
     if (st) return cli_fail_status("handshake", st);
 

@@ -1,14 +1,7 @@
 /* eigenalign message: ESAP section 3. Agent A sends k eigen-coefficients for a token; agent B
  * rotates them into its space with the Procrustes map and names the token by nearest neighbour.
  * Accuracy against k and bytes on the wire against the full vector. */
-#include <stdlib.h>
-#include <string.h>
-
 #include "cli/cli.h"
-
-#define DEFAULT_TRAIN 5000
-#define DEFAULT_TEST 2000
-#define MAX_RANKS 32
 
 static void usage(void) {
     printf("usage: eigenalign message [--model-a DIR] [--model-b DIR] [--repr wte|hidden:L|hidden:last|hidden:LA,LB]\n"
@@ -32,20 +25,7 @@ static void usage(void) {
            "  --max-tokens N    use at most N tokens of the text\n"
            "  --ctx N           window length for hidden states (default min(n_positions, %d))\n"
            "  --json            JSON on stdout\n",
-           EA_ESAP_NULL_SHUFFLES, DEFAULT_TRAIN, DEFAULT_TEST, EA_ESAP_DEFAULT_CTX);
-}
-
-static int parse_ranks(const char *s, int *out, int max, int hi) {
-    int n = 0;
-    while (*s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 1 || v > hi || n == max || (*end && *end != ',')) return -1;
-        out[n++] = (int)v;
-        s = *end ? end + 1 : end;
-        if (*end && !*s) return -1;
-    }
-    return n;
+           EA_ESAP_NULL_SHUFFLES, ESAP_DEFAULT_TRAIN, ESAP_DEFAULT_TEST, EA_ESAP_DEFAULT_CTX);
 }
 
 int cmd_message(int argc, char **argv) {
@@ -62,75 +42,46 @@ int cmd_message(int argc, char **argv) {
     long n_train = cli_long(&a, "--anchors", 0, 1, 1L << 30);
     long n_test = cli_long(&a, "--test", 0, 1, 1L << 30);
     long seed = cli_long(&a, "--seed", 0, 0, 0x7fffffffffffffffL);
-    const char *text = cli_str(&a, "--text", cli_default_calib());
-    long max_tokens = cli_long(&a, "--max-tokens", 0, 0, 1L << 40);
-    long ctx = cli_long(&a, "--ctx", 0, 1, 1 << 20);
+    ea_esap_source src;
+    esap_source_args(&a, &src);
     int json = cli_has(&a, "--json");
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
 
-    ea_esap_source src = {.text_path = text, .max_tokens = (size_t)max_tokens, .ctx = (int)ctx, .progress = cli_progress};
-    ea_status st = ea_esap_repr_parse(repr, &src.repr);
-    if (st) return cli_fail_status("message", st);
-    ea_model *ma = NULL, *mb = NULL;
-    ea_tokenizer *ta = NULL, *tb = NULL;
-    ea_esap_anchors an;
-    memset(&an, 0, sizeof an);
-    ea_esap_basis *ba = NULL, *bb = NULL;
-    ea_esap_message_report reps[MAX_RANKS];
+    esap_pair p;
+    const ea_esap_anchors *an = &p.an;
+    ea_esap_message_report reps[ESAP_MAX_LIST];
+    ea_status st;
     rc = 1;
-    if ((st = cli_load_model(dir_a, &ma, &ta)) || (st = cli_load_model(dir_b, &mb, &tb)) ||
-        (st = ea_esap_anchors_from_models(ma, ta, mb, tb, &src, &an)))
-        goto fail;
-    cli_progress_done();
-    int kmax = an.d_a < an.d_b ? an.d_a : an.d_b, ranks[MAX_RANKS], nr = 0;
-    if (ranks_s) {
-        if ((nr = parse_ranks(ranks_s, ranks, MAX_RANKS, kmax)) <= 0) {
-            cli_error("message", "--ranks '%s': expected up to %d comma-separated ranks in [1, %d]", ranks_s, MAX_RANKS,
-                      kmax);
-            goto out;
-        }
-    } else {
-        for (int k = 4; k < kmax && nr < MAX_RANKS - 1; k *= 2) ranks[nr++] = k;
-        ranks[nr++] = kmax;
-    }
-    if (n_test == 0) n_test = an.n / 5 < DEFAULT_TEST ? (an.n / 5 > 0 ? an.n / 5 : 1) : DEFAULT_TEST;
-    if (n_test >= an.n) {
-        cli_error("message", "--test %ld leaves no training anchors (%d anchors in all)", n_test, an.n);
-        goto out;
-    }
-    int room = an.n - (int)n_test;
-    if (n_train == 0) n_train = room < DEFAULT_TRAIN ? room : DEFAULT_TRAIN;
-    if (n_train > room) {
-        cli_error("message", "--anchors %ld + --test %ld exceed the %d anchors available (%s)", n_train, n_test, an.n,
-                  repr);
-        goto out;
-    }
-    if ((st = ea_esap_basis_fit(an.a, an.n, an.d_a, &ba)) || (st = ea_esap_basis_fit(an.b, an.n, an.d_b, &bb))) goto fail;
+    if ((st = esap_pair_open(&p, dir_a, dir_b, repr, &src))) goto fail;
+    int kmax = an->d_a < an->d_b ? an->d_a : an->d_b, ranks[ESAP_MAX_LIST], nr;
+    if ((nr = esap_ranks("message", ranks_s, kmax, ranks)) < 0) goto out;
+    if (esap_pair_split(&p, "message", repr, &n_train, &n_test)) goto out;
+    if ((st = esap_pair_fit_bases(&p))) goto fail;
     for (int i = 0; i < nr; i++) {
-        if ((st = ea_esap_message_eval(ba, an.a, bb, an.b, an.n, ranks[i], (int)n_train, (int)n_test, (uint64_t)seed,
-                                       &reps[i])))
+        if ((st = ea_esap_message_eval(p.ba, an->a, p.bb, an->b, an->n, ranks[i], (int)n_train, (int)n_test,
+                                       (uint64_t)seed, &reps[i])))
             goto fail;
         cli_progress("ranks", (size_t)i + 1, (size_t)nr);
     }
     cli_progress_done();
     char name_a[64], name_b[64];
-    ea_esap_repr_name(&src.repr, 0, ma, name_a, sizeof name_a);
-    ea_esap_repr_name(&src.repr, 1, mb, name_b, sizeof name_b);
+    ea_esap_repr_name(&p.src.repr, 0, p.ma, name_a, sizeof name_a);
+    ea_esap_repr_name(&p.src.repr, 1, p.mb, name_b, sizeof name_b);
     size_t full = reps[0].bytes_full;
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON *sa = cJSON_AddObjectToObject(o, "a"), *sb = cJSON_AddObjectToObject(o, "b");
         cJSON_AddStringToObject(sa, "model", dir_a);
-        cJSON_AddStringToObject(sa, "fingerprint", ea_model_fingerprint(ma));
-        cJSON_AddNumberToObject(sa, "d", an.d_a);
+        cJSON_AddStringToObject(sa, "fingerprint", ea_model_fingerprint(p.ma));
+        cJSON_AddNumberToObject(sa, "d", an->d_a);
         cJSON_AddStringToObject(sa, "repr", name_a);
         cJSON_AddStringToObject(sb, "model", dir_b);
-        cJSON_AddStringToObject(sb, "fingerprint", ea_model_fingerprint(mb));
-        cJSON_AddNumberToObject(sb, "d", an.d_b);
+        cJSON_AddStringToObject(sb, "fingerprint", ea_model_fingerprint(p.mb));
+        cJSON_AddNumberToObject(sb, "d", an->d_b);
         cJSON_AddStringToObject(sb, "repr", name_b);
-        cJSON_AddNumberToObject(o, "anchors_total", an.n);
+        cJSON_AddNumberToObject(o, "anchors_total", an->n);
         cJSON_AddNumberToObject(o, "train_anchors", (double)n_train);
         cJSON_AddNumberToObject(o, "test_anchors", (double)n_test);
         cJSON_AddNumberToObject(o, "seed", (double)seed);
@@ -156,10 +107,10 @@ int cmd_message(int argc, char **argv) {
                                            "among all held-out tokens; null: W fitted on shuffled training pairs.");
         cli_print_json(o);
     } else {
-        printf("ESAP messages: %s (%s, d=%d) -> %s (%s, d=%d)\n", dir_a, name_a, an.d_a, dir_b, name_b, an.d_b);
+        printf("ESAP messages: %s (%s, d=%d) -> %s (%s, d=%d)\n", dir_a, name_a, an->d_a, dir_b, name_b, an->d_b);
         printf("W fitted on %ld training tokens; %ld held-out tokens sent, each resolved among all %ld (chance %.4f)\n",
                n_train, n_test, n_test, reps[0].chance);
-        printf("full vector: %zu bytes (float32, d_a = %d)\n\n", full, an.d_a);
+        printf("full vector: %zu bytes (float32, d_a = %d)\n\n", full, an->d_a);
         printf("  %5s %9s %9s %9s | %8s %8s %8s %8s | %8s\n", "k", "bytes f32", "bytes f16", "x smaller", "acc f32",
                "acc f16", "top10", "acc k-d*", "null acc");
         for (int i = 0; i < nr; i++) {
@@ -177,12 +128,6 @@ fail:
     cli_progress_done();
     rc = cli_fail_status("message", st);
 out:
-    ea_esap_basis_free(ba);
-    ea_esap_basis_free(bb);
-    ea_esap_anchors_free(&an);
-    ea_tokenizer_free(ta);
-    ea_tokenizer_free(tb);
-    ea_model_free(ma);
-    ea_model_free(mb);
+    esap_pair_close(&p);
     return rc;
 }
