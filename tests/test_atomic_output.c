@@ -1,8 +1,10 @@
 /* No lost output: a run killed while writing must leave the previous good file untouched and no
- * truncated file at the target path (outputs go to a temporary file renamed on commit).
- * Part 1 kills a process inside ea_outfile writes (exact control over "midway"). Part 2 kills the
- * real CLI commands that write files, once when their temporary file appears and at fractions of
- * their normal run time, with SIGKILL and SIGINT. */
+ * truncated file at the target path (outputs go to a temporary file renamed on commit); a run
+ * stopped by SIGINT or SIGTERM must not leave its temporary file behind either.
+ * Part 1 kills a process inside ea_outfile writes (exact control over "midway"), with and without
+ * ea_outfile_install_signal_cleanup. Part 2 kills the real CLI commands that write files, when
+ * their temporary file appears and at fractions of their normal run time, with SIGKILL, SIGINT
+ * and SIGTERM. */
 #include "testutil.h"
 
 #include <dirent.h>
@@ -59,8 +61,13 @@ static int temp_exists(const char *dir, const char *target_name) {
     return temps > 0;
 }
 
+static const char *sig_name(int sig) {
+    return sig == SIGKILL ? "SIGKILL" : sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal";
+}
+
 /* Child of part 1: open the output, write 64 KB chunks forever, tell the parent after the first. */
-static void writer_child(const char *target, int ready_fd) {
+static void writer_child(const char *target, int ready_fd, int cleanup) {
+    if (cleanup) ea_outfile_install_signal_cleanup();
     ea_outfile o;
     if (ea_outfile_open(&o, target) != EA_OK) _exit(10);
     static char chunk[65536];
@@ -74,8 +81,9 @@ static void writer_child(const char *target, int ready_fd) {
     _exit(13); /* never committed: the parent kills us first */
 }
 
-static void test_killed_writer_keeps_previous_file(void **state) {
-    (void)state;
+/* Without the handlers (the library installs none by itself) every signal leaves the temporary;
+ * with them, SIGINT and SIGTERM remove it and the process still dies of the signal. */
+static void killed_writers(int cleanup) {
     const int sigs[] = {SIGKILL, SIGINT, SIGTERM};
     for (size_t k = 0; k < sizeof sigs / sizeof *sigs; k++) {
         char *dir = test_tmpdir();
@@ -89,7 +97,7 @@ static void test_killed_writer_keeps_previous_file(void **state) {
         assert_true(pid >= 0);
         if (pid == 0) {
             close(p[0]);
-            writer_child(target, p[1]);
+            writer_child(target, p[1], cleanup);
         }
         close(p[1]);
         char c;
@@ -106,13 +114,21 @@ static void test_killed_writer_keeps_previous_file(void **state) {
         assert_true(WIFSIGNALED(status) && WTERMSIG(status) == sigs[k]);
         assert_int_equal(stat(target, &st), 0);
         scan_dir(dir, "report.json", &temps, &others);
-        printf("killed writer with signal %d: target %lld bytes (previous %zu), %d temporary file(s) left\n",
-               sigs[k], (long long)st.st_size, sizeof GOOD - 1, temps);
+        printf("killed writer (%s) with %s: target %lld bytes (previous %zu), %d temporary file(s) left\n",
+               cleanup ? "signal cleanup installed" : "no handlers", sig_name(sigs[k]), (long long)st.st_size,
+               sizeof GOOD - 1, temps);
         assert_true(file_equals(target, GOOD, sizeof GOOD - 1));
         assert_int_equal(others, 0);
+        assert_int_equal(temps, cleanup && sigs[k] != SIGKILL ? 0 : 1);
         test_rmdir(dir);
         free(dir);
     }
+}
+
+static void test_killed_writer_keeps_previous_file(void **state) {
+    (void)state;
+    killed_writers(0);
+    killed_writers(1);
 }
 
 /* The other half of the contract: a run that finishes replaces the file and cleans up. */
@@ -220,7 +236,7 @@ static int interrupt_once(const cli_writer *w, const char *dir, const char *targ
     int exists = stat(target, &st) == 0;
     int temps, others;
     scan_dir(dir, w->out_name, &temps, &others);
-    printf("  %-14s %-7s %s: %s, target %lld bytes, %d temporary left\n", w->name, sig == SIGKILL ? "SIGKILL" : "SIGINT",
+    printf("  %-14s %-7s %s: %s, target %lld bytes, %d temporary left\n", w->name, sig_name(sig),
            at_temp ? "when the temp file appeared" : "at a fixed time", killed ? "killed" : "finished first",
            exists ? (long long)st.st_size : -1LL, temps);
     assert_true(exists);
@@ -231,6 +247,9 @@ static int interrupt_once(const cli_writer *w, const char *dir, const char *targ
     printf("    target is %s\n", old_file ? "the previous file" : new_file ? "the complete new output" : "CORRUPT");
     assert_true(old_file || new_file);
     if (!killed) assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0 && new_file);
+    /* The CLI's handlers remove the temporary and die of the same signal. */
+    if (killed) assert_int_equal(WTERMSIG(status), sig);
+    if (sig != SIGKILL) assert_int_equal(temps, 0);
     /* Clear temporaries so the next trigger sees only its own. */
     DIR *d = opendir(dir);
     struct dirent *e;
@@ -281,13 +300,27 @@ static void test_killed_cli_keeps_previous_output(void **state) {
         printf("eigenalign %s runs %.2f s, writes %zu bytes\n", w->name, dur, ref_n);
         int landed = 0;
         landed += interrupt_once(w, dir, target, ref, ref_n, SIGKILL, 0, 1);
-        landed += interrupt_once(w, dir, target, ref, ref_n, SIGINT, 0, 1);
         landed += interrupt_once(w, dir, target, ref, ref_n, SIGKILL, 0.5 * dur, 0);
         /* Under load a kill can keep landing after the rename; retry so the test does see one
          * that stops a run mid-way. */
-        int tries = 3;
+        int tries = 2;
         for (int extra = 0; landed == 0 && extra < 5; extra++, tries++)
             landed += interrupt_once(w, dir, target, ref, ref_n, SIGKILL, (0.2 + 0.15 * extra) * dur, 0);
+        /* SIGINT and SIGTERM once the temporary exists (interrupt_once checks none is left): retry
+         * until one stops the run before the rename, so the cleanup is seen removing it. */
+        const int catchable[] = {SIGINT, SIGTERM};
+        for (size_t s = 0; s < sizeof catchable / sizeof *catchable; s++) {
+            int stopped = 0, n_try = 0;
+            while (!stopped && n_try < 8) {
+                stopped = interrupt_once(w, dir, target, ref, ref_n, catchable[s], 0, 1);
+                n_try++;
+            }
+            printf("eigenalign %s: %s stopped the run mid-write after %d tr%s; no temporary left\n", w->name,
+                   sig_name(catchable[s]), n_try, n_try == 1 ? "y" : "ies");
+            assert_true(stopped);
+            landed += stopped;
+            tries += n_try;
+        }
         printf("eigenalign %s: %d of %d interruptions stopped the run before its output was complete; "
                "the previous file was intact each time\n", w->name, landed, tries);
         assert_true(landed > 0);

@@ -56,11 +56,19 @@ int ea_add_size(size_t a, size_t b, size_t *out);
 typedef struct {
     void *fp;            /* FILE* */
     char *path;          /* final path */
-    char *tmp;           /* temporary path in the same directory */
+    char *tmp;           /* temporary path in the same directory: "<path>.tmp.XXXXXX" */
+    int reg;             /* internal: slot in the table of open temporaries */
 } ea_outfile;
 ea_status ea_outfile_open(ea_outfile *o, const char *path);
 ea_status ea_outfile_commit(ea_outfile *o); /* flush, fsync, rename; frees */
 void ea_outfile_abort(ea_outfile *o);       /* remove the temporary; frees */
+/* Temporaries of outfiles still open are kept in a small table. For executables: install
+ * SIGINT/SIGTERM handlers that unlink them and then die of the same signal (default action, so
+ * the exit status still says "killed by signal"). Signals that are ignored or already have a
+ * handler are left alone. Never called by the library itself. */
+void ea_outfile_install_signal_cleanup(void);
+/* Unlink the open temporaries; async-signal-safe, for programs with handlers of their own. */
+void ea_outfile_remove_temporaries(void);
 /* Write a whole buffer atomically. */
 ea_status ea_write_file_atomic(const char *path, const void *data, size_t n);
 /* Read a whole (small) file into a NUL-terminated buffer; max_bytes bounds it. */

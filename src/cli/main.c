@@ -33,6 +33,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     ea_process_tune(argv);
+    ea_outfile_install_signal_cleanup(); /* Ctrl-C leaves no <output>.tmp.XXXXXX behind */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
