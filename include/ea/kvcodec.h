@@ -32,12 +32,17 @@ typedef struct {
     /* Fixed bytes the codec needs besides the cache (bases, means, tables). */
     size_t (*overhead_bytes)(const ea_kv_codec *c);
     void (*destroy)(ea_kv_codec *c);
+    /* Optional: bytes a sequence keeps once per layer and kind besides its rows (e.g. the
+     * attention-sink row of position 0 at full precision). The cache lays them out just before
+     * row 0, so encode, decode and attend reach them at (row 0) - seq_bytes. NULL means none. */
+    size_t (*seq_bytes)(const ea_kv_codec *c, int layer, ea_kv_kind kind);
 } ea_kv_codec_ops;
 
 struct ea_kv_codec {
     const ea_kv_codec_ops *ops;
     char name[64];
     int n_layer, n_head, d;
+    int n_ctx; /* the model's context: what bits per value are quoted at */
     void *state;
 };
 
@@ -55,8 +60,11 @@ typedef struct {
 ea_status ea_kv_codec_create(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
                              ea_kv_codec **out);
 void ea_kv_codec_free(ea_kv_codec *c);
-/* Average stored bits per cached value (row bytes × 8 / d over layers and kinds). */
+/* Average stored bits per cached value over a full context of n_ctx tokens: (n_ctx rows +
+ * per-sequence bytes) × 8 / (2 × n_layer × n_ctx × d). */
 double ea_kv_codec_bits_per_value(const ea_kv_codec *c);
+/* Per-sequence bytes of (layer, kind) besides its rows (0 for most codecs). */
+size_t ea_kv_codec_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind);
 size_t ea_kv_codec_overhead(const ea_kv_codec *c);
 /* Standard causal attention on float rows (reference, and the fallback path).
  * k, v: (pos0+nq) × d; q, out: nq × d. scratch: at least pos0+nq floats. */

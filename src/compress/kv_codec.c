@@ -126,6 +126,7 @@ ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea
     c->n_layer = cfg->n_layer;
     c->n_head = cfg->n_head;
     c->d = cfg->n_embd;
+    c->n_ctx = cfg->n_positions > 0 ? cfg->n_positions : 1;
     int hd = c->d / c->n_head, r = 0;
     const char *colon = strchr(spec, ':');
     size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
@@ -165,11 +166,16 @@ void ea_kv_codec_free(ea_kv_codec *c) {
     free(c);
 }
 
+size_t ea_kv_codec_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) {
+    return c->ops->seq_bytes ? c->ops->seq_bytes(c, layer, kind) : 0;
+}
+
 double ea_kv_codec_bits_per_value(const ea_kv_codec *c) {
     double bytes = 0;
     for (int l = 0; l < c->n_layer; l++)
-        for (int k = 0; k < 2; k++) bytes += (double)c->ops->row_bytes(c, l, (ea_kv_kind)k);
-    return bytes * 8.0 / (2.0 * c->n_layer * c->d);
+        for (int k = 0; k < 2; k++)
+            bytes += (double)c->ops->row_bytes(c, l, (ea_kv_kind)k) * c->n_ctx + (double)ea_kv_codec_seq_bytes(c, l, (ea_kv_kind)k);
+    return bytes * 8.0 / (2.0 * c->n_layer * c->d * (double)c->n_ctx);
 }
 
 size_t ea_kv_codec_overhead(const ea_kv_codec *c) { return c->ops->overhead_bytes ? c->ops->overhead_bytes(c) : 0; }

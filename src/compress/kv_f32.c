@@ -16,7 +16,7 @@ static void f32_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
 static size_t f32_overhead(const ea_kv_codec *c) { return 0; }
 static void f32_destroy(ea_kv_codec *c) {}
 
-static const ea_kv_codec_ops f32_ops = {f32_row_bytes, f32_encode, f32_decode, NULL, f32_overhead, f32_destroy};
+static const ea_kv_codec_ops f32_ops = {f32_row_bytes, f32_encode, f32_decode, NULL, f32_overhead, f32_destroy, NULL};
 
 ea_status ea_kv_f32_setup(ea_kv_codec *c) {
     c->ops = &f32_ops;

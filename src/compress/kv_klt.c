@@ -242,7 +242,7 @@ static void klt_destroy(ea_kv_codec *c) {
     c->state = NULL;
 }
 
-static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, klt_attend, klt_overhead, klt_destroy};
+static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, klt_attend, klt_overhead, klt_destroy, NULL};
 
 /* ---- bit allocation ---- */
 

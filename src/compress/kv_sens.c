@@ -10,7 +10,8 @@
 typedef struct {
     const ea_kv_codec *probe;
     int layer, kind;
-    unsigned char *row;
+    unsigned char *buf; /* room for the part's per-sequence bytes, then one row */
+    size_t seq_max;
 } sens_hook_ctx;
 
 /* Replace the target part's rows by their coded version (encode + decode). */
@@ -18,10 +19,11 @@ static int sens_hook(void *user, ea_site site, int layer, int pos0, int n, int d
     sens_hook_ctx *h = user;
     int kind = site == EA_SITE_V ? 1 : site == EA_SITE_K ? 0 : -1;
     if (kind != h->kind || layer != h->layer) return 0;
+    unsigned char *row = h->buf + h->seq_max; /* the sequence bytes end right before it */
     for (int i = 0; i < n; i++) {
         float *r = x + (size_t)i * ld;
-        h->probe->ops->encode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, r, h->row);
-        h->probe->ops->decode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, 1, h->row, r);
+        h->probe->ops->encode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, r, row);
+        h->probe->ops->decode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, 1, row, r);
     }
     return 0;
 }
@@ -30,17 +32,19 @@ ea_status ea_kv_sensitivity(ea_model *m, const int *ids, size_t n, int ctx, cons
     const ea_config *cfg = ea_model_config(m);
     int L = cfg->n_layer, P = 2 * L, V = cfg->vocab_size;
     if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv sensitivity: window %d outside [2, %d]", ctx, cfg->n_positions);
-    size_t cells = (size_t)ctx * V, maxrow = 0;
+    size_t cells = (size_t)ctx * V, maxrow = 0, maxseq = 0;
     for (int p = 0; p < P; p++) {
         size_t rb = probe->ops->row_bytes(probe, p / 2, (ea_kv_kind)(p % 2));
+        size_t sb = ea_kv_codec_seq_bytes(probe, p / 2, (ea_kv_kind)(p % 2));
         if (rb > maxrow) maxrow = rb;
+        if (sb > maxseq) maxseq = sb;
     }
     float *base = malloc(sizeof(float) * cells), *prob = malloc(sizeof(float) * cells), *lg = malloc(sizeof(float) * cells);
     double *lse = malloc(sizeof(double) * (size_t)ctx);
     ea_kv_score *acc = calloc((size_t)P, sizeof *acc);
-    sens_hook_ctx h = {probe, -1, -1, malloc(maxrow + 8)};
+    sens_hook_ctx h = {probe, -1, -1, calloc(1, maxseq + maxrow + 8), maxseq};
     ea_kvcache *cache = NULL;
-    ea_status st = (!base || !prob || !lg || !lse || !acc || !h.row) ? ea_error(EA_ERR_NOMEM, "kv sensitivity: out of memory") : EA_OK;
+    ea_status st = (!base || !prob || !lg || !lse || !acc || !h.buf) ? ea_error(EA_ERR_NOMEM, "kv sensitivity: out of memory") : EA_OK;
     if (!st) st = ea_kvcache_init(&cache, cfg, ctx, NULL);
     for (size_t s0 = 0; !st && s0 + 1 < n; s0 += (size_t)ctx) {
         int len = (int)(n - s0 < (size_t)ctx ? n - s0 : (size_t)ctx);
@@ -68,7 +72,7 @@ ea_status ea_kv_sensitivity(ea_model *m, const int *ids, size_t n, int ctx, cons
     free(lg);
     free(lse);
     free(acc);
-    free(h.row);
+    free(h.buf);
     return st;
 }
 

@@ -182,7 +182,7 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
         for (int i = 0; i < n; i++) memcpy(r->q + (size_t)i * C, qkv + (size_t)i * 3 * C, sizeof(float) * (size_t)C);
         const ea_kv_codec *codec = cache->codec;
         if (codec && codec->ops->attend) {
-            codec->ops->attend(codec, l, r->q, n, pos0, cache->store[2 * l], cache->store[2 * l + 1], r->att);
+            codec->ops->attend(codec, l, r->q, n, pos0, cache->rows[2 * l], cache->rows[2 * l + 1], r->att);
         } else {
             const float *K, *Vv;
             ea_kvcache_view(cache, l, pos0 + n, &K, &Vv);

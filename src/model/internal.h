@@ -45,7 +45,9 @@ struct ea_kvcache {
     int cap, len;
     const ea_kv_codec *codec; /* NULL: float32 rows stored directly */
     size_t *row_bytes;        /* [layer*2 + kind] */
-    unsigned char **store;    /* [layer*2 + kind], cap rows each */
+    unsigned char **store;    /* [layer*2 + kind]: the codec's per-sequence bytes, then cap rows */
+    unsigned char **rows;     /* [layer*2 + kind]: row 0 inside store */
+    size_t *seq_bytes;        /* [layer*2 + kind] */
     float *kdec, *vdec;       /* decoded rows for one layer (cap × d), codec caches only */
 };
 

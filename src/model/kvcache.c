@@ -1,5 +1,6 @@
 /* The KV cache: per layer and kind, one fixed-size encoded row per token. The forward pass
  * never knows the codec; with no codec, rows are plain float32 and read in place. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,11 +21,17 @@ ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, 
     int nb = 2 * cfg->n_layer;
     c->row_bytes = calloc((size_t)nb, sizeof *c->row_bytes);
     c->store = calloc((size_t)nb, sizeof *c->store);
-    if (!c->row_bytes || !c->store) goto nomem;
+    c->rows = calloc((size_t)nb, sizeof *c->rows);
+    c->seq_bytes = calloc((size_t)nb, sizeof *c->seq_bytes);
+    if (!c->row_bytes || !c->store || !c->rows || !c->seq_bytes) goto nomem;
     for (int i = 0; i < nb; i++) {
         c->row_bytes[i] = codec ? codec->ops->row_bytes(codec, i / 2, (ea_kv_kind)(i % 2)) : sizeof(float) * (size_t)cfg->n_embd;
+        c->seq_bytes[i] = codec ? ea_kv_codec_seq_bytes(codec, i / 2, (ea_kv_kind)(i % 2)) : 0;
         size_t bytes;
-        if (ea_mul_size(c->row_bytes[i], (size_t)capacity, &bytes) || !(c->store[i] = malloc(bytes ? bytes : 1))) goto nomem;
+        if (ea_mul_size(c->row_bytes[i], (size_t)capacity, &bytes) || bytes > SIZE_MAX - c->seq_bytes[i] ||
+            !(c->store[i] = calloc(1, bytes + c->seq_bytes[i] + 1)))
+            goto nomem;
+        c->rows[i] = c->store[i] + c->seq_bytes[i];
     }
     if (codec) {
         size_t n = (size_t)capacity * (size_t)cfg->n_embd;
@@ -42,6 +49,8 @@ void ea_kvcache_free(ea_kvcache *c) {
     if (c->store)
         for (int i = 0; i < 2 * c->cfg.n_layer; i++) free(c->store[i]);
     free(c->store);
+    free(c->rows);
+    free(c->seq_bytes);
     free(c->row_bytes);
     free(c->kdec);
     free(c->vdec);
@@ -54,9 +63,12 @@ int ea_kvcache_capacity(const ea_kvcache *c) { return c->cap; }
 const ea_kv_codec *ea_kvcache_codec(const ea_kvcache *c) { return c->codec; }
 
 size_t ea_kvcache_bytes_for(const ea_kvcache *c, int ntok) {
-    size_t row = 0;
-    for (int i = 0; i < 2 * c->cfg.n_layer; i++) row += c->row_bytes[i];
-    return row * (size_t)ntok;
+    size_t row = 0, seq = 0;
+    for (int i = 0; i < 2 * c->cfg.n_layer; i++) {
+        row += c->row_bytes[i];
+        seq += c->seq_bytes[i];
+    }
+    return ntok > 0 ? seq + row * (size_t)ntok : 0;
 }
 
 size_t ea_kvcache_allocated_bytes(const ea_kvcache *c) { return ea_kvcache_bytes_for(c, c->cap); }
@@ -65,7 +77,7 @@ void ea_kvcache_append(ea_kvcache *c, int layer, int pos0, int n, const float *k
     for (int kind = 0; kind < 2; kind++) {
         const float *src = kind ? v : k;
         size_t rb = c->row_bytes[layer * 2 + kind];
-        unsigned char *dst = c->store[layer * 2 + kind] + rb * (size_t)pos0;
+        unsigned char *dst = c->rows[layer * 2 + kind] + rb * (size_t)pos0;
         for (int i = 0; i < n; i++) {
             if (c->codec) c->codec->ops->encode(c->codec, layer, (ea_kv_kind)kind, pos0 + i, src + (size_t)i * ld, dst + rb * i);
             else memcpy(dst + rb * i, src + (size_t)i * ld, rb);
@@ -75,12 +87,12 @@ void ea_kvcache_append(ea_kvcache *c, int layer, int pos0, int n, const float *k
 
 void ea_kvcache_view(ea_kvcache *c, int layer, int n, const float **k, const float **v) {
     if (!c->codec) {
-        *k = (const float *)(void *)c->store[layer * 2];
-        *v = (const float *)(void *)c->store[layer * 2 + 1];
+        *k = (const float *)(void *)c->rows[layer * 2];
+        *v = (const float *)(void *)c->rows[layer * 2 + 1];
         return;
     }
-    c->codec->ops->decode(c->codec, layer, EA_KV_K, 0, n, c->store[layer * 2], c->kdec);
-    c->codec->ops->decode(c->codec, layer, EA_KV_V, 0, n, c->store[layer * 2 + 1], c->vdec);
+    c->codec->ops->decode(c->codec, layer, EA_KV_K, 0, n, c->rows[layer * 2], c->kdec);
+    c->codec->ops->decode(c->codec, layer, EA_KV_V, 0, n, c->rows[layer * 2 + 1], c->vdec);
     *k = c->kdec;
     *v = c->vdec;
 }
