@@ -298,7 +298,8 @@ static double attend_vs_ref(const ea_kv_codec *codec, const source *s, int nq, i
     ea_rng r;
     ea_rng_seed(&r, seed);
     size_t rbk = codec->ops->row_bytes(codec, layer, EA_KV_K), rbv = codec->ops->row_bytes(codec, layer, EA_KV_V);
-    unsigned char *kb = malloc(rbk * T), *vb = malloc(rbv * T);
+    size_t sk = ea_kv_codec_seq_bytes(codec, layer, EA_KV_K), sv = ea_kv_codec_seq_bytes(codec, layer, EA_KV_V);
+    unsigned char *kmem = malloc(sk + rbk * T), *vmem = malloc(sv + rbv * T), *kb = kmem + sk, *vb = vmem + sv;
     float *x = malloc(sizeof(float) * d), *k = malloc(sizeof(float) * (size_t)T * d), *v = malloc(sizeof(float) * (size_t)T * d);
     float *q = malloc(sizeof(float) * (size_t)nq * d), *o1 = malloc(sizeof(float) * (size_t)nq * d);
     float *o2 = malloc(sizeof(float) * (size_t)nq * d), *scratch = malloc(sizeof(float) * T);
@@ -316,7 +317,7 @@ static double attend_vs_ref(const ea_kv_codec *codec, const source *s, int nq, i
     ea_attention_ref(codec->n_head, d, q, nq, pos0, k, v, o1, scratch);
     codec->ops->attend(codec, layer, q, nq, pos0, kb, vb, o2);
     double e = test_max_abs_diff(o2, o1, (size_t)nq * d);
-    free(kb); free(vb); free(x); free(k); free(v); free(q); free(o1); free(o2); free(scratch);
+    free(kmem); free(vmem); free(x); free(k); free(v); free(q); free(o1); free(o2); free(scratch);
     return e;
 }
 
@@ -326,7 +327,8 @@ static void test_compressed_attention(void **state) {
     source_init(&s, &c, 7);
     ea_kv_metric mt;
     metric_init(&mt, &c, 77, 1);
-    const char *specs[] = {"pca:12", "pca:64", "pca-head:5", "klt:2", "klt:3:h", "klt:1.5:hs", "klt:4:u", "klt:0.5:f"};
+    const char *specs[] = {"pca:12", "pca:64", "pca-head:5", "klt:2", "klt:3:h", "klt:1.5:hs", "klt:4:u", "klt:0.5:f",
+                           "klt:2:x", "klt:3:hx", "klt:0.5:xf", "klt:4:X"};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++)
         for (int weighted = 0; weighted < 2; weighted++) {
             if (weighted && (strncmp(specs[i], "klt", 3) || i % 2)) continue;
@@ -445,23 +447,25 @@ static void test_spec_errors(void **state) {
     source_free(&s);
 }
 
-/* bits/value from the codec equals the cache's allocation / values for every codec. */
+/* bits/value from the codec equals the cache's allocation / values at a full context for every codec
+ * (per-sequence bytes such as a sink row included). */
 static void test_accounting_matches_cache(void **state) {
     ea_config c = small_cfg();
     source s;
     source_init(&s, &c, 11);
     ea_kv_metric mt;
     metric_init(&mt, &c, 12, 1);
-    const char *specs[] = {"f32", "f16", "q8", "q4", "pca:9", "pca-head:3", "klt:1", "klt:2:s", "klt:3.3:h", "klt:2.7"};
+    const char *specs[] = {"f32", "f16", "q8", "q4", "pca:9", "pca-head:3", "klt:1", "klt:2:s", "klt:3.3:h", "klt:1.5:x", "klt:2.7", "klt:2.7:x"};
+    int n = c.n_positions;
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
-        /* the last one pooled over parts with a metric */
-        ea_kv_codec *codec = make_ex(specs[i], &c, &s.st, i + 1 == sizeof specs / sizeof *specs ? &mt : NULL);
+        /* the last two pooled over parts with a metric */
+        ea_kv_codec *codec = make_ex(specs[i], &c, &s.st, i + 2 >= sizeof specs / sizeof *specs ? &mt : NULL);
         ea_kvcache *cache = NULL;
-        assert_int_equal(ea_kvcache_init(&cache, &c, 100, codec), EA_OK);
-        double values = 2.0 * c.n_layer * 100 * c.n_embd;
+        assert_int_equal(ea_kvcache_init(&cache, &c, n, codec), EA_OK);
+        double values = 2.0 * c.n_layer * n * c.n_embd;
         double bpv = (double)ea_kvcache_allocated_bytes(cache) * 8 / values;
-        printf("%-10s bits/value %.4f, cache %zu bytes for 100 tokens, overhead %zu bytes\n", specs[i],
-               ea_kv_codec_bits_per_value(codec), ea_kvcache_allocated_bytes(cache), ea_kv_codec_overhead(codec));
+        printf("%-10s bits/value %.4f, cache %zu bytes for %d tokens, overhead %zu bytes\n", specs[i],
+               ea_kv_codec_bits_per_value(codec), ea_kvcache_allocated_bytes(cache), n, ea_kv_codec_overhead(codec));
         assert_true(fabs(bpv - ea_kv_codec_bits_per_value(codec)) < 1e-12);
         if (!strncmp(specs[i], "klt:", 4)) assert_true(bpv <= atof(specs[i] + 4) + 1e-12);
         ea_kvcache_free(cache);

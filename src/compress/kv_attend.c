@@ -176,10 +176,19 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
             qt[(size_t)h * nk + j] = a * scale;
         }
     }
-    int nth = 1;
+    /* the sink row (position 0 at full precision) is scored here, in d dimensions */
+    int first = k->sink ? 1 : 0;
+    float s0[H > 0 ? H : 1];
+    for (int h = 0; h < H && first; h++) {
+        const float *qh = q + h * hd, *mu = bk->mean + h * hd;
+        float a = 0;
+        for (int i = 0; i < hd; i++) a += qh[i] * (ea_f16_to_f32(k->sink[h * hd + i]) - mu[i]);
+        s0[h] = a * scale;
+    }
+    int nth = 1, nkeys = T - first;
 #ifdef _OPENMP
-    if (T >= 4 * CHUNK && !omp_in_parallel()) nth = omp_get_max_threads();
-    if (nth > T / CHUNK) nth = T / CHUNK > 0 ? T / CHUNK : 1;
+    if (nkeys >= 4 * CHUNK && !omp_in_parallel()) nth = omp_get_max_threads();
+    if (nth > nkeys / CHUNK) nth = nkeys / CHUNK > 0 ? nkeys / CHUNK : 1;
 #endif
     size_t per = (size_t)2 * H + (size_t)H * nv;
     float *states = malloc(sizeof(float) * per * nth);
@@ -196,9 +205,9 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
         }
         memset(st.acc, 0, sizeof(float) * (size_t)H * nv);
         /* contiguous, chunk-aligned ranges of keys per thread */
-        int nchunks = (T + CHUNK - 1) / CHUNK;
+        int nchunks = (nkeys + CHUNK - 1) / CHUNK;
         int c0 = (int)((long)nchunks * tid / nth), c1 = (int)((long)nchunks * (tid + 1) / nth);
-        int t0 = c0 * CHUNK, t1 = c1 * CHUNK < T ? c1 * CHUNK : T;
+        int t0 = first + c0 * CHUNK, t1 = first + c1 * CHUNK < T ? first + c1 * CHUNK : T;
         float *ck = malloc(sizeof(float) * ((size_t)CHUNK * nk + 1));
         float *cv = malloc(sizeof(float) * ((size_t)CHUNK * nv + 1));
         float *s = malloc(sizeof(float) * (size_t)CHUNK * H); /* scores: chunk rows × heads */
@@ -211,8 +220,9 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
     float *acc = malloc(sizeof(float) * ((size_t)nv + 1));
     for (int h = 0; h < H; h++) {
         int vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
-        float M = -INFINITY, L = 0;
+        float M = first ? s0[h] : -INFINITY, L = first ? 1.0f : 0.0f;
         for (int t = 0; t < nth; t++) M = max_f(M, states[per * t + h]);
+        if (first) L = expf(s0[h] - M);
         memset(acc, 0, sizeof(float) * (size_t)(nvh > 0 ? nvh : 1));
         for (int t = 0; t < nth; t++) {
             const float *base = states + per * t;
@@ -228,6 +238,10 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
         for (int j = 0; j < nvh; j++, w += hd) {
             float a = acc[j] * inv;
             for (int i = 0; i < hd; i++) oh[i] += a * w[i];
+        }
+        if (first) {
+            float a0 = expf(s0[h] - M) * inv;
+            for (int i = 0; i < hd; i++) oh[i] += a0 * (ea_f16_to_f32(v->sink[h * hd + i]) - bv->mean[h * hd + i]);
         }
     }
     free(acc);
@@ -254,6 +268,9 @@ static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const
     float *qt = malloc(sizeof(float) * ((size_t)qb * nk + 1)), *acc = malloc(sizeof(float) * ((size_t)qb * nv + 1));
     unpack_all(k, T, ck);
     unpack_all(v, T, cv);
+    int sink = k->sink != NULL;
+    if (sink && nv) memset(cv, 0, sizeof(float) * (size_t)nv); /* row 0 comes from the sink row */
+    float *a0 = malloc(sizeof(float) * (size_t)qb);
     for (int i0 = 0; i0 < nq; i0 += qb) {
         int n = nq - i0 < qb ? nq - i0 : qb, tk = pos0 + i0 + n; /* keys this block can see */
         for (int h = 0; h < H; h++) {
@@ -264,6 +281,16 @@ static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, tk, nh, 1.0f, qt, nh, ck + lo, nk, 0.0f, s, tk);
             } else
                 memset(s, 0, sizeof(float) * (size_t)n * tk);
+            if (sink) {
+                float kc[hd];
+                for (int j = 0; j < hd; j++) kc[j] = ea_f16_to_f32(k->sink[h * hd + j]) - bk->mean[h * hd + j];
+                for (int i = 0; i < n; i++) {
+                    const float *qi = q + (size_t)(i0 + i) * d + h * hd;
+                    float a = 0;
+                    for (int j = 0; j < hd; j++) a += qi[j] * kc[j];
+                    s[(size_t)i * tk] = a * scale;
+                }
+            }
 #pragma omp parallel for schedule(static) if (n * tk > 65536)
             for (int i = 0; i < n; i++) {
                 float *si = s + (size_t)i * tk;
@@ -276,6 +303,7 @@ static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const
                 for (int t = valid; t < tk; t++) si[t] = 0;
             }
             float *oh = out + (size_t)i0 * d + h * hd;
+            for (int i = 0; i < n && sink; i++) a0[i] = s[(size_t)i * tk];
             if (nvh > 0) {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, nvh, tk, 1.0f, s, tk, cv + vlo, nv, 0.0f, acc,
                             nvh);
@@ -283,7 +311,11 @@ static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const
                             oh, d);
             }
             for (int i = 0; i < n; i++)
-                for (int j = 0; j < hd; j++) oh[(size_t)i * d + j] = (nvh > 0 ? oh[(size_t)i * d + j] : 0) + bv->mean[h * hd + j];
+                for (int j = 0; j < hd; j++) {
+                    float m = bv->mean[h * hd + j];
+                    oh[(size_t)i * d + j] = (nvh > 0 ? oh[(size_t)i * d + j] : 0) + m +
+                                            (sink ? a0[i] * (ea_f16_to_f32(v->sink[h * hd + j]) - m) : 0);
+                }
         }
     }
     free(ck);
@@ -291,6 +323,7 @@ static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const
     free(s);
     free(qt);
     free(acc);
+    free(a0);
 }
 
 void ea_kv_basis_attend(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,

@@ -34,7 +34,7 @@ static ea_status parse_int(const char *spec, const char *p, int max, int *out) {
  * g per-layer basis, h per-head basis, s/S per-token scale on/off, l Lloyd-Max levels, u uniform,
  * p pooled allocation, b budget per layer and kind, f/F f32/f16 bases, w/m weighted metric / plain
  * squared error, k/v weight K/V only, r<x> metric regularisation x (default 1), z<x> position-0
- * step gain x. */
+ * step gain x, x/X position-0 row kept in f16 (the attention sink) or coded like the others. */
 static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
     char *end;
     errno = 0;
@@ -55,6 +55,8 @@ static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
                 f = e2 - 1;
                 break;
             }
+            case 'x': o->sink = 1; break;
+            case 'X': o->sink = 0; break;
             case 'g': o->per_head = 0; break;
             case 'h': o->per_head = 1; break;
             case 's': o->token_scale = 1; break;

@@ -43,6 +43,7 @@ typedef struct {
     int weighted;       /* use the metric (when one is given): bit 0 for K, bit 1 for V */
     double reg;         /* metric regularisation: M + reg·tr(M)/w·I per group */
     double pos0_gain;   /* steps of the position-0 row scaled by this (it is an outlier) */
+    int sink;           /* 1: the position-0 row (the attention sink) is kept in f16 beside the codes */
 } ea_kv_klt_opts;
 void ea_kv_klt_default(ea_kv_klt_opts *o, double bits);
 ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o);
@@ -92,11 +93,14 @@ typedef struct {
     void (*unpack)(const void *self, const void *rows, int t0, int n, float *coef);
     const void *self;
     const void *rows;
+    const uint16_t *sink; /* position 0 kept as an f16 row (d values) instead of its coefficients, or NULL */
 } ea_kv_coef_src;
 /* Causal attention of nq queries (positions pos0..pos0+nq-1, q and out nq × d) on the keys and
  * values 0..pos0+nq-1 held as coefficients, without rebuilding K or V:
  *   score_t = (W_hᵀ q_h)·c_t (q·mean is the same for every t and cancels in the softmax),
- *   out_h = mean_h + W_h Σ_t a_t c_t (the weights sum to 1). */
+ *   out_h = mean_h + W_h Σ_t a_t c_t (the weights sum to 1).
+ * A sink row (k or v given as a full f16 row at position 0) enters in d dimensions: its score is
+ * q_h·(k_0h - mean_h) and its value adds a_0 (v_0h - mean_h); both sources must have one or neither. */
 void ea_kv_basis_attend(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,
                         float *out);
 

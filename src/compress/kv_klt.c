@@ -37,6 +37,7 @@ typedef struct {
     size_t row_bytes;
     int hdr;                /* bytes before the codes (the f16 row gain) */
     float pos0_gain;        /* position 0 (an outlier row) is coded with steps this much wider */
+    int sink;               /* position 0 is kept as an f16 row just before row 0 (its codes are unused) */
     double pred_mse;        /* expected squared error per row for Gaussian rows */
 } klt_part;
 
@@ -62,6 +63,7 @@ void ea_kv_klt_default(ea_kv_klt_opts *o, double bits) {
     o->weighted = 3;
     o->reg = 1.0;
     o->pos0_gain = 1.0;
+    o->sink = 0;
 }
 
 static const klt_part *part_of(const ea_kv_codec *c, int layer, int kind) {
@@ -69,6 +71,15 @@ static const klt_part *part_of(const ea_kv_codec *c, int layer, int kind) {
 }
 
 static size_t klt_row_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) { return part_of(c, layer, kind)->row_bytes; }
+
+static size_t klt_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) {
+    return part_of(c, layer, kind)->sink ? sizeof(uint16_t) * (size_t)c->d : 0;
+}
+
+/* The f16 sink row of a part whose row 0 is at row0. */
+static uint16_t *sink_row(const ea_kv_codec *c, const void *row0) {
+    return (uint16_t *)(void *)((unsigned char *)(uintptr_t)row0 - sizeof(uint16_t) * (size_t)c->d);
+}
 
 /* ---- bit stream ---- */
 static void put_bits(unsigned char *row, size_t pos, unsigned code, int b) {
@@ -82,6 +93,11 @@ static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
     int n = p->b.n_coef;
     unsigned char *row = dst;
     memset(row, 0, p->row_bytes);
+    if (pos == 0 && p->sink) { /* dst is row 0: the sink row sits right before it */
+        uint16_t *h = sink_row(c, dst);
+        for (int i = 0; i < c->d; i++) h[i] = ea_f32_to_f16(x[i]);
+        return;
+    }
     float y[n + 1];
     ea_kv_basis_project(&p->b, x, y);
     float g = 1.0f;
@@ -209,6 +225,10 @@ static void klt_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
     const klt_part *p = part_of(c, layer, kind);
     float coef[p->b.n_coef + 1];
     for (int r = 0; r < n; r++) {
+        if (pos0 + r == 0 && p->sink) {
+            ea_f16_to_f32_array(sink_row(c, src), x, (size_t)c->d);
+            continue;
+        }
         unpack_row(p, (const unsigned char *)src + (size_t)r * p->row_bytes, pos0 + r, coef);
         ea_kv_basis_expand(&p->b, coef, x + (size_t)r * c->d);
     }
@@ -217,7 +237,8 @@ static void klt_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
 static void klt_attend(const ea_kv_codec *c, int layer, const float *q, int nq, int pos0, const void *kbuf,
                        const void *vbuf, float *out) {
     const klt_part *pk = part_of(c, layer, EA_KV_K), *pv = part_of(c, layer, EA_KV_V);
-    ea_kv_coef_src k = {&pk->b, klt_unpack, pk, kbuf}, v = {&pv->b, klt_unpack, pv, vbuf};
+    ea_kv_coef_src k = {&pk->b, klt_unpack, pk, kbuf, pk->sink ? sink_row(c, kbuf) : NULL},
+                   v = {&pv->b, klt_unpack, pv, vbuf, pv->sink ? sink_row(c, vbuf) : NULL};
     ea_kv_basis_attend(&k, &v, q, nq, pos0, out);
 }
 
@@ -242,7 +263,7 @@ static void klt_destroy(ea_kv_codec *c) {
     c->state = NULL;
 }
 
-static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, klt_attend, klt_overhead, klt_destroy, NULL};
+static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, klt_attend, klt_overhead, klt_destroy, klt_seq_bytes};
 
 /* ---- bit allocation ---- */
 
@@ -430,6 +451,9 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
     }
     long total = 0;
     for (int p = 0; p < P; p++) total += cap[p] / 8;
+    if (o->sink) /* the f16 sink rows, spread over a full context, come out of the same budget */
+        total -= (long)((2 * (size_t)P * d + (size_t)c->n_ctx - 1) / (size_t)c->n_ctx);
+    if (total < 0) total = 0;
     if (pool) /* any layer or kind may take up to the widest code per value; the sum stays within budget */
         for (int p = 0; p < P; p++) cap[p] = (long)EA_KV_QBITS * d;
     allocate(items, P * d, dmse, cap, used, P, total);
@@ -482,6 +506,7 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
             else kp->runs[kp->n_runs - 1].n++;
         kp->hdr = hdr;
         kp->pos0_gain = (float)o->pos0_gain;
+        kp->sink = o->sink;
         kp->row_bytes = (size_t)hdr + (size_t)((nbits + 7) / 8);
         if (kp->row_bytes == 0) kp->row_bytes = 1; /* nothing kept: keep rows addressable */
         kp->pred_mse = pred;

@@ -45,7 +45,7 @@ static void pca_unpack(const void *self, const void *rows, int t0, int n, float 
 static void pca_attend(const ea_kv_codec *c, int layer, const float *q, int nq, int pos0, const void *kbuf,
                        const void *vbuf, float *out) {
     const ea_kv_basis *bk = basis_of(c, layer, EA_KV_K), *bv = basis_of(c, layer, EA_KV_V);
-    ea_kv_coef_src k = {bk, pca_unpack, bk, kbuf}, v = {bv, pca_unpack, bv, vbuf};
+    ea_kv_coef_src k = {bk, pca_unpack, bk, kbuf, NULL}, v = {bv, pca_unpack, bv, vbuf, NULL};
     ea_kv_basis_attend(&k, &v, q, nq, pos0, out);
 }
 
