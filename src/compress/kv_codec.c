@@ -76,6 +76,11 @@ static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
     return EA_OK;
 }
 
+ea_status ea_kv_klt_opts_from_spec(const char *spec, ea_kv_klt_opts *o) {
+    if (!spec || strncmp(spec, "klt:", 4)) return ea_error(EA_ERR_ARG, "kv codec '%s': not a klt spec", spec ? spec : "");
+    return parse_klt(spec, spec + 4, o);
+}
+
 ea_status ea_kv_codec_check_spec(const char *spec) {
     /* the parsers are the real ones; bounds that depend on the model are checked at creation */
     if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");

@@ -3,6 +3,7 @@
 #define EA_KV_INTERNAL_H
 
 #include "ea/kvcodec.h"
+#include "ea/model.h"
 
 /* Distortion metric of the transform coder, per layer (d × d, symmetric PSD, float64): an error e
  * in a K row costs eᵀ M_K e, in a V row eᵀ M_V e. M_K = E[q qᵀ] restricted to each head's block
@@ -14,6 +15,9 @@ typedef struct {
     /* Optional: KL per unit of distortion of each part [layer*2 + kind] (measured by
      * ea_kv_sensitivity); with it, a pooled klt allocation spends bits where they lower KL most. */
     double *part_weight;
+    /* Optional: measured coefficient distributions (borrowed; see ea_kv_hist) for klt codecs whose
+     * transform they were taken in. */
+    const struct ea_kv_hist *hist;
 } ea_kv_metric;
 void ea_kv_metric_free(ea_kv_metric *mt);
 /* Syntax of a codec spec (name, parameter, flags) without building it: lets commands reject a typo
@@ -46,9 +50,38 @@ typedef struct {
     int sink;           /* 1: the position-0 row (the attention sink) is kept in f16 beside the codes */
 } ea_kv_klt_opts;
 void ea_kv_klt_default(ea_kv_klt_opts *o, double bits);
+/* Options of a "klt:B[:flags]" spec. */
+ea_status ea_kv_klt_opts_from_spec(const char *spec, ea_kv_klt_opts *o);
 ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o);
-/* Expected squared error per row of (layer, kind) for Gaussian rows with the calibration covariance. */
+/* Expected squared error per row of (layer, kind) (in the codec's metric): for Gaussian rows with the
+ * calibration covariance, or from the measured coefficient distributions when it was fitted on them. */
 double ea_kv_klt_predicted_mse(const ea_kv_codec *c, int layer, int kind);
+/* The full transform of one part (every coefficient, kept or not): coefficient j of row x is
+ * enc[j]·(x - mean) (enc: d × d row-major), with calibration standard deviation sig[j]. Basis and
+ * mean are rounded as the codec stores them, so the coefficients are the codec's. */
+ea_status ea_kv_klt_transform(const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o, int n_head, int layer,
+                              int kind, float *enc, float *mean, float *sig);
+
+/* Histograms of every coefficient of every part, in units of its standard deviation, on
+ * calibration rows (kv_hist.c). */
+typedef struct ea_kv_hist {
+    int n_part, d, nbins;
+    float lim;            /* bins cover [-lim, lim] */
+    double *h;            /* [part][coef][bin] counts */
+    float *enc, *mean, *sig; /* the transforms they were taken in (ea_kv_klt_transform) */
+    ea_kv_klt_opts key;   /* options that determine the transform */
+    int skip_sink;        /* position 0 left out (it is kept in f16) */
+} ea_kv_hist;
+ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_stats *s, const ea_kv_metric *mt,
+                             const ea_kv_klt_opts *o, ea_kv_hist *out);
+void ea_kv_hist_free(ea_kv_hist *h);
+/* Whether h was taken in the transform that options o build (and o uses level tables). */
+int ea_kv_hist_matches(const ea_kv_hist *h, const ea_kv_klt_opts *o);
+struct ea_kv_quant;
+/* Mean squared error of quantizer q on the histogram w (nbins weights over h's bins). */
+double ea_kv_hist_mse(const ea_kv_hist *h, const double *w, const struct ea_kv_quant *q);
+/* Lloyd's algorithm on the histogram w from the levels of init; q gets f16-rounded levels. */
+void ea_kv_hist_lloyd(const ea_kv_hist *h, const double *w, const struct ea_kv_quant *init, struct ea_kv_quant *q);
 
 /* ---- A linear code of one (layer, kind): x ≈ mean + Σ_j coef_j · basis_j. ----
  * Coefficients of head h are [lo[h], hi[h]); basis rows of head h are w[h] ((hi-lo) × hd, row j is
@@ -125,13 +158,17 @@ typedef struct {
     int n;
     char spec[8][96];
     double *alpha[8];
+    int n_hist; /* coefficient histograms already taken, by transform */
+    ea_kv_hist hist[4];
 } ea_kv_sens_cache;
 void ea_kv_sens_cache_free(ea_kv_sens_cache *sc);
 
 /* A codec for this model from its spec, fitted as the eval does: basis codecs from stats and
  * metric (may be NULL); a pooled klt (the default, unless flag 'b') first measures part
  * sensitivities with ea_kv_sensitivity on up to sens_tokens of calib ids (windows of ctx; skipped
- * when calib or metric is NULL). cache may be NULL. */
+ * when calib or metric is NULL). Before that, a klt codec with level tables histograms its
+ * coefficients on all calib ids (ea_kv_hist_collect) and is fitted on them; the sensitivity probe
+ * too. cache may be NULL. */
 ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
                           const int *calib, size_t n_calib, int ctx, size_t sens_tokens, ea_kv_sens_cache *cache,
                           ea_kv_codec **out);

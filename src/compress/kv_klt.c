@@ -44,13 +44,15 @@ typedef struct {
 typedef struct {
     ea_kv_klt_opts o;
     ea_kv_quant q[EA_KV_QBITS + 1]; /* by width; [0] unused */
+    ea_kv_quant *pq;                /* measured tables: [part*(EA_KV_QBITS+1) + width], or NULL */
     klt_part *p;                    /* [layer*2 + kind] */
     size_t overhead;
 } klt_state;
 
 /* The defaults are what won on KL in the measurements (docs in the issue 5 report): one KLT per
- * layer (cross-head correlation is large), Lloyd-Max levels, the attention-aware metric, bits pooled
- * across layers and kinds by measured sensitivity (when given), bases stored in f16. */
+ * layer (cross-head correlation is large), Lloyd-Max levels (refitted on measured coefficient
+ * distributions when the fit has them), the attention-aware metric, bits pooled across layers and
+ * kinds by measured sensitivity (when given), bases stored in f16, the sink row kept in f16. */
 void ea_kv_klt_default(ea_kv_klt_opts *o, double bits) {
     memset(o, 0, sizeof *o);
     o->bits = bits;
@@ -63,7 +65,7 @@ void ea_kv_klt_default(ea_kv_klt_opts *o, double bits) {
     o->weighted = 3;
     o->reg = 1.0;
     o->pos0_gain = 1.0;
-    o->sink = 0;
+    o->sink = 1;
 }
 
 static const klt_part *part_of(const ea_kv_codec *c, int layer, int kind) {
@@ -259,6 +261,7 @@ static void klt_destroy(ea_kv_codec *c) {
             free(s->p[i].qz);
         }
     free(s->p);
+    free(s->pq);
     free(s);
     c->state = NULL;
 }
@@ -269,21 +272,35 @@ static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, k
 
 /* One eigen-coefficient competing for bits. */
 typedef struct {
-    double gain_w; /* weight × eigenvalue */
+    double gain_w;    /* weight × eigenvalue */
     int part, bits;
+    const double *dm; /* distortion by width (unit variance), dm[0] = 1 */
 } alloc_item;
 
 /* Max-heap on the gain of the next bit. */
 typedef struct {
     alloc_item *it;
     int *heap, n;
-    const double *dmse; /* D_b by width, D_0 = 1 */
 } alloc_heap;
 
+/* Best distortion drop per bit over the next k >= 1 bits (measured curves need not be convex: a
+ * bimodal coefficient gains little from its second bit and much from its third), k in *kbest. */
+static double step_gain(const alloc_item *a, int kmax, int *kbest) {
+    double best = -1;
+    *kbest = 0;
+    for (int k = 1; k <= kmax && a->bits + k <= EA_KV_QBITS; k++) {
+        double g = a->gain_w * (a->dm[a->bits] - a->dm[a->bits + k]) / k;
+        if (g > best * (1 + 1e-12)) {
+            best = g;
+            *kbest = k;
+        }
+    }
+    return best;
+}
+
 static double next_gain(const alloc_heap *h, int i) {
-    const alloc_item *a = &h->it[i];
-    if (a->bits >= EA_KV_QBITS) return -1;
-    return a->gain_w * (h->dmse[a->bits] - h->dmse[a->bits + 1]);
+    int k;
+    return step_gain(&h->it[i], EA_KV_QBITS, &k);
 }
 
 static void sift_down(alloc_heap *h, int k) {
@@ -302,24 +319,30 @@ static void sift_down(alloc_heap *h, int k) {
 /* Greedy allocation. items: n_items eigen-coefficients of n_parts parts; part p may use at most
  * cap_bits[p] code bits, and all parts together at most total_bytes whole bytes (each part's
  * codes rounded up to bytes). */
-static void allocate(alloc_item *items, int n_items, const double *dmse, const long *cap_bits, long *used, int n_parts,
-                     long total_bytes) {
-    alloc_heap h = {items, malloc(sizeof(int) * (size_t)n_items), n_items, dmse};
+static void allocate(alloc_item *items, int n_items, const long *cap_bits, long *used, int n_parts, long total_bytes) {
+    for (int i = 0; i < n_items; i++) items[i].bits = 0;
+    alloc_heap h = {items, malloc(sizeof(int) * (size_t)n_items), n_items};
     for (int i = 0; i < n_items; i++) h.heap[i] = i;
     for (int k = n_items / 2 - 1; k >= 0; k--) sift_down(&h, k);
     memset(used, 0, sizeof(long) * (size_t)n_parts);
     long bytes = 0;
     while (h.n > 0) {
-        int i = h.heap[0];
+        int i = h.heap[0], k = 0;
         alloc_item *a = &items[i];
-        long u = used[a->part], grow = (u % 8 == 0); /* the next bit opens a new byte */
-        if (next_gain(&h, i) <= 0 || u + 1 > cap_bits[a->part] || bytes + grow > total_bytes) {
+        long u = used[a->part], grow = 0;
+        int fits = 0;
+        for (int kmax = EA_KV_QBITS; kmax >= 1 && !fits; kmax = k - 1) { /* the best step that still fits */
+            if (step_gain(a, kmax, &k) <= 0 || k == 0) break;
+            grow = (u + k + 7) / 8 - (u + 7) / 8; /* new bytes the step opens */
+            fits = u + k <= cap_bits[a->part] && bytes + grow <= total_bytes;
+        }
+        if (!fits) {
             h.heap[0] = h.heap[--h.n]; /* this coefficient can grow no further */
             sift_down(&h, 0);
             continue;
         }
-        a->bits++;
-        used[a->part]++;
+        a->bits += k;
+        used[a->part] += k;
         bytes += grow;
         sift_down(&h, 0);
     }
@@ -405,6 +428,100 @@ static ea_status part_transform(const ea_kv_stats *s, const ea_kv_metric *mt, co
     return st;
 }
 
+ea_status ea_kv_klt_transform(const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o, int n_head, int layer,
+                              int kind, float *enc, float *mean, float *sig) {
+    int d = s->d, hd = d / n_head, groups = o->per_head ? n_head : 1, w = d / groups, weighted = 0;
+    double *ev = malloc(sizeof(double) * (size_t)d), *dec = malloc(sizeof(double) * (size_t)groups * w * w);
+    double *blocks = malloc(sizeof(double) * (size_t)n_head * hd * hd), *col = malloc(sizeof(double) * (size_t)d);
+    ea_status st = (!ev || !dec || !blocks || !col) ? ea_error(EA_ERR_NOMEM, "kv codec: out of memory") : EA_OK;
+    if (!st) st = part_transform(s, mt, o, layer, kind, n_head, ev, dec, blocks, &weighted);
+    for (int g = 0; g < groups && !st; g++)
+        for (int jj = 0; jj < w; jj++) {
+            int j = g * w + jj;
+            memset(col, 0, sizeof(double) * (size_t)d);
+            for (int i = 0; i < w; i++) { /* decode vector as the basis stores it */
+                double v = dec[(size_t)g * w * w + (size_t)i * w + jj];
+                col[g * w + i] = o->f16_basis ? round_f16d(v) : (double)(float)v;
+            }
+            float *e = enc + (size_t)j * d;
+            for (int h = 0; h < n_head; h++) /* encoder: B_h w_j,h (B symmetric), or w_j itself */
+                for (int i = 0; i < hd; i++) {
+                    double a = 0;
+                    if (weighted)
+                        for (int k = 0; k < hd; k++) a += (double)(float)blocks[(size_t)h * hd * hd + (size_t)i * hd + k] * col[h * hd + k];
+                    else
+                        a = col[h * hd + i];
+                    e[h * hd + i] = (float)a;
+                }
+            sig[j] = (float)sqrt(ev[j] > 0 ? ev[j] : 0);
+        }
+    for (int i = 0; i < d && !st; i++) {
+        double m = s->mean[kind][(size_t)layer * d + i];
+        mean[i] = o->f16_basis ? (float)round_f16d(m) : (float)m;
+    }
+    free(ev);
+    free(dec);
+    free(blocks);
+    free(col);
+    return st;
+}
+
+/* Measured level tables of part p for every width with tables: each fitted by Lloyd's algorithm on
+ * the coefficients that width is given to (all of the part's coefficients for widths nobody has),
+ * each coefficient's histogram weighted by what its error costs (weight × eigenvalue). */
+static void fit_part_tables(klt_state *ks, const ea_kv_hist *h, const alloc_item *it, int p, int d, double *pool) {
+    const double *hp = h->h + (size_t)p * d * h->nbins;
+    ea_kv_quant *pq = ks->pq + (size_t)p * (EA_KV_QBITS + 1);
+    for (int b = 1; b <= EA_KV_QBITS; b++) {
+        if (b > EA_KV_QTAB_BITS) {
+            pq[b] = ks->q[b];
+            continue;
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            memset(pool, 0, sizeof(double) * (size_t)h->nbins);
+            double any = 0;
+            for (int j = 0; j < d; j++) {
+                if (pass == 0 && it[j].bits != b) continue;
+                const double *hj = hp + (size_t)j * h->nbins;
+                double n = 0;
+                for (int k = 0; k < h->nbins; k++) n += hj[k];
+                if (!(n > 0) || !(it[j].gain_w > 0)) continue;
+                double wgt = it[j].gain_w / n;
+                for (int k = 0; k < h->nbins; k++) pool[k] += wgt * hj[k];
+                any += wgt;
+            }
+            if (any > 0) break;
+        }
+        ea_kv_hist_lloyd(h, pool, &ks->q[b], &pq[b]);
+    }
+}
+
+/* dm (d × (EA_KV_QBITS+1)): measured distortion of each coefficient of part p with each width. */
+static void part_distortions(const klt_state *ks, const ea_kv_hist *h, int p, int d, double *dm) {
+    const double *hp = h->h + (size_t)p * d * h->nbins;
+    const ea_kv_quant *pq = ks->pq + (size_t)p * (EA_KV_QBITS + 1);
+    for (int j = 0; j < d; j++) {
+        const double *hj = hp + (size_t)j * h->nbins;
+        double *dj = dm + (size_t)j * (EA_KV_QBITS + 1), n = 0, m2 = 0;
+        for (int k = 0; k < h->nbins; k++) {
+            double x = -h->lim + (k + 0.5) * (2.0 * h->lim / h->nbins);
+            n += hj[k];
+            m2 += hj[k] * x * x;
+        }
+        if (!(n > 0)) { /* never observed: keep the Gaussian curve */
+            dj[0] = 1;
+            for (int b = 1; b <= EA_KV_QBITS; b++) dj[b] = ks->q[b].mse;
+            continue;
+        }
+        dj[0] = m2 / n;
+        for (int b = 1; b <= EA_KV_QTAB_BITS; b++) dj[b] = ea_kv_hist_mse(h, hj, &pq[b]);
+        for (int b = EA_KV_QTAB_BITS + 1; b <= EA_KV_QBITS; b++) /* uniform codes: the Gaussian slope from the last table */
+            dj[b] = dj[EA_KV_QTAB_BITS] * ks->q[b].mse / ks->q[EA_KV_QTAB_BITS].mse;
+        for (int b = 1; b <= EA_KV_QBITS; b++) /* more bits never hurt (binning noise aside) */
+            if (dj[b] > dj[b - 1]) dj[b] = dj[b - 1];
+    }
+}
+
 double ea_kv_klt_predicted_mse(const ea_kv_codec *c, int layer, int kind) { return part_of(c, layer, kind)->pred_mse; }
 
 ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o) {
@@ -428,6 +545,7 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
     alloc_item *items = malloc(sizeof(alloc_item) * (size_t)P * d);
     long *cap = malloc(sizeof(long) * P), *used = malloc(sizeof(long) * P);
     unsigned char *keep = malloc((size_t)d);
+    double *dm_all = NULL, *pool_buf = NULL;
     ea_status st = EA_OK;
     if (!ks->p || !evals || !evecs || !blocks || !weighted || !items || !cap || !used || !keep) {
         st = ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", c->name);
@@ -447,7 +565,7 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
         if (cap[p] < 0) cap[p] = 0;
         double wt = (p % 2) ? o->kv_ratio : 1.0;
         if (pool) wt = mt->part_weight[p] > 0 ? mt->part_weight[p] : 1e-30;
-        for (int j = 0; j < d; j++) items[(size_t)p * d + j] = (alloc_item){wt * evals[(size_t)p * d + j], p, 0};
+        for (int j = 0; j < d; j++) items[(size_t)p * d + j] = (alloc_item){wt * evals[(size_t)p * d + j], p, 0, dmse};
     }
     long total = 0;
     for (int p = 0; p < P; p++) total += cap[p] / 8;
@@ -456,10 +574,34 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
     if (total < 0) total = 0;
     if (pool) /* any layer or kind may take up to the widest code per value; the sum stays within budget */
         for (int p = 0; p < P; p++) cap[p] = (long)EA_KV_QBITS * d;
-    allocate(items, P * d, dmse, cap, used, P, total);
+    allocate(items, P * d, cap, used, P, total);
+    const ea_kv_hist *hist = mt && mt->hist && ea_kv_hist_matches(mt->hist, o) && mt->hist->n_part == P && mt->hist->d == d
+                                 ? mt->hist : NULL;
+    if (hist) { /* measured tables and distortions, then the allocation again on those */
+        ks->pq = calloc((size_t)P * (EA_KV_QBITS + 1), sizeof *ks->pq);
+        dm_all = malloc(sizeof(double) * (size_t)P * d * (EA_KV_QBITS + 1));
+        pool_buf = malloc(sizeof(double) * (size_t)hist->nbins);
+        if (!ks->pq || !dm_all || !pool_buf) {
+            st = ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", c->name);
+            goto done;
+        }
+        for (int round = 0; round < 2; round++) {
+            for (int p = 0; p < P; p++) {
+                fit_part_tables(ks, hist, items + (size_t)p * d, p, d, pool_buf);
+                part_distortions(ks, hist, p, d, dm_all + (size_t)p * d * (EA_KV_QBITS + 1));
+                for (int j = 0; j < d; j++) items[(size_t)p * d + j].dm = dm_all + ((size_t)p * d + j) * (EA_KV_QBITS + 1);
+            }
+            allocate(items, P * d, cap, used, P, total);
+        }
+        for (int p = 0; p < P; p++) { /* tables for the final widths */
+            fit_part_tables(ks, hist, items + (size_t)p * d, p, d, pool_buf);
+            part_distortions(ks, hist, p, d, dm_all + (size_t)p * d * (EA_KV_QBITS + 1));
+        }
+    }
     size_t over = 0;
-    for (int b = 1; b <= EA_KV_QBITS; b++) /* level tables, or one step per width */
-        over += sizeof(float) * (ks->q[b].uniform ? 1 : (size_t)(1 << b));
+    if (!hist)
+        for (int b = 1; b <= EA_KV_QBITS; b++) /* level tables, or one step per width */
+            over += sizeof(float) * (ks->q[b].uniform ? 1 : (size_t)(1 << b));
     for (int p = 0; p < P && !st; p++) {
         klt_part *kp = &ks->p[p];
         const alloc_item *it = items + (size_t)p * d;
@@ -483,12 +625,12 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
         long nbits = 0;
         double pred = 0;
         for (int j = 0, k = 0; j < d; j++) { /* basis order = group order, eigenvalue order within */
-            pred += ev[j] * dmse[it[j].bits];
+            pred += ev[j] * it[j].dm[it[j].bits];
             if (!it[j].bits) continue;
             kp->bits[k] = (unsigned char)it[j].bits;
             kp->sig[k] = (float)sqrt(ev[j] > 0 ? ev[j] : 0);
             if (!(kp->sig[k] > 0)) kp->sig[k] = 1e-30f;
-            const ea_kv_quant *qz = &ks->q[it[j].bits];
+            const ea_kv_quant *qz = hist ? &ks->pq[(size_t)p * (EA_KV_QBITS + 1) + it[j].bits] : &ks->q[it[j].bits];
             kp->qz[k] = qz;
             kp->tab[k] = qz->uniform ? NULL : qz->level;
             kp->lv_a[k] = qz->step * kp->sig[k];
@@ -513,10 +655,18 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
         /* stored: means and decode vectors, width and σ per coefficient, the metric blocks (f16, one
          * triangle each) the encoder is derived from */
         over += ea_kv_basis_floats(&kp->b) * (o->f16_basis ? 2 : 4) + (size_t)n * (1 + sizeof(float));
+        if (hist) /* this part's measured tables of the widths it uses, f16 levels */
+            for (int b = 1; b <= EA_KV_QTAB_BITS; b++) {
+                int used_b = 0;
+                for (int j = 0; j < n; j++) used_b |= kp->bits[j] == b;
+                if (used_b) over += sizeof(uint16_t) * (size_t)(1 << b);
+            }
         if (weighted[p]) over += (size_t)c->n_head * hd * (hd + 1) / 2 * 2;
     }
     ks->overhead = over;
 done:
+    free(dm_all);
+    free(pool_buf);
     free(evals);
     free(evecs);
     free(blocks);

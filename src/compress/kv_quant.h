@@ -6,7 +6,7 @@
 #define EA_KV_QTAB_BITS 8  /* level tables exist up to this width; wider codes are uniform */
 #define EA_KV_QMAX (1 << EA_KV_QTAB_BITS)
 
-typedef struct {
+typedef struct ea_kv_quant {
     int bits, n, uniform;
     float step;              /* uniform: cell width (unit variance) */
     float level[EA_KV_QMAX]; /* reconstruction levels, ascending (bits <= EA_KV_QTAB_BITS) */

@@ -98,7 +98,26 @@ static void probe_spec(const char *spec, char *out, size_t cap) {
 void ea_kv_sens_cache_free(ea_kv_sens_cache *sc) {
     if (!sc) return;
     for (int i = 0; i < sc->n; i++) free(sc->alpha[i]);
-    sc->n = 0;
+    for (int i = 0; i < sc->n_hist; i++) ea_kv_hist_free(&sc->hist[i]);
+    sc->n = sc->n_hist = 0;
+}
+
+/* Histograms in the transform of options o: from the cache, or taken now (*owned set when the
+ * caller must free them). */
+static ea_status hist_for(ea_model *m, const ea_kv_klt_opts *o, const ea_kv_stats *stats, const ea_kv_metric *metric,
+                          const int *calib, size_t n_calib, int ctx, ea_kv_sens_cache *cache, ea_kv_hist *tmp,
+                          const ea_kv_hist **out) {
+    for (int i = 0; cache && i < cache->n_hist; i++)
+        if (ea_kv_hist_matches(&cache->hist[i], o)) {
+            *out = &cache->hist[i];
+            return EA_OK;
+        }
+    ea_kv_hist *h = cache && cache->n_hist < 4 ? &cache->hist[cache->n_hist] : tmp;
+    ea_status st = ea_kv_hist_collect(m, calib, n_calib, ctx, stats, metric, o, h);
+    if (st) return st;
+    if (h != tmp) cache->n_hist++;
+    *out = h;
+    return EA_OK;
 }
 
 ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
@@ -106,10 +125,23 @@ ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stat
                           ea_kv_codec **out) {
     const ea_config *cfg = ea_model_config(m);
     *out = NULL;
-    if (!spec_pooled(spec) || !calib || !stats || !metric) return ea_kv_codec_create_ex(spec, cfg, stats, metric, out);
+    if (strncmp(spec, "klt:", 4) || !calib || !stats || !metric) return ea_kv_codec_create_ex(spec, cfg, stats, metric, out);
+    ea_kv_klt_opts o;
+    ea_status st = ea_kv_klt_opts_from_spec(spec, &o);
+    if (st) return st;
+    ea_kv_metric mt = *metric;
+    ea_kv_hist tmp = {0};
+    if (o.lloyd && !o.token_scale) { /* measured level tables */
+        fprintf(stderr, "kv fit: %s: coefficient histograms on %zu calibration tokens\n", spec, n_calib);
+        if ((st = hist_for(m, &o, stats, metric, calib, n_calib, ctx, cache, &tmp, &mt.hist))) return st;
+    }
+    if (!spec_pooled(spec)) {
+        st = ea_kv_codec_create_ex(spec, cfg, stats, &mt, out);
+        ea_kv_hist_free(&tmp);
+        return st;
+    }
     char ps[96];
     probe_spec(spec, ps, sizeof ps);
-    ea_kv_metric mt = *metric;
     double *alpha = NULL;
     int owned = 1;
     for (int i = 0; cache && i < cache->n; i++)
@@ -117,11 +149,15 @@ ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stat
             alpha = cache->alpha[i];
             owned = 0;
         }
-    ea_status st = EA_OK;
     if (!alpha) {
         ea_kv_codec *probe = NULL;
-        if (!(alpha = malloc(sizeof(double) * 2 * (size_t)cfg->n_layer))) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", spec);
-        st = ea_kv_codec_create_ex(ps, cfg, stats, metric, &probe);
+        if (!(alpha = malloc(sizeof(double) * 2 * (size_t)cfg->n_layer))) {
+            ea_kv_hist_free(&tmp);
+            return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", spec);
+        }
+        ea_kv_metric pm = *metric; /* the probe is fitted like the codec (it has the same transform) */
+        pm.hist = mt.hist;
+        st = ea_kv_codec_create_ex(ps, cfg, stats, &pm, &probe);
         if (!st) st = ea_kv_sensitivity(m, calib, n_calib < sens_tokens ? n_calib : sens_tokens, ctx, probe, alpha);
         ea_kv_codec_free(probe);
         if (!st && cache && cache->n < 8) {
@@ -133,5 +169,6 @@ ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stat
     mt.part_weight = alpha;
     if (!st) st = ea_kv_codec_create_ex(spec, cfg, stats, &mt, out);
     if (owned) free(alpha);
+    ea_kv_hist_free(&tmp);
     return st;
 }
