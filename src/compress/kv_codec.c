@@ -32,7 +32,8 @@ static ea_status parse_int(const char *spec, const char *p, int max, int *out) {
 /* "B[:flags]" for klt: B in (0, 16]; flags (letters, any order) override the defaults (see
  * ea_kv_klt_default):
  * g per-layer basis, h per-head basis, s/S per-token scale on/off, l Lloyd-Max levels, u uniform,
- * p pooled allocation, b budget per layer and kind, f/F f32/f16 bases, w/m weighted metric / plain
+ * p pooled allocation, b budget per layer and kind, f/F f32/f16 bases, i<n> int8
+ * vectors for coefficients of at most n bits (i: all), w/m weighted metric / plain
  * squared error, k/v weight K/V only, r<x> metric regularisation x (default 1), z<x> position-0
  * step gain x, x/X position-0 row kept in f16 (the attention sink) or coded like the others. */
 static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
@@ -44,6 +45,16 @@ static ea_status parse_klt(const char *spec, const char *p, ea_kv_klt_opts *o) {
     ea_kv_klt_default(o, b);
     if (*end == ':')
         for (const char *f = end + 1; *f; f++) switch (*f) {
+            case 'i': { /* i<n>: int8 vectors for coefficients of at most n bits (i alone: all) */
+                char *e2;
+                long v = strtol(f + 1, &e2, 10);
+                if (e2 == f + 1) v = EA_KV_QBITS;
+                else if (v < 0 || v > EA_KV_QBITS)
+                    return ea_error(EA_ERR_ARG, "kv codec '%s': flag i needs a bit count in [0, %d]", spec, EA_KV_QBITS);
+                o->i8_bits = (int)v;
+                f = e2 - 1;
+                break;
+            }
             case 'r':   /* r<x>: metric regularisation */
             case 'z': { /* z<x>: position-0 step gain */
                 char *e2;

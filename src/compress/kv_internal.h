@@ -42,7 +42,8 @@ typedef struct {
     int token_scale;    /* 1: one f16 gain per row rescales the coefficients */
     int lloyd;          /* 1: Lloyd-Max levels for a Gaussian; 0: optimal uniform step */
     int pool;           /* 1: one greedy pool over all layers and kinds; 0: budget per layer and kind */
-    int f16_basis;      /* 1: bases stored and used in f16 precision (overhead counted as 2 bytes) */
+    int f16_basis;      /* basis precision EA_KV_PREC_*: 0 f32, 1 f16, 2 int8 with a f16 scale per vector */
+    int i8_bits;        /* vectors of coefficients coded with at most this many bits are stored in int8 */
     double kv_ratio;    /* weight of V distortion against K distortion in the pooled allocation */
     int weighted;       /* use the metric (when one is given): bit 0 for K, bit 1 for V */
     double reg;         /* metric regularisation: M + reg·tr(M)/w·I per group */
@@ -95,7 +96,20 @@ typedef struct {
     float *blk;    /* metric-weighted bases: per-head hd × hd blocks B_h; coefficient j of x is
                     * Σ_h w_j,h · B_h (x_h - mean_h). NULL: orthonormal, coefficient = w_j·(x - mean) */
     int shared;    /* every head uses all coefficients (per-layer basis) */
+    int prec;      /* how the vectors are stored: EA_KV_PREC_* */
+    int n_i8;      /* vectors stored in int8 whatever prec says (keep == 2) */
+    float *enc;    /* least-squares encoder (n_coef × d): coefficients = enc (x - mean); NULL: blk/orthonormal */
 } ea_kv_basis;
+enum { EA_KV_PREC_F32 = 0, EA_KV_PREC_F16 = 1, EA_KV_PREC_I8 = 2 };
+/* Round a vector as a basis of precision prec stores it (int8: one f16 scale for the n values). */
+void ea_kv_basis_round_vec(double *v, int n, int prec);
+/* Encoder that minimises the metric's error for the stored (rounded) vectors W:
+ * E = (Wᵀ B W)⁻¹ Wᵀ B, B = the per-head blocks (hd × hd each, n_head of them) or I when NULL. With
+ * it, rounding the vectors (even to int8) costs next to nothing: the encoder sees the vectors the
+ * decoder uses. */
+ea_status ea_kv_basis_set_encoder(ea_kv_basis *b, const double *blocks);
+/* Stored bytes of the basis (mean and vectors in its precision). */
+size_t ea_kv_basis_bytes(const ea_kv_basis *b);
 
 /* Symmetric eigen-decomposition, eigenvalues descending (negatives from rounding clamped to 0);
  * vecs (n × n row-major): column j = eigenvector j; a is overwritten. */
@@ -106,9 +120,10 @@ ea_status ea_kv_eigh(double *a, int n, double *vals, double *vecs);
 ea_status ea_kv_eigen(const ea_kv_stats *s, int layer, int kind, int per_head, int n_head, double *evals,
                       double *evecs);
 /* Basis keeping, for each group g, the columns keep[g*w + j] != 0 of dec (layout of evecs) as
- * decode vectors (rounded to f16 precision when f16). */
+ * decode vectors, rounded to precision prec (EA_KV_PREC_*; means in f16 unless f32), or to int8
+ * where keep is 2. */
 ea_status ea_kv_basis_build(ea_kv_basis *b, const ea_kv_stats *s, int layer, int kind, int n_head, int per_head,
-                            const double *dec, const unsigned char *keep, int f16);
+                            const double *dec, const unsigned char *keep, int prec);
 void ea_kv_basis_free(ea_kv_basis *b);
 /* Make b a metric-weighted basis: encoding multiplies by the blocks B_h (hd × hd, float64, n_head
  * of them) before projecting on the decode vectors. */

@@ -52,7 +52,9 @@ typedef struct {
 /* The defaults are what won on KL in the measurements (docs in the issue 5 report): one KLT per
  * layer (cross-head correlation is large), Lloyd-Max levels (refitted on measured coefficient
  * distributions when the fit has them), the attention-aware metric, bits pooled across layers and
- * kinds by measured sensitivity (when given), bases stored in f16, the sink row kept in f16. */
+ * kinds by measured sensitivity (when given), bases stored in f16 except the vectors of coefficients
+ * coded with at most 4 bits (int8: halves the overhead at no measured cost, because the
+ * least-squares encoder sees the rounded vectors), the sink row kept in f16. */
 void ea_kv_klt_default(ea_kv_klt_opts *o, double bits) {
     memset(o, 0, sizeof *o);
     o->bits = bits;
@@ -66,6 +68,7 @@ void ea_kv_klt_default(ea_kv_klt_opts *o, double bits) {
     o->reg = 1.0;
     o->pos0_gain = 1.0;
     o->sink = 1;
+    o->i8_bits = 4;
 }
 
 static const klt_part *part_of(const ea_kv_codec *c, int layer, int kind) {
@@ -439,10 +442,8 @@ ea_status ea_kv_klt_transform(const ea_kv_stats *s, const ea_kv_metric *mt, cons
         for (int jj = 0; jj < w; jj++) {
             int j = g * w + jj;
             memset(col, 0, sizeof(double) * (size_t)d);
-            for (int i = 0; i < w; i++) { /* decode vector as the basis stores it */
-                double v = dec[(size_t)g * w * w + (size_t)i * w + jj];
-                col[g * w + i] = o->f16_basis ? round_f16d(v) : (double)(float)v;
-            }
+            for (int i = 0; i < w; i++) col[g * w + i] = dec[(size_t)g * w * w + (size_t)i * w + jj];
+            ea_kv_basis_round_vec(col + g * w, w, o->f16_basis); /* as the basis stores it */
             float *e = enc + (size_t)j * d;
             for (int h = 0; h < n_head; h++) /* encoder: B_h w_j,h (B symmetric), or w_j itself */
                 for (int i = 0; i < hd; i++) {
@@ -457,7 +458,7 @@ ea_status ea_kv_klt_transform(const ea_kv_stats *s, const ea_kv_metric *mt, cons
         }
     for (int i = 0; i < d && !st; i++) {
         double m = s->mean[kind][(size_t)layer * d + i];
-        mean[i] = o->f16_basis ? (float)round_f16d(m) : (float)m;
+        mean[i] = o->f16_basis != EA_KV_PREC_F32 ? (float)round_f16d(m) : (float)m;
     }
     free(ev);
     free(dec);
@@ -606,11 +607,11 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
         klt_part *kp = &ks->p[p];
         const alloc_item *it = items + (size_t)p * d;
         const double *ev = evals + (size_t)p * d;
-        for (int j = 0; j < d; j++) keep[j] = it[j].bits > 0;
+        for (int j = 0; j < d; j++) keep[j] = it[j].bits == 0 ? 0 : it[j].bits <= o->i8_bits ? 2 : 1;
         if ((st = ea_kv_basis_build(&kp->b, s, p / 2, p % 2, c->n_head, o->per_head, evecs + (size_t)p * d * w, keep,
                                     o->f16_basis)))
             break;
-        if (weighted[p] && (st = ea_kv_basis_set_metric(&kp->b, blocks + (size_t)p * c->n_head * hd * hd))) break;
+        if ((st = ea_kv_basis_set_encoder(&kp->b, weighted[p] ? blocks + (size_t)p * c->n_head * hd * hd : NULL))) break;
         int n = kp->b.n_coef;
         kp->bits = malloc((size_t)n + 1);
         kp->sig = malloc(sizeof(float) * ((size_t)n + 1));
@@ -654,7 +655,7 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
         kp->pred_mse = pred;
         /* stored: means and decode vectors, width and σ per coefficient, the metric blocks (f16, one
          * triangle each) the encoder is derived from */
-        over += ea_kv_basis_floats(&kp->b) * (o->f16_basis ? 2 : 4) + (size_t)n * (1 + sizeof(float));
+        over += ea_kv_basis_bytes(&kp->b) + (size_t)n * (1 + sizeof(float));
         if (hist) /* this part's measured tables of the widths it uses, f16 levels */
             for (int b = 1; b <= EA_KV_QTAB_BITS; b++) {
                 int used_b = 0;
