@@ -63,6 +63,8 @@ void ea_kv_codec_free(ea_kv_codec *c);
 /* Average stored bits per cached value over a full context of n_ctx tokens: (n_ctx rows +
  * per-sequence bytes) × 8 / (2 × n_layer × n_ctx × d). */
 double ea_kv_codec_bits_per_value(const ea_kv_codec *c);
+/* Cache bytes of a sequence of ntok tokens (all layers and kinds, per-sequence bytes included). */
+size_t ea_kv_codec_bytes(const ea_kv_codec *c, int ntok);
 /* Per-sequence bytes of (layer, kind) besides its rows (0 for most codecs). */
 size_t ea_kv_codec_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind);
 size_t ea_kv_codec_overhead(const ea_kv_codec *c);

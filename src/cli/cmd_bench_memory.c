@@ -187,7 +187,7 @@ static double weights_bytes(const ea_config *c) {
 
 typedef struct {
     const char *spec;
-    double bits;
+    double bits, row_b, seq_b; /* bits at n_ctx; bytes per token and per sequence */
     size_t overhead;
 } codec_info;
 
@@ -277,6 +277,8 @@ int cmd_bench_memory(int argc, char **argv) {
         if (!strcmp(cinfo[i].spec, "f32")) {
             cinfo[i].bits = 32;
             cinfo[i].overhead = 0;
+            cinfo[i].row_b = 2.0 * L * d * 4;
+            cinfo[i].seq_b = 0;
             continue;
         }
         if ((st = ea_kv_codec_fit(m, cinfo[i].spec, have_stats ? &stats : NULL, have_stats ? &metric : NULL, ids, nids,
@@ -285,6 +287,8 @@ int cmd_bench_memory(int argc, char **argv) {
             goto done;
         }
         cinfo[i].bits = ea_kv_codec_bits_per_value(c);
+        cinfo[i].row_b = (double)(ea_kv_codec_bytes(c, 2) - ea_kv_codec_bytes(c, 1));
+        cinfo[i].seq_b = (double)ea_kv_codec_bytes(c, 1) - cinfo[i].row_b;
         cinfo[i].overhead = ea_kv_codec_overhead(c);
         ea_kv_codec_free(c);
     }
@@ -325,7 +329,9 @@ int cmd_bench_memory(int argc, char **argv) {
     for (int si = 0; si < ns; si++)
         for (int i = 0; i < nc; i++) {
             int seq = seqs[si];
-            double kv = 2.0 * L * seq * d * cinfo[i].bits / 8, kv32 = 2.0 * L * seq * d * 4;
+            /* rows, and per-sequence bytes (a codec's sink row): bits per value at this length */
+            double kv = cinfo[i].seq_b + seq * cinfo[i].row_b, kv32 = 2.0 * L * seq * d * 4;
+            double bits_seq = kv * 8 / (2.0 * L * seq * d);
             double total = kv + (double)cinfo[i].overhead, scores = 4.0 * H * (double)seq * seq;
             long rss = -1;
             size_t cache_b = 0;
@@ -344,7 +350,7 @@ int cmd_bench_memory(int argc, char **argv) {
             cJSON *r = cJSON_CreateObject();
             cJSON_AddNumberToObject(r, "seq", seq);
             cJSON_AddStringToObject(r, "codec", cinfo[i].spec);
-            cli_add_number(r, "bits_per_value", cinfo[i].bits);
+            cli_add_number(r, "bits_per_value", bits_seq);
             cJSON_AddNumberToObject(r, "kv_bytes", kv);
             cJSON_AddNumberToObject(r, "kv_f32_bytes", kv32);
             cJSON_AddNumberToObject(r, "overhead_bytes", (double)cinfo[i].overhead);
@@ -380,7 +386,7 @@ int cmd_bench_memory(int argc, char **argv) {
                     snprintf(b8, sizeof b8, "n/a");
                 }
                 printf("| %d | %s | %.3f | %s | %s | %s | %.2fx | %s | %s | %s | %s | %s |\n", seq, cinfo[i].spec,
-                       cinfo[i].bits, b1, b2, b3, kv32 / total, b4, b5, b6, b8, b7);
+                       bits_seq, b1, b2, b3, kv32 / total, b4, b5, b6, b8, b7);
             }
         }
     cli_progress_done();

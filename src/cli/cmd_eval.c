@@ -73,6 +73,12 @@ static void family_of(const char *spec, char *out, size_t cap) {
     snprintf(out, cap, "%.*s%s", (int)(c1 - spec), spec, c2 ? c2 : "");
 }
 
+/* Bits per cached value at the window length actually used (per-sequence bytes such as a sink row
+ * included): cache bytes × 8 / values. */
+static double bits_at(const ea_kv_codec *c, int ctx) {
+    return (double)ea_kv_codec_bytes(c, ctx) * 8.0 / (2.0 * c->n_layer * (double)ctx * c->d);
+}
+
 static double dppl_pct(const codec_run *r, double base_ppl) { return 100.0 * (exp(r->sc.nll / (double)r->sc.scored) / base_ppl - 1); }
 
 static cJSON *curve_json(const codec_run *runs, int nr, double base_ppl, const char *model, const char *text, int ctx,
@@ -89,7 +95,7 @@ static cJSON *curve_json(const codec_run *runs, int nr, double base_ppl, const c
         cJSON *p = cJSON_CreateObject();
         cJSON_AddStringToObject(p, "codec", runs[i].spec);
         cJSON_AddStringToObject(p, "family", fam);
-        cli_add_number(p, "bits_per_value", ea_kv_codec_bits_per_value(runs[i].codec));
+        cli_add_number(p, "bits_per_value", bits_at(runs[i].codec, ctx));
         cli_add_number(p, "overhead_bytes", (double)ea_kv_codec_overhead(runs[i].codec));
         cli_add_number(p, "kl", runs[i].sc.kl / (double)runs[i].sc.scored);
         cli_add_number(p, "dppl_pct", dppl_pct(&runs[i], base_ppl));
@@ -105,7 +111,7 @@ static int cmp_bits(const void *a, const void *b) {
     return (x[0] > y[0]) - (x[0] < y[0]);
 }
 
-static ea_status write_svg(const codec_run *runs, int nr, double base_ppl, const char *path, const char *title) {
+static ea_status write_svg(const codec_run *runs, int nr, double base_ppl, const char *path, const char *title, int ctx) {
     ea_svg *s = NULL;
     int p0, p1;
     ea_status st = ea_svg_init(&s, title, 2, 460, 320);
@@ -126,7 +132,7 @@ static ea_status write_svg(const codec_run *runs, int nr, double base_ppl, const
             char f2[64];
             family_of(runs[k].spec, f2, sizeof f2);
             if (strcmp(f2, fam)) continue;
-            pts[3 * n] = ea_kv_codec_bits_per_value(runs[k].codec);
+            pts[3 * n] = bits_at(runs[k].codec, ctx);
             pts[3 * n + 1] = runs[k].sc.kl / (double)runs[k].sc.scored;
             pts[3 * n + 2] = fabs(dppl_pct(&runs[k], base_ppl));
             n++;
@@ -155,7 +161,7 @@ static void print_table(const codec_run *runs, int nr, double base_ppl, int ctx)
     for (int i = 1; i < nr; i++) {
         const codec_run *r = &runs[i];
         printf("%-14s %9.3f %12zu %12zu %10.4f %+9.3f %10.6f %6.2f%% %10.1f %10.1f\n", r->spec,
-               ea_kv_codec_bits_per_value(r->codec), ea_kv_codec_overhead(r->codec), ea_kvcache_bytes_for(r->cache, ctx),
+               bits_at(r->codec, ctx), ea_kv_codec_overhead(r->codec), ea_kvcache_bytes_for(r->cache, ctx),
                exp(r->sc.nll / (double)r->sc.scored), dppl_pct(r, base_ppl), r->sc.kl / (double)r->sc.scored,
                100.0 * (double)r->sc.top1 / (double)r->sc.scored, r->prefill_tok / r->prefill_s, r->decode_tok_s);
     }
@@ -331,7 +337,7 @@ int cmd_eval(int argc, char **argv) {
         if (svg_path) {
             char title[256];
             snprintf(title, sizeof title, "KV-cache codecs: %s, ctx %ld, protocol %s", model_dir, ctx, proto_s);
-            if ((st = write_svg(runs, nr, base_ppl, svg_path, title))) {
+            if ((st = write_svg(runs, nr, base_ppl, svg_path, title, (int)ctx))) {
                 cli_fail_status("eval", st);
                 goto done;
             }
@@ -362,7 +368,7 @@ int cmd_eval(int argc, char **argv) {
             const codec_run *r = &runs[i];
             cJSON *c = cJSON_CreateObject();
             cJSON_AddStringToObject(c, "codec", r->spec);
-            cli_add_number(c, "bits_per_value", ea_kv_codec_bits_per_value(r->codec));
+            cli_add_number(c, "bits_per_value", bits_at(r->codec, ctx));
             cJSON_AddNumberToObject(c, "overhead_bytes", (double)ea_kv_codec_overhead(r->codec));
             cJSON_AddNumberToObject(c, "cache_bytes", (double)ea_kvcache_bytes_for(r->cache, (int)ctx));
             cli_add_number(c, "ppl", exp(r->sc.nll / (double)r->sc.scored));

@@ -3,12 +3,16 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "compress/kv_internal.h" /* ea_kv_codec_check_spec */
 
 static const char *usage =
     "usage: eigenalign generate [--model DIR] --prompt STR [-n 40] [--temperature T] [--top-k K]\n"
-    "                           [--top-p P] [--seed S] [--no-stop] [--special] [--kv CODEC] [--json]\n"
+    "                           [--top-p P] [--seed S] [--no-stop] [--special] [--kv CODEC]\n"
+    "                           [--calib PATH] [--calib-max-tokens N] [--json]\n"
     "  Greedy when --temperature is 0 (default). Stops at <|endoftext|> unless --no-stop.\n"
-    "  --kv CODEC keeps the KV cache compressed (f32, f16, q8, q4) and reports its size.\n";
+    "  --kv CODEC keeps the KV cache compressed (f32, f16, q8, q4, pca:R, pca-head:R, klt:B) and\n"
+    "  reports its size; pca and klt are first fitted on --calib text (default the bundled calibration\n"
+    "  text; --calib-max-tokens caps it) as eval fits them.\n";
 
 int cmd_generate(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
@@ -25,6 +29,8 @@ int cmd_generate(int argc, char **argv) {
     sp.stop_at_eot = !cli_has(&a, "--no-stop");
     int special = cli_has(&a, "--special");
     const char *kv = cli_str(&a, "--kv", NULL);
+    const char *calib = cli_str(&a, "--calib", NULL);
+    long calib_max = cli_long(&a, "--calib-max-tokens", 0, 0, 1L << 40);
     int json = cli_has(&a, "--json");
     int rc = cli_finish(&a);
     cli_args_free(&a);
@@ -36,7 +42,8 @@ int cmd_generate(int argc, char **argv) {
     ea_tokenizer *tok = NULL;
     ea_kvcache *cache = NULL;
     ea_kv_codec *codec = NULL;
-    int *ids = NULL, *out = NULL;
+    int *ids = NULL, *out = NULL, *cids = NULL;
+    size_t n_cids = 0;
     char *text = NULL;
     size_t n_ids = 0, text_len = 0;
     rc = 1;
@@ -49,7 +56,13 @@ int cmd_generate(int argc, char **argv) {
         cli_error("generate", "prompt (%zu tokens) + -n %ld exceed the model context of %d", n_ids, n_new, cfg->n_positions);
         goto done;
     }
-    if (kv && (st = ea_kv_codec_create(kv, cfg, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
+    if (kv && (st = ea_kv_codec_check_spec(kv))) { cli_fail_status("generate", st); goto done; }
+    if (kv && (!strncmp(kv, "pca", 3) || !strncmp(kv, "klt", 3))) {
+        int ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
+        if (!calib) calib = cli_default_calib();
+        if ((st = cli_load_text_ids(tok, calib, (size_t)calib_max, &cids, &n_cids))) { cli_fail_status("generate", st); goto done; }
+        if ((st = ea_kv_codec_fit_model(m, kv, cids, n_cids, ctx, 1, &codec))) { cli_fail_status("generate", st); goto done; }
+    } else if (kv && (st = ea_kv_codec_create(kv, cfg, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
     if ((st = ea_kvcache_init(&cache, cfg, cfg->n_positions, codec))) { cli_fail_status("generate", st); goto done; }
     out = malloc(sizeof(int) * ((size_t)n_new + 1));
     int n_out = 0;
@@ -67,18 +80,20 @@ int cmd_generate(int argc, char **argv) {
         cJSON_AddStringToObject(j, "kv", kv ? kv : "f32");
         cJSON_AddNumberToObject(j, "cache_tokens", ea_kvcache_len(cache));
         cJSON_AddNumberToObject(j, "cache_bytes", (double)cache_bytes);
+        cJSON_AddNumberToObject(j, "codec_overhead_bytes", codec ? (double)ea_kv_codec_overhead(codec) : 0);
         cJSON_AddNumberToObject(j, "seconds", secs);
         cli_print_json(j);
     } else {
         printf("%s%s\n", prompt, text);
-        fprintf(stderr, "[%d tokens in %.3f s; kv cache %s: %d tokens, %zu bytes]\n", n_out, secs, kv ? kv : "f32",
-                ea_kvcache_len(cache), cache_bytes);
+        fprintf(stderr, "[%d tokens in %.3f s; kv cache %s: %d tokens, %zu bytes + %zu bytes codec overhead]\n", n_out, secs,
+                kv ? kv : "f32", ea_kvcache_len(cache), cache_bytes, codec ? ea_kv_codec_overhead(codec) : (size_t)0);
     }
     rc = 0;
 done:
     free(text);
     free(out);
     free(ids);
+    free(cids);
     ea_kvcache_free(cache);
     ea_kv_codec_free(codec);
     ea_tokenizer_free(tok);

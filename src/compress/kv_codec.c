@@ -188,6 +188,14 @@ size_t ea_kv_codec_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) {
     return c->ops->seq_bytes ? c->ops->seq_bytes(c, layer, kind) : 0;
 }
 
+size_t ea_kv_codec_bytes(const ea_kv_codec *c, int ntok) {
+    size_t b = 0;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int k = 0; k < 2; k++)
+            b += c->ops->row_bytes(c, l, (ea_kv_kind)k) * (size_t)ntok + ea_kv_codec_seq_bytes(c, l, (ea_kv_kind)k);
+    return ntok > 0 ? b : 0;
+}
+
 double ea_kv_codec_bits_per_value(const ea_kv_codec *c) {
     double bytes = 0;
     for (int l = 0; l < c->n_layer; l++)

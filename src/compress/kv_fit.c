@@ -2,10 +2,12 @@
  * the mean and covariance of every layer's K and V rows in float64. Each accumulator is shifted
  * by the mean of its first batch so the sums do not lose precision to large means. */
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "compress/kv_internal.h"
+#include "ea/compress.h"
 #include "model/internal.h" /* c_proj weights for the V metric */
 
 typedef struct {
@@ -188,5 +190,24 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
     free(a.count);
     free(a.buf);
     if (st) ea_kvfit_stats_free(out);
+    return st;
+}
+
+ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx, int verbose,
+                                ea_kv_codec **out) {
+    const ea_config *cfg = ea_model_config(m);
+    *out = NULL;
+    ea_status st = ea_kv_codec_check_spec(spec);
+    if (st) return st;
+    if (strncmp(spec, "pca", 3) && strncmp(spec, "klt", 3)) return ea_kv_codec_create(spec, cfg, NULL, out);
+    if (!calib || n_calib < 2) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration text (at least 2 tokens)", spec);
+    ea_kv_stats stats;
+    ea_kv_metric metric;
+    if (verbose) fprintf(stderr, "kv fit: %s: K/V statistics on %zu calibration tokens\n", spec, n_calib);
+    if ((st = ea_kvfit_stats_metric(m, calib, n_calib, ctx, 0, &stats, &metric))) return st;
+    if (verbose && !strncmp(spec, "klt", 3)) fprintf(stderr, "kv fit: %s: distributions and layer sensitivities\n", spec);
+    st = ea_kv_codec_fit(m, spec, &stats, &metric, calib, n_calib, ctx, 4096, NULL, out);
+    ea_kvfit_stats_free(&stats);
+    ea_kv_metric_free(&metric);
     return st;
 }
