@@ -7,7 +7,12 @@
 #include <string.h>
 
 #include "compress/kv_internal.h"
+#include "compress/kv_quant.h"
+#include "compress/kv_rows.h"
 #include "testutil.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static ea_config small_cfg(void) {
     ea_config c = {0};
@@ -97,6 +102,7 @@ static void metric_init(ea_kv_metric *mt, const ea_config *c, uint64_t seed, int
     int L = c->n_layer, d = c->n_embd;
     ea_rng r;
     ea_rng_seed(&r, seed);
+    memset(mt, 0, sizeof *mt);
     mt->n_layer = L;
     mt->d = d;
     mt->part_weight = NULL;
@@ -328,7 +334,7 @@ static void test_compressed_attention(void **state) {
     ea_kv_metric mt;
     metric_init(&mt, &c, 77, 1);
     const char *specs[] = {"pca:12", "pca:64", "pca-head:5", "klt:2", "klt:3:h", "klt:1.5:hs", "klt:4:u", "klt:0.5:f",
-                           "klt:2:x", "klt:3:hx", "klt:0.5:xf", "klt:4:X"};
+                           "klt:2:x", "klt:3:hx", "klt:0.5:xf", "klt:4:X", "klt:3:i", "klt:2:hi"};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++)
         for (int weighted = 0; weighted < 2; weighted++) {
             if (weighted && (strncmp(specs[i], "klt", 3) || i % 2)) continue;
@@ -348,8 +354,119 @@ static void test_compressed_attention(void **state) {
     source_free(&s);
 }
 
+/* The row codecs attend on their stored rows (f32, f16, q8_0, q4_0 read in place): the result
+ * equals ea_attention_ref on the decoded rows, relative to the output's scale, for decode-sized
+ * query counts (the streaming kernel) and prefill-sized ones (decoded rows and sgemm), at context
+ * lengths that are and are not multiples of the kernel's chunks, for head dims that do and do not
+ * fill whole q blocks, and with 3 threads (keys of each head split among threads and merged). */
+static void test_rows_attention(void **state) {
+    static const struct { int n_head, d; } shapes[] = {
+        {1, 32}, {1, 64}, {4, 128}, {4, 256}, {8, 256}, {8, 512}, {12, 384}, {12, 768}, /* hd 32 and 64 */
+        {4, 64}, {2, 96}, {5, 80},  /* hd 16, 48: heads starting mid-block; d = 80: half a last block */
+        {1, 45}, {3, 99}, {4, 52}}; /* hd not a multiple of 16 (odd d, partial last q block) */
+    static const int pos0s[] = {0, 1, 5, 31, 63, 64, 100, 129, 300, 517};
+    static const int prefill[][2] = {{5, 0}, {40, 0}, {7, 77}, {70, 130}}; /* {nq, pos0} */
+    const char *specs[] = {"f32", "f16", "q8", "q4"};
+    const int T = 600, threads[] = {0, 3};
+    for (size_t si = 0; si < sizeof specs / sizeof *specs; si++) {
+        double worst = 0;
+        for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++) {
+            ea_config c = small_cfg();
+            c.n_head = shapes[sh].n_head;
+            c.n_embd = shapes[sh].d;
+            c.n_positions = 1024;
+            ea_kv_codec *codec = make(specs[si], &c, NULL);
+            assert_non_null(codec->ops->attend);
+            int d = c.n_embd;
+            size_t rb = codec->ops->row_bytes(codec, 0, EA_KV_K);
+            assert_int_equal(rb, ea_kv_rows_row_bytes(si == 0 ? EA_KV_ROWS_F32 : si == 1 ? EA_KV_ROWS_F16
+                                                      : si == 2 ? EA_KV_ROWS_Q8_0 : EA_KV_ROWS_Q4_0, d));
+            unsigned char *kb = malloc(rb * T), *vb = malloc(rb * T);
+            float *x = malloc(sizeof(float) * d), *k = malloc(sizeof(float) * (size_t)T * d);
+            float *v = malloc(sizeof(float) * (size_t)T * d), *q = malloc(sizeof(float) * 70 * d);
+            float *o1 = malloc(sizeof(float) * 70 * d), *o2 = malloc(sizeof(float) * 70 * d);
+            float *scratch = malloc(sizeof(float) * T);
+            ea_rng r;
+            ea_rng_seed(&r, 100 + sh);
+            for (int t = 0; t < T; t++) {
+                /* keys of varied norm (a sink-like row 0), so later chunks raise the running maximum */
+                double g = t == 0 ? 6 : 0.5 + 2 * ea_rng_uniform(&r);
+                for (int i = 0; i < d; i++) x[i] = (float)(ea_rng_normal(&r) * g);
+                codec->ops->encode(codec, 0, EA_KV_K, t, x, kb + rb * t);
+                for (int i = 0; i < d; i++) x[i] = (float)ea_rng_normal(&r);
+                codec->ops->encode(codec, 0, EA_KV_V, t, x, vb + rb * t);
+            }
+            codec->ops->decode(codec, 0, EA_KV_K, 0, T, kb, k);
+            codec->ops->decode(codec, 0, EA_KV_V, 0, T, vb, v);
+            for (int i = 0; i < 70 * d; i++) q[i] = (float)(ea_rng_normal(&r) * 1.5);
+            int ncase = (int)(sizeof pos0s / sizeof *pos0s) * EA_KV_ROWS_STREAM_MAX, nall = ncase + 4;
+            for (size_t th = 0; th < sizeof threads / sizeof *threads; th++) {
+#ifdef _OPENMP
+                int saved = omp_get_max_threads();
+                if (threads[th]) omp_set_num_threads(threads[th]);
+#else
+                if (threads[th]) continue;
+#endif
+                for (int cs = 0; cs < nall; cs++) {
+                    int nq = cs < ncase ? cs % EA_KV_ROWS_STREAM_MAX + 1 : prefill[cs - ncase][0];
+                    int pos0 = cs < ncase ? pos0s[cs / EA_KV_ROWS_STREAM_MAX] : prefill[cs - ncase][1];
+                    ea_attention_ref(codec->n_head, d, q, nq, pos0, k, v, o1, scratch);
+                    memset(o2, 0xff, sizeof(float) * (size_t)nq * d); /* NaN: every output must be written */
+                    codec->ops->attend(codec, 0, q, nq, pos0, kb, vb, o2);
+                    double scale = 0;
+                    for (int i = 0; i < nq * d; i++) scale = fmax(scale, fabs(o1[i]));
+                    double e = test_max_abs_diff(o2, o1, (size_t)nq * d) / scale;
+                    if (!(e <= 1e-5))
+                        printf("%s n_head %d d %d threads %d nq %d pos0 %d: relative error %.3g\n", specs[si],
+                               codec->n_head, d, threads[th], nq, pos0, e);
+                    assert_true(e <= 1e-5);
+                    if (e > worst) worst = e;
+                }
+#ifdef _OPENMP
+                omp_set_num_threads(saved);
+#endif
+            }
+            free(kb); free(vb); free(x); free(k); free(v); free(q); free(o1); free(o2); free(scratch);
+            ea_kv_codec_free(codec);
+        }
+        printf("%s: attention on stored rows vs decoded reference: max error %.3g of the output scale\n", specs[si],
+               worst);
+    }
+}
+
 /* Under a metric the coder minimises the weighted error Σ eᵀ B e (B: the regularised per-head
  * blocks of the metric); the measured weighted error must match the prediction. */
+/* Lloyd's algorithm on a measured histogram: on a Gaussian histogram it finds the Lloyd-Max
+ * levels; on a heavier-tailed (Laplacian) one its error beats the Gaussian design on that data. */
+static void test_hist_lloyd(void **state) {
+    ea_kv_hist h = {0};
+    h.nbins = 2048;
+    h.lim = 12.0f;
+    double *gauss = malloc(sizeof(double) * h.nbins), *lap = malloc(sizeof(double) * h.nbins);
+    for (int k = 0; k < h.nbins; k++) {
+        double x = -h.lim + (k + 0.5) * (2.0 * h.lim / h.nbins);
+        gauss[k] = 1e6 * exp(-0.5 * x * x);
+        lap[k] = 1e6 * exp(-sqrt(2.0) * fabs(x)); /* unit variance */
+    }
+    for (int b = 1; b <= 6; b++) {
+        const ea_kv_quant *g = ea_kv_quant_get(b, 1);
+        ea_kv_quant fg, fl;
+        ea_kv_hist_lloyd(&h, gauss, g, &fg);
+        ea_kv_hist_lloyd(&h, lap, g, &fl);
+        double dl = 0;
+        for (int i = 0; i < g->n; i++) dl = fmax(dl, fabs(fg.level[i] - g->level[i]));
+        double on_lap_gauss = ea_kv_hist_mse(&h, lap, g);
+        printf("%d bits: gaussian histogram: levels within %.2g of Lloyd-Max, mse %.5f (exact %.5f); laplacian: "
+               "fitted %.5f vs gaussian design %.5f\n", b, dl, fg.mse, g->mse, fl.mse, on_lap_gauss);
+        assert_true(dl < 2e-2);
+        assert_true(fabs(fg.mse - g->mse) < 0.02 * g->mse + 1e-4);
+        assert_true(fl.mse < on_lap_gauss);
+        for (int i = 1; i < fl.n; i++) assert_true(fl.level[i] > fl.level[i - 1]);
+    }
+    free(gauss);
+    free(lap);
+}
+
 static void test_klt_weighted_distortion(void **state) {
     ea_config c = small_cfg();
     source s;
@@ -394,7 +511,7 @@ static void test_klt_predicted_distortion(void **state) {
     ea_config c = small_cfg();
     source s;
     source_init(&s, &c, 8);
-    const char *specs[] = {"klt:1", "klt:2:u", "klt:4:h", "klt:2.5:hu", "klt:6"};
+    const char *specs[] = {"klt:1", "klt:2:u", "klt:4:h", "klt:2.5:hu", "klt:6", "klt:4:i", "klt:3:hi"};
     ea_rng r;
     ea_rng_seed(&r, 9);
     int d = c.n_embd, N = 2000;
@@ -517,8 +634,10 @@ int main(void) {
         cmocka_unit_test(test_q4_bound_and_layout),
         cmocka_unit_test(test_pca_full_rank_exact),
         cmocka_unit_test(test_compressed_attention),
+        cmocka_unit_test(test_rows_attention),
         cmocka_unit_test(test_klt_predicted_distortion),
         cmocka_unit_test(test_klt_weighted_distortion),
+        cmocka_unit_test(test_hist_lloyd),
         cmocka_unit_test(test_f32_codec_matches_engine),
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_accounting_matches_cache),

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "compress/kv_internal.h"
+#include "compress/kv_rows.h"
 
 #define QK 32
 
@@ -103,11 +104,22 @@ static void q4_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0
         }
 }
 
+/* Attention reads the blocks in place (kv_attend_rows.c). */
+static void q8_attend(const ea_kv_codec *c, int layer, const float *q, int nq, int pos0, const void *kbuf,
+                      const void *vbuf, float *out) {
+    ea_kv_rows_codec_attend(c, EA_KV_ROWS_Q8_0, layer, q, nq, pos0, kbuf, vbuf, out);
+}
+
+static void q4_attend(const ea_kv_codec *c, int layer, const float *q, int nq, int pos0, const void *kbuf,
+                      const void *vbuf, float *out) {
+    ea_kv_rows_codec_attend(c, EA_KV_ROWS_Q4_0, layer, q, nq, pos0, kbuf, vbuf, out);
+}
+
 static size_t q_overhead(const ea_kv_codec *c) { return 0; }
 static void q_destroy(ea_kv_codec *c) {}
 
-static const ea_kv_codec_ops q8_ops = {q8_row_bytes, q8_encode, q8_decode, NULL, q_overhead, q_destroy, NULL};
-static const ea_kv_codec_ops q4_ops = {q4_row_bytes, q4_encode, q4_decode, NULL, q_overhead, q_destroy, NULL};
+static const ea_kv_codec_ops q8_ops = {q8_row_bytes, q8_encode, q8_decode, q8_attend, q_overhead, q_destroy, NULL};
+static const ea_kv_codec_ops q4_ops = {q4_row_bytes, q4_encode, q4_decode, q4_attend, q_overhead, q_destroy, NULL};
 
 ea_status ea_kv_q8_setup(ea_kv_codec *c) {
     c->ops = &q8_ops;

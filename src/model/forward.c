@@ -1,13 +1,11 @@
 /* The GPT-2 forward pass: prefill of T tokens with sgemm, or one-token decode, over a KV cache. */
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress/kv_rows.h"
 #include "model/internal.h"
-
-#define EA_ATT_BLOCK 64
 
 static ea_status run_state_reserve(ea_model *m, int t, int kv) {
     ea_run_state *r = &m->rs;
@@ -28,8 +26,8 @@ static ea_status run_state_reserve(ea_model *m, int t, int kv) {
     int nth = omp_get_max_threads();
     if (grew || kv > r->cap_kv || nth != r->n_threads) {
         free(r->scores);
-        /* per thread: one block of queries' scores over kv keys (also >= kv for decode) */
-        if (!(r->scores = malloc(sizeof(float) * (size_t)kv * EA_ATT_BLOCK * (size_t)nth))) {
+        /* per thread: one block of prefill queries' scores over kv keys */
+        if (!(r->scores = malloc(sizeof(float) * (size_t)kv * EA_KV_ROWS_GEMM_BLOCK * (size_t)nth))) {
             r->cap_kv = 0;
             return ea_error(EA_ERR_NOMEM, "forward: cannot allocate attention scratch");
         }
@@ -74,66 +72,6 @@ static void gelu_new(float *x, size_t n) {
         float v = x[i];
         x[i] = v / (1.0f + expf(s2 * (v + 0.044715f * v * v * v)));
     }
-}
-
-/* Prefill attention: per head and block of queries, S = Q Kᵀ and O = softmax(S) V as sgemm.
- * A block only sees keys up to its last query, so little of the causal upper triangle is
- * computed; BLAS beats the scalar loop even counting the masked part. */
-static void attention_gemm(ea_model *m, const float *q, int nq, int pos0, const float *k, const float *v, float *out) {
-    int C = m->cfg.n_embd, H = m->cfg.n_head, hd = C / H, nblk = (nq + EA_ATT_BLOCK - 1) / EA_ATT_BLOCK;
-    float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int h = 0; h < H; h++)
-        for (int b = nblk - 1; b >= 0; b--) { /* biggest blocks first balances the threads */
-            int i0 = b * EA_ATT_BLOCK, i1 = i0 + EA_ATT_BLOCK < nq ? i0 + EA_ATT_BLOCK : nq, bq = i1 - i0;
-            int nk = pos0 + i1;
-            float *S = m->rs.scores + (size_t)omp_get_thread_num() * m->rs.cap_kv * EA_ATT_BLOCK;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, nk, hd, scale, q + (size_t)i0 * C + h * hd, C,
-                        k + h * hd, C, 0.0f, S, nk);
-            for (int i = 0; i < bq; i++) {
-                float *row = S + (size_t)i * nk, mx = -INFINITY, sum = 0;
-                int valid = pos0 + i0 + i + 1;
-                for (int t = 0; t < valid; t++) mx = row[t] > mx ? row[t] : mx;
-                for (int t = 0; t < valid; t++) { row[t] = expf(row[t] - mx); sum += row[t]; }
-                float inv = 1.0f / sum;
-                for (int t = 0; t < valid; t++) row[t] *= inv;
-                for (int t = valid; t < nk; t++) row[t] = 0.0f;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, hd, nk, 1.0f, S, nk, v + h * hd, C, 0.0f,
-                        out + (size_t)i0 * C + h * hd, C);
-        }
-}
-
-/* Causal attention of nq queries (positions pos0..) over float K/V rows, heads in parallel. */
-static void attention(ea_model *m, const float *q, int nq, int pos0, const float *k, const float *v, float *out) {
-    int C = m->cfg.n_embd, H = m->cfg.n_head, hd = C / H;
-    float scale = 1.0f / sqrtf((float)hd);
-    int cap = m->rs.cap_kv;
-#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (nq * H > 1)
-    for (int i = 0; i < nq; i++)
-        for (int h = 0; h < H; h++) {
-            float *sc = m->rs.scores + (size_t)omp_get_thread_num() * cap;
-            int nk = pos0 + i + 1;
-            const float *qh = q + (size_t)i * C + h * hd;
-            float mx = -INFINITY;
-            for (int t = 0; t < nk; t++) {
-                const float *kt = k + (size_t)t * C + h * hd;
-                float s = 0;
-                for (int j = 0; j < hd; j++) s += qh[j] * kt[j];
-                s *= scale;
-                sc[t] = s;
-                if (s > mx) mx = s;
-            }
-            float sum = 0;
-            for (int t = 0; t < nk; t++) { sc[t] = expf(sc[t] - mx); sum += sc[t]; }
-            float inv = 1.0f / sum, *oh = out + (size_t)i * C + h * hd;
-            for (int j = 0; j < hd; j++) oh[j] = 0;
-            for (int t = 0; t < nk; t++) {
-                const float *vt = v + (size_t)t * C + h * hd;
-                float a = sc[t] * inv;
-                for (int j = 0; j < hd; j++) oh[j] += a * vt[j];
-            }
-        }
 }
 
 static int capture(ea_model *m, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
@@ -183,11 +121,15 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
         const ea_kv_codec *codec = cache->codec;
         if (codec && codec->ops->attend) {
             codec->ops->attend(codec, l, r->q, n, pos0, cache->rows[2 * l], cache->rows[2 * l + 1], r->att);
-        } else {
+        } else { /* float rows: in place, or decoded by a codec without attention of its own */
             const float *K, *Vv;
             ea_kvcache_view(cache, l, pos0 + n, &K, &Vv);
-            if (n > 1) attention_gemm(m, r->q, n, pos0, K, Vv, r->att);
-            else attention(m, r->q, n, pos0, K, Vv, r->att);
+            /* the same kernels as the f32 codec's attend, so the two stay bit-identical */
+            if (n <= EA_KV_ROWS_STREAM_MAX)
+                ea_kv_rows_attend(EA_KV_ROWS_F32, c->n_head, C, r->q, n, pos0, K, Vv, r->att);
+            else
+                ea_kv_rows_attend_gemm(c->n_head, C, r->q, n, pos0, K, Vv, r->att, r->scores,
+                                       (size_t)r->cap_kv * EA_KV_ROWS_GEMM_BLOCK);
         }
         matmul_bias(r->tmp, r->att, w->proj_w, &w->proj_t, w->proj_b, n, C, C);
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] += r->tmp[i];
