@@ -24,9 +24,10 @@ typedef struct {
     /* Decode n consecutive rows starting at position pos0 (src: n encoded rows) into x (n × d). */
     void (*decode)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src,
                    float *x);
-    /* Optional: causal attention computed directly on encoded rows. q: nq × d (rows for positions
-     * pos0..pos0+nq-1), kbuf/vbuf: encoded rows 0..pos0+nq-1, out: nq × d (heads concatenated).
-     * NULL means the cache decodes rows and runs standard attention. */
+    /* Optional: causal attention computed directly on encoded rows, for any nq (one-token decode
+     * and prefill). q: nq × d (rows for positions pos0..pos0+nq-1), kbuf/vbuf: encoded rows
+     * 0..pos0+nq-1, out: nq × d (heads concatenated). NULL means the cache decodes rows and runs
+     * standard attention. */
     void (*attend)(const ea_kv_codec *c, int layer, const float *q, int nq, int pos0, const void *kbuf,
                    const void *vbuf, float *out);
     /* Fixed bytes the codec needs besides the cache (bases, means, tables). */

@@ -33,7 +33,7 @@ ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, 
             goto nomem;
         c->rows[i] = c->store[i] + c->seq_bytes[i];
     }
-    if (codec) {
+    if (codec && !codec->ops->attend) { /* decoded rows for the standard attention */
         size_t n = (size_t)capacity * (size_t)cfg->n_embd;
         if (!(c->kdec = malloc(n * sizeof(float))) || !(c->vdec = malloc(n * sizeof(float)))) goto nomem;
     }
@@ -89,6 +89,10 @@ void ea_kvcache_view(ea_kvcache *c, int layer, int n, const float **k, const flo
     if (!c->codec) {
         *k = (const float *)(void *)c->rows[layer * 2];
         *v = (const float *)(void *)c->rows[layer * 2 + 1];
+        return;
+    }
+    if (!c->kdec) { /* codecs with their own attention have no decoded copy (the forward pass never asks) */
+        *k = *v = NULL;
         return;
     }
     c->codec->ops->decode(c->codec, layer, EA_KV_K, 0, n, c->rows[layer * 2], c->kdec);
