@@ -53,7 +53,6 @@ struct ea_kvcache {
 
 /* Append n rows (stride ld) of K and V of one layer at positions pos0.. (pos0 == len). */
 void ea_kvcache_append(ea_kvcache *c, int layer, int pos0, int n, const float *k, const float *v, int ld);
-/* Float views of rows 0..n-1 of a layer (decoded if needed). */
 /* Float rows 0..n-1 of a layer (decoded for codecs without an attend op; NULL for those with one). */
 void ea_kvcache_view(ea_kvcache *c, int layer, int n, const float **k, const float **v);
 
