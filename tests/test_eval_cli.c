@@ -198,8 +198,11 @@ static void test_bench_memory_json(void **state) {
  * size (sink row included), far below f32, and the overhead is reported. */
 static void test_generate_klt(void **state) {
     char *out = NULL, *err = NULL;
+    char *dir = test_tmpdir(), file[512], spec[600];
+    snprintf(file, sizeof file, "%s/klt2.safetensors", dir);
+    snprintf(spec, sizeof spec, "file:%s", file);
     const char *args[] = {"generate", "--prompt", "The old house", "-n", "8", "--kv", "klt:2", "--calib", EVAL_TEXT,
-                          "--calib-max-tokens", "1024", "--json", NULL};
+                          "--calib-max-tokens", "1024", "--save-kv", file, "--json", NULL};
     int rc = test_run_cli(&out, &err, args);
     if (rc != 0) printf("stderr: %s\n", err);
     assert_int_equal(rc, 0);
@@ -212,6 +215,26 @@ static void test_generate_klt(void **state) {
     assert_true(over > 0);
     /* gpt2-micro: 4 layers x 128 dims; f32 rows are 4096 bytes per token */
     assert_true(bytes > 0 && bytes < toks * 4096 / 8);
+    /* the saved codec generates the same tokens without refitting */
+    char *out2 = NULL, *err2 = NULL;
+    const char *args2[] = {"generate", "--prompt", "The old house", "-n", "8", "--kv", spec, "--json", NULL};
+    rc = test_run_cli(&out2, &err2, args2);
+    if (rc != 0) printf("stderr: %s\n", err2);
+    assert_int_equal(rc, 0);
+    cJSON *j2 = cJSON_Parse(out2);
+    assert_non_null(j2);
+    char *ids1 = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "ids"));
+    char *ids2 = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j2, "ids"));
+    printf("fitted: %s, loaded from file: %s\n", ids1, ids2);
+    assert_string_equal(ids1, ids2);
+    assert_true(num(j2, "cache_bytes") == bytes && num(j2, "codec_overhead_bytes") == over);
+    free(ids1);
+    free(ids2);
+    cJSON_Delete(j2);
+    free(out2);
+    free(err2);
+    test_rmdir(dir);
+    free(dir);
     cJSON_Delete(j);
     free(out);
     free(err);

@@ -467,6 +467,97 @@ static void test_hist_lloyd(void **state) {
     free(lap);
 }
 
+/* A saved klt codec loads back identical: same row bytes for every row, same attention output; a
+ * damaged or mismatched file is refused with its path in the message and nothing is built. */
+static void test_klt_file_roundtrip(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 21);
+    ea_kv_metric mt;
+    metric_init(&mt, &c, 22, 1);
+    char *dir = test_tmpdir(), path[512], spec[600];
+    const char *specs[] = {"klt:2.5", "klt:1:hXu", "klt:3:i"};
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        ea_kv_codec *a = make_ex(specs[i], &c, &s.st, i ? NULL : &mt), *b = NULL;
+        snprintf(path, sizeof path, "%s/codec%zu.safetensors", dir, i);
+        assert_int_equal(ea_kv_codec_save(a, path), EA_OK);
+        snprintf(spec, sizeof spec, "file:%s", path);
+        assert_int_equal(ea_kv_codec_create(spec, &c, NULL, &b), EA_OK);
+        assert_string_equal(a->name, b->name);
+        assert_true(ea_kv_codec_overhead(a) == ea_kv_codec_overhead(b));
+        ea_rng r;
+        ea_rng_seed(&r, 5);
+        float x[256];
+        for (int layer = 0; layer < c.n_layer; layer++)
+            for (int kind = 0; kind < 2; kind++) {
+                size_t rb = a->ops->row_bytes(a, layer, (ea_kv_kind)kind), sb = ea_kv_codec_seq_bytes(a, layer, (ea_kv_kind)kind);
+                assert_true(rb == b->ops->row_bytes(b, layer, (ea_kv_kind)kind));
+                unsigned char *m1 = calloc(1, sb + rb), *m2 = calloc(1, sb + rb);
+                for (int t = 0; t < 20; t++) {
+                    source_sample(&s, &r, layer, kind, x);
+                    a->ops->encode(a, layer, (ea_kv_kind)kind, t, x, m1 + sb);
+                    b->ops->encode(b, layer, (ea_kv_kind)kind, t, x, m2 + sb);
+                    assert_memory_equal(m1, m2, sb + rb);
+                }
+                free(m1);
+                free(m2);
+            }
+        double e1 = attend_vs_ref(a, &s, 1, 100, 3), e2 = attend_vs_ref(b, &s, 1, 100, 3);
+        printf("%-10s saved and loaded: rows identical, attention error %.2g / %.2g\n", specs[i], e1, e2);
+        assert_true(e1 == e2);
+        ea_kv_codec_free(b);
+        if (i == 0) { /* damaged and mismatched files */
+            ea_config other = c;
+            other.n_embd = c.n_embd * 2;
+            b = (ea_kv_codec *)1;
+            assert_int_equal(ea_kv_codec_load(path, &other, &b), EA_ERR_MISMATCH);
+            assert_null(b);
+            printf("other shape: %s\n", ea_last_error());
+            FILE *f = fopen(path, "rb");
+            fseek(f, 0, SEEK_END);
+            long len = ftell(f);
+            fseek(f, 0, SEEK_SET);
+            unsigned char *bytes = malloc((size_t)len);
+            assert_int_equal(fread(bytes, 1, (size_t)len, f), (size_t)len);
+            fclose(f);
+            char bad[600];
+            snprintf(bad, sizeof bad, "%s/truncated.safetensors", dir);
+            f = fopen(bad, "wb");
+            fwrite(bytes, 1, (size_t)len / 2, f);
+            fclose(f);
+            assert_true(ea_kv_codec_load(bad, &c, &b) != EA_OK);
+            assert_null(b);
+            assert_non_null(strstr(ea_last_error(), "truncated.safetensors"));
+            printf("truncated: %s\n", ea_last_error());
+            /* every coefficient width set to 0 (little-endian int32 1..12 -> 0 is invalid) */
+            snprintf(bad, sizeof bad, "%s/badbits.safetensors", dir);
+            ea_st_file *sf = NULL;
+            assert_int_equal(ea_st_open(path, &sf), EA_OK);
+            const ea_st_tensor *bt = ea_st_find(sf, "part.0.bits");
+            assert_non_null(bt);
+            uint64_t hl; /* the data section starts after the 8-byte header length and the header */
+            memcpy(&hl, bytes, 8);
+            const unsigned char *first = ea_st_get(sf, 0)->data;
+            for (int k = 0; k < ea_st_count(sf); k++)
+                if ((const unsigned char *)ea_st_get(sf, k)->data < first) first = ea_st_get(sf, k)->data;
+            size_t base = 8 + (size_t)hl, off = (size_t)((const unsigned char *)bt->data - first);
+            memset(bytes + base + off, 0, bt->nbytes);
+            ea_st_close(sf);
+            f = fopen(bad, "wb");
+            fwrite(bytes, 1, (size_t)len, f);
+            fclose(f);
+            assert_int_equal(ea_kv_codec_load(bad, &c, &b), EA_ERR_FORMAT);
+            assert_null(b);
+            printf("bad widths: %s\n", ea_last_error());
+            free(bytes);
+        }
+        ea_kv_codec_free(a);
+    }
+    free(dir);
+    metric_free(&mt);
+    source_free(&s);
+}
+
 static void test_klt_weighted_distortion(void **state) {
     ea_config c = small_cfg();
     source s;
@@ -638,6 +729,7 @@ int main(void) {
         cmocka_unit_test(test_klt_predicted_distortion),
         cmocka_unit_test(test_klt_weighted_distortion),
         cmocka_unit_test(test_hist_lloyd),
+        cmocka_unit_test(test_klt_file_roundtrip),
         cmocka_unit_test(test_f32_codec_matches_engine),
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_accounting_matches_cache),

@@ -57,10 +57,16 @@ typedef struct {
 } ea_kv_stats;
 
 /* Codec from a spec string: "f32", "f16", "q8", "q4", "pca:R", "pca-head:R", "klt:B" (B average
- * bits per value, may be fractional). Basis codecs need stats (else EA_ERR_ARG). */
+ * bits per value, may be fractional), "file:PATH" (a saved codec). Basis codecs need stats (else
+ * EA_ERR_ARG). */
 ea_status ea_kv_codec_create(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
                              ea_kv_codec **out);
 void ea_kv_codec_free(ea_kv_codec *c);
+/* A fitted klt codec saved whole (safetensors, written atomically) and loaded back for a model of
+ * the same shape; the spec "file:PATH" loads one wherever a spec is taken. Other codecs are rebuilt
+ * from their spec and statistics, so only klt codecs are saved. */
+ea_status ea_kv_codec_save(const ea_kv_codec *c, const char *path);
+ea_status ea_kv_codec_load(const char *path, const ea_config *cfg, ea_kv_codec **out);
 /* Average stored bits per cached value over a full context of n_ctx tokens: (n_ctx rows +
  * per-sequence bytes) × 8 / (2 × n_layer × n_ctx × d). */
 double ea_kv_codec_bits_per_value(const ea_kv_codec *c);

@@ -8,11 +8,12 @@
 static const char *usage =
     "usage: eigenalign generate [--model DIR] --prompt STR [-n 40] [--temperature T] [--top-k K]\n"
     "                           [--top-p P] [--seed S] [--no-stop] [--special] [--kv CODEC]\n"
-    "                           [--calib PATH] [--calib-max-tokens N] [--json]\n"
+    "                           [--calib PATH] [--calib-max-tokens N] [--save-kv FILE] [--json]\n"
     "  Greedy when --temperature is 0 (default). Stops at <|endoftext|> unless --no-stop.\n"
     "  --kv CODEC keeps the KV cache compressed (f32, f16, q8, q4, pca:R, pca-head:R, klt:B) and\n"
     "  reports its size; pca and klt are first fitted on --calib text (default the bundled calibration\n"
-    "  text; --calib-max-tokens caps it) as eval fits them.\n";
+    "  text; --calib-max-tokens caps it) as eval fits them. --save-kv FILE saves the fitted klt codec;\n"
+    "  --kv file:FILE (here, in eval and bench-memory) uses it without refitting.\n";
 
 int cmd_generate(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
@@ -31,6 +32,7 @@ int cmd_generate(int argc, char **argv) {
     const char *kv = cli_str(&a, "--kv", NULL);
     const char *calib = cli_str(&a, "--calib", NULL);
     long calib_max = cli_long(&a, "--calib-max-tokens", 0, 0, 1L << 40);
+    const char *save_kv = cli_str(&a, "--save-kv", NULL);
     int json = cli_has(&a, "--json");
     int rc = cli_finish(&a);
     cli_args_free(&a);
@@ -63,6 +65,11 @@ int cmd_generate(int argc, char **argv) {
         if ((st = cli_load_text_ids(tok, calib, (size_t)calib_max, &cids, &n_cids))) { cli_fail_status("generate", st); goto done; }
         if ((st = ea_kv_codec_fit_model(m, kv, cids, n_cids, ctx, 1, &codec))) { cli_fail_status("generate", st); goto done; }
     } else if (kv && (st = ea_kv_codec_create(kv, cfg, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
+    if (save_kv && !codec) { cli_error("generate", "--save-kv needs --kv klt:B"); goto done; }
+    if (save_kv) {
+        if ((st = ea_kv_codec_save(codec, save_kv))) { cli_fail_status("generate", st); goto done; }
+        fprintf(stderr, "generate: saved kv codec %s to %s\n", codec->name, save_kv);
+    }
     if ((st = ea_kvcache_init(&cache, cfg, cfg->n_positions, codec))) { cli_fail_status("generate", st); goto done; }
     out = malloc(sizeof(int) * ((size_t)n_new + 1));
     int n_out = 0;

@@ -92,9 +92,18 @@ ea_status ea_kv_klt_opts_from_spec(const char *spec, ea_kv_klt_opts *o) {
     return parse_klt(spec, spec + 4, o);
 }
 
+ea_status ea_kv_codec_save(const ea_kv_codec *c, const char *path) {
+    if (!ea_kv_is_klt(c))
+        return ea_error(EA_ERR_ARG, "kv codec '%s': only klt codecs are saved (the others are rebuilt from their spec)", c ? c->name : "");
+    return ea_kv_klt_save(c, path);
+}
+
+ea_status ea_kv_codec_load(const char *path, const ea_config *cfg, ea_kv_codec **out) { return ea_kv_klt_load(path, cfg, out); }
+
 ea_status ea_kv_codec_check_spec(const char *spec) {
     /* the parsers are the real ones; bounds that depend on the model are checked at creation */
     if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");
+    if (!strncmp(spec, "file:", 5)) return spec[5] ? EA_OK : ea_error(EA_ERR_ARG, "kv codec '%s': needs a path", spec);
     const char *colon = strchr(spec, ':');
     size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
     const char *known[] = {"f32", "f16", "q8", "q4", "pca", "pca-head", "klt"};
@@ -131,6 +140,7 @@ ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea
                                 const ea_kv_metric *metric, ea_kv_codec **out) {
     *out = NULL;
     if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");
+    if (!strncmp(spec, "file:", 5) && cfg) return ea_kv_codec_load(spec + 5, cfg, out);
     if (strlen(spec) >= sizeof(((ea_kv_codec *)0)->name))
         return ea_error(EA_ERR_ARG, "kv codec '%.32s...': spec too long", spec);
     if (!cfg || cfg->n_layer < 1 || cfg->n_head < 1 || cfg->n_embd < 1 || cfg->n_embd % cfg->n_head)

@@ -199,7 +199,7 @@ ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib,
     *out = NULL;
     ea_status st = ea_kv_codec_check_spec(spec);
     if (st) return st;
-    if (strncmp(spec, "pca", 3) && strncmp(spec, "klt", 3)) return ea_kv_codec_create(spec, cfg, NULL, out);
+    if (strncmp(spec, "pca", 3) && strncmp(spec, "klt", 3)) return ea_kv_codec_create(spec, cfg, NULL, out); /* file: too */
     if (!calib || n_calib < 2) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration text (at least 2 tokens)", spec);
     ea_kv_stats stats;
     ea_kv_metric metric;

@@ -51,6 +51,10 @@ typedef struct {
     int sink;           /* 1: the position-0 row (the attention sink) is kept in f16 beside the codes */
 } ea_kv_klt_opts;
 void ea_kv_klt_default(ea_kv_klt_opts *o, double bits);
+/* klt codec files (kv_klt.c): a fitted codec written and read back whole. */
+int ea_kv_is_klt(const ea_kv_codec *c);
+ea_status ea_kv_klt_save(const ea_kv_codec *c, const char *path);
+ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **out);
 /* Options of a "klt:B[:flags]" spec. */
 ea_status ea_kv_klt_opts_from_spec(const char *spec, ea_kv_klt_opts *o);
 ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o);

@@ -11,6 +11,7 @@
  * codes directly in coefficient space (kv_attend.c); nothing is rebuilt in d dimensions. */
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #include <immintrin.h>
@@ -19,6 +20,7 @@
 
 #include "compress/kv_internal.h"
 #include "compress/kv_quant.h"
+#include "ea/io.h"
 
 /* Consecutive coefficients with the same code width (unpacked together). */
 typedef struct {
@@ -525,6 +527,29 @@ static void part_distortions(const klt_state *ks, const ea_kv_hist *h, int p, in
 
 double ea_kv_klt_predicted_mse(const ea_kv_codec *c, int layer, int kind) { return part_of(c, layer, kind)->pred_mse; }
 
+/* What a part derives from its widths, σ and quantizers: level scales, runs of equal width and
+ * the row size (setup and load share it). bits, sig, qz, tab, lv_a, lv_c must hold n_coef entries. */
+static ea_status part_finish(klt_part *kp, const char *name) {
+    int n = kp->b.n_coef;
+    long nbits = 0;
+    for (int k = 0; k < n; k++) {
+        const ea_kv_quant *qz = kp->qz[k];
+        kp->tab[k] = qz->uniform ? NULL : qz->level;
+        kp->lv_a[k] = qz->step * kp->sig[k];
+        kp->lv_c[k] = -0.5f * (float)(qz->n - 1) * qz->step * kp->sig[k];
+        nbits += kp->bits[k];
+    }
+    kp->runs = malloc(sizeof(klt_run) * ((size_t)n + 1));
+    if (!kp->runs) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", name);
+    kp->n_runs = 0;
+    for (int j = 0; j < n; j++)
+        if (j == 0 || kp->bits[j] != kp->bits[j - 1]) kp->runs[kp->n_runs++] = (klt_run){j, 1, kp->bits[j]};
+        else kp->runs[kp->n_runs - 1].n++;
+    kp->row_bytes = (size_t)kp->hdr + (size_t)((nbits + 7) / 8);
+    if (kp->row_bytes == 0) kp->row_bytes = 1; /* nothing kept: keep rows addressable */
+    return EA_OK;
+}
+
 ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o) {
     int d = c->d, L = c->n_layer, P = 2 * L, groups = o->per_head ? c->n_head : 1, w = d / groups;
     klt_state *ks = calloc(1, sizeof *ks);
@@ -631,28 +656,15 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
             kp->bits[k] = (unsigned char)it[j].bits;
             kp->sig[k] = (float)sqrt(ev[j] > 0 ? ev[j] : 0);
             if (!(kp->sig[k] > 0)) kp->sig[k] = 1e-30f;
-            const ea_kv_quant *qz = hist ? &ks->pq[(size_t)p * (EA_KV_QBITS + 1) + it[j].bits] : &ks->q[it[j].bits];
-            kp->qz[k] = qz;
-            kp->tab[k] = qz->uniform ? NULL : qz->level;
-            kp->lv_a[k] = qz->step * kp->sig[k];
-            kp->lv_c[k] = -0.5f * (float)(qz->n - 1) * qz->step * kp->sig[k];
+            kp->qz[k] = hist ? &ks->pq[(size_t)p * (EA_KV_QBITS + 1) + it[j].bits] : &ks->q[it[j].bits];
             nbits += it[j].bits;
             k++;
         }
-        kp->runs = malloc(sizeof(klt_run) * ((size_t)n + 1));
-        if (!kp->runs) {
-            st = ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", c->name);
-            break;
-        }
-        for (int j = 0; j < n; j++)
-            if (j == 0 || kp->bits[j] != kp->bits[j - 1]) kp->runs[kp->n_runs++] = (klt_run){j, 1, kp->bits[j]};
-            else kp->runs[kp->n_runs - 1].n++;
         kp->hdr = hdr;
         kp->pos0_gain = (float)o->pos0_gain;
         kp->sink = o->sink;
-        kp->row_bytes = (size_t)hdr + (size_t)((nbits + 7) / 8);
-        if (kp->row_bytes == 0) kp->row_bytes = 1; /* nothing kept: keep rows addressable */
         kp->pred_mse = pred;
+        if ((st = part_finish(kp, c->name))) break;
         /* stored: means and decode vectors, width and σ per coefficient, the metric blocks (f16, one
          * triangle each) the encoder is derived from */
         over += ea_kv_basis_bytes(&kp->b) + (size_t)n * (1 + sizeof(float));
@@ -677,4 +689,281 @@ done:
     free(used);
     free(keep);
     return st;
+}
+
+/* ---- klt codec files: a fitted codec, so it is fitted once and used anywhere ----
+ * safetensors; metadata format/version/spec/shape; per part p: mean [d], w [n, d] (decode vectors
+ * placed at their head's dims), enc [n, d], lohi [2, n_head], bits [n], sig [n], info [6] =
+ * {shared, hdr, sink, prec, n_i8, n}, fl [2] = {pos0_gain, pred_mse} (F64), and one table q<b> per
+ * width in use: 2^b levels, or [1] = the step of a uniform quantizer. Vectors are stored as the
+ * float32 values of their stored precision (f16 or int8 × scale), so the file is larger than the
+ * overhead the codec reports; the values are identical. */
+int ea_kv_is_klt(const ea_kv_codec *c) { return c && c->ops == &klt_ops; }
+
+#define PART_TENSOR(buf, p, what) snprintf(buf, sizeof buf, "part.%d.%s", p, what)
+
+ea_status ea_kv_klt_save(const ea_kv_codec *c, const char *path) {
+    const klt_state *ks = c->state;
+    int d = c->d, H = c->n_head, hd = d / H, P = 2 * c->n_layer;
+    ea_st_writer *w = NULL;
+    ea_status st = ea_st_writer_init(&w);
+    char key[64], val[64];
+    if (!st) st = ea_st_writer_meta(w, "format", "eigenalign-kv-codec");
+    if (!st) st = ea_st_writer_meta(w, "version", "1");
+    if (!st) st = ea_st_writer_meta(w, "spec", c->name);
+    int dims[4] = {c->n_layer, H, d, c->n_ctx};
+    const char *dn[4] = {"n_layer", "n_head", "n_embd", "n_ctx"};
+    for (int i = 0; i < 4 && !st; i++) {
+        snprintf(val, sizeof val, "%d", dims[i]);
+        st = ea_st_writer_meta(w, dn[i], val);
+    }
+    snprintf(val, sizeof val, "%zu", ks->overhead);
+    if (!st) st = ea_st_writer_meta(w, "overhead_bytes", val);
+    float *buf = NULL;
+    for (int p = 0; p < P && !st; p++) {
+        const klt_part *kp = &ks->p[p];
+        int n = kp->b.n_coef;
+        free(buf);
+        if (!(buf = calloc((size_t)(n > 0 ? n : 1) * d + 2 * (size_t)d + 16, sizeof(float)))) {
+            st = ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", c->name);
+            break;
+        }
+        int64_t sd[1] = {d}, snd[2] = {n, d}, sn[1] = {n}, slh[2] = {2, H}, s6[1] = {6}, s2[1] = {2};
+        PART_TENSOR(key, p, "mean");
+        st = ea_st_writer_add(w, key, EA_DTYPE_F32, 1, sd, kp->b.mean);
+        int32_t lohi[2 * 64 + 2], info[6] = {kp->b.shared, kp->hdr, kp->sink, kp->b.prec, kp->b.n_i8, n};
+        if (!st && H > 64) st = ea_error(EA_ERR_ARG, "kv codec '%s': more than 64 heads", c->name);
+        for (int h = 0; h < H && !st; h++) {
+            lohi[h] = kp->b.lo[h];
+            lohi[H + h] = kp->b.hi[h];
+        }
+        PART_TENSOR(key, p, "lohi");
+        if (!st) st = ea_st_writer_add(w, key, EA_DTYPE_I32, 2, slh, lohi);
+        PART_TENSOR(key, p, "info");
+        if (!st) st = ea_st_writer_add(w, key, EA_DTYPE_I32, 1, s6, info);
+        double fl[2] = {kp->pos0_gain, kp->pred_mse};
+        PART_TENSOR(key, p, "fl");
+        if (!st) st = ea_st_writer_add(w, key, EA_DTYPE_F64, 1, s2, fl);
+        if (n == 0) continue;
+        for (int h = 0; h < H; h++)
+            for (int j = kp->b.lo[h]; j < kp->b.hi[h]; j++)
+                for (int i = 0; i < hd; i++) buf[(size_t)j * d + h * hd + i] = kp->b.w[h][(size_t)(j - kp->b.lo[h]) * hd + i];
+        PART_TENSOR(key, p, "w");
+        if (!st) st = ea_st_writer_add(w, key, EA_DTYPE_F32, 2, snd, buf);
+        PART_TENSOR(key, p, "enc");
+        if (!st) st = ea_st_writer_add(w, key, EA_DTYPE_F32, 2, snd, kp->b.enc);
+        int32_t *bits = (int32_t *)(void *)buf; /* w is written (copied): reuse the buffer */
+        for (int j = 0; j < n; j++) bits[j] = kp->bits[j];
+        PART_TENSOR(key, p, "bits");
+        if (!st) st = ea_st_writer_add(w, key, EA_DTYPE_I32, 1, sn, bits);
+        PART_TENSOR(key, p, "sig");
+        if (!st) st = ea_st_writer_add(w, key, EA_DTYPE_F32, 1, sn, kp->sig);
+        for (int b = 1; b <= EA_KV_QBITS && !st; b++) {
+            const ea_kv_quant *q = NULL;
+            for (int j = 0; j < n && !q; j++)
+                if (kp->bits[j] == b) q = kp->qz[j];
+            if (!q) continue;
+            snprintf(key, sizeof key, "part.%d.q%d", p, b);
+            int64_t sq[1] = {q->uniform ? 1 : q->n};
+            st = ea_st_writer_add(w, key, EA_DTYPE_F32, 1, sq, q->uniform ? &q->step : q->level);
+        }
+    }
+    free(buf);
+    if (!st) st = ea_st_writer_save(w, path);
+    ea_st_writer_free(w);
+    return st;
+}
+
+/* A tensor of a codec file with the expected dtype and shape (ndim values in shape). */
+static ea_status file_tensor(const ea_st_file *f, const char *name, ea_dtype dt, int ndim, const int64_t *shape,
+                             const ea_st_tensor **out) {
+    const ea_st_tensor *t = ea_st_find(f, name);
+    if (!t) return ea_error(EA_ERR_FORMAT, "%s: kv codec file has no tensor '%s'", ea_st_path(f), name);
+    int ok = t->dtype == dt && t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) return ea_error(EA_ERR_FORMAT, "%s: tensor '%s' has the wrong dtype or shape", ea_st_path(f), name);
+    *out = t;
+    return EA_OK;
+}
+
+static int all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, int p) {
+    const char *path = ea_st_path(f);
+    int d = c->d, H = c->n_head, hd = d / H;
+    klt_part *kp = &ks->p[p];
+    char key[64];
+    const ea_st_tensor *t;
+    int64_t s6[1] = {6}, s2[1] = {2}, slh[2] = {2, H}, sd[1] = {d};
+    ea_status st;
+    PART_TENSOR(key, p, "info");
+    if ((st = file_tensor(f, key, EA_DTYPE_I32, 1, s6, &t))) return st;
+    int32_t info[6];
+    memcpy(info, t->data, sizeof info);
+    int n = info[5];
+    if (info[0] < 0 || info[0] > 1 || (info[1] != 0 && info[1] != 2) || info[2] < 0 || info[2] > 1 || info[3] < 0 ||
+        info[3] > 2 || n < 0 || n > d || info[4] < 0 || info[4] > n)
+        return ea_error(EA_ERR_FORMAT, "%s: part %d: invalid info values", path, p);
+    PART_TENSOR(key, p, "fl");
+    if ((st = file_tensor(f, key, EA_DTYPE_F64, 1, s2, &t))) return st;
+    double fl[2];
+    memcpy(fl, t->data, sizeof fl);
+    if (!(fl[0] > 0) || !isfinite(fl[0]) || !isfinite(fl[1]) || fl[1] < 0)
+        return ea_error(EA_ERR_FORMAT, "%s: part %d: invalid position-0 gain or predicted error", path, p);
+    PART_TENSOR(key, p, "lohi");
+    if ((st = file_tensor(f, key, EA_DTYPE_I32, 2, slh, &t))) return st;
+    ea_kv_basis *b = &kp->b;
+    b->d = d;
+    b->n_head = H;
+    b->hd = hd;
+    b->n_coef = n;
+    b->shared = info[0];
+    b->prec = info[3];
+    b->n_i8 = info[4];
+    b->mean = malloc(sizeof(float) * (size_t)d);
+    b->lo = calloc((size_t)H, sizeof(int));
+    b->hi = calloc((size_t)H, sizeof(int));
+    b->w = calloc((size_t)H, sizeof(float *));
+    if (!b->mean || !b->lo || !b->hi || !b->w) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+    for (int h = 0; h < H; h++) {
+        int32_t lo, hi;
+        memcpy(&lo, (const char *)t->data + 4 * (size_t)h, 4);
+        memcpy(&hi, (const char *)t->data + 4 * (size_t)(H + h), 4);
+        int ok = b->shared ? (lo == 0 && hi == n) : (lo == (h ? b->hi[h - 1] : 0) && hi >= lo && hi - lo <= hd && (h < H - 1 || hi == n));
+        if (!ok) return ea_error(EA_ERR_FORMAT, "%s: part %d: invalid coefficient ranges of head %d", path, p, h);
+        b->lo[h] = lo;
+        b->hi[h] = hi;
+    }
+    PART_TENSOR(key, p, "mean");
+    if ((st = file_tensor(f, key, EA_DTYPE_F32, 1, sd, &t))) return st;
+    memcpy(b->mean, t->data, sizeof(float) * (size_t)d);
+    if (!all_finite(b->mean, (size_t)d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: non-finite mean", path, p);
+    kp->hdr = info[1];
+    kp->sink = info[2];
+    kp->pos0_gain = (float)fl[0];
+    kp->pred_mse = fl[1];
+    kp->bits = malloc((size_t)n + 1);
+    kp->sig = malloc(sizeof(float) * ((size_t)n + 1));
+    kp->tab = malloc(sizeof(float *) * ((size_t)n + 1));
+    kp->qz = malloc(sizeof(ea_kv_quant *) * ((size_t)n + 1));
+    kp->lv_a = malloc(sizeof(float) * ((size_t)n + 1));
+    kp->lv_c = malloc(sizeof(float) * ((size_t)n + 1));
+    if (!kp->bits || !kp->sig || !kp->tab || !kp->qz || !kp->lv_a || !kp->lv_c) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+    for (int h = 0; h < H; h++) {
+        int nh = b->hi[h] - b->lo[h];
+        if (!(b->w[h] = malloc(sizeof(float) * (size_t)(nh > 0 ? nh : 1) * hd))) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+    }
+    if (n > 0) {
+        int64_t snd[2] = {n, d}, sn[1] = {n};
+        PART_TENSOR(key, p, "w");
+        if ((st = file_tensor(f, key, EA_DTYPE_F32, 2, snd, &t))) return st;
+        const float *W = t->data;
+        if (!all_finite(W, (size_t)n * d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: non-finite basis", path, p);
+        for (int h = 0; h < H; h++)
+            for (int j = b->lo[h]; j < b->hi[h]; j++)
+                memcpy(b->w[h] + (size_t)(j - b->lo[h]) * hd, W + (size_t)j * d + h * hd, sizeof(float) * (size_t)hd);
+        PART_TENSOR(key, p, "enc");
+        if ((st = file_tensor(f, key, EA_DTYPE_F32, 2, snd, &t))) return st;
+        if (!(b->enc = malloc(sizeof(float) * (size_t)n * d))) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+        memcpy(b->enc, t->data, sizeof(float) * (size_t)n * d);
+        if (!all_finite(b->enc, (size_t)n * d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: non-finite encoder", path, p);
+        PART_TENSOR(key, p, "sig");
+        if ((st = file_tensor(f, key, EA_DTYPE_F32, 1, sn, &t))) return st;
+        memcpy(kp->sig, t->data, sizeof(float) * (size_t)n);
+        PART_TENSOR(key, p, "bits");
+        if ((st = file_tensor(f, key, EA_DTYPE_I32, 1, sn, &t))) return st;
+        for (int j = 0; j < n; j++) {
+            int32_t bj;
+            memcpy(&bj, (const char *)t->data + 4 * (size_t)j, 4);
+            if (bj < 1 || bj > EA_KV_QBITS || !(kp->sig[j] > 0) || !isfinite(kp->sig[j]))
+                return ea_error(EA_ERR_FORMAT, "%s: part %d: coefficient %d has an invalid width or deviation", path, p, j);
+            kp->bits[j] = (unsigned char)bj;
+        }
+    }
+    for (int bw = 1; bw <= EA_KV_QBITS; bw++) { /* the tables of the widths in use */
+        int used = 0;
+        for (int j = 0; j < n; j++) used |= kp->bits[j] == bw;
+        if (!used) continue;
+        ea_kv_quant *q = &ks->pq[(size_t)p * (EA_KV_QBITS + 1) + bw];
+        snprintf(key, sizeof key, "part.%d.q%d", p, bw);
+        t = ea_st_find(f, key);
+        int nl = 1 << bw;
+        if (!t || t->dtype != EA_DTYPE_F32 || t->ndim != 1 || !(t->shape[0] == 1 || (t->shape[0] == nl && bw <= EA_KV_QTAB_BITS)))
+            return ea_error(EA_ERR_FORMAT, "%s: part %d: missing or malformed level table for %d-bit codes", path, p, bw);
+        memset(q, 0, sizeof *q);
+        q->bits = bw;
+        q->n = nl;
+        q->uniform = t->shape[0] == 1;
+        if (q->uniform) {
+            memcpy(&q->step, t->data, sizeof(float));
+            if (!(q->step > 0) || !isfinite(q->step)) return ea_error(EA_ERR_FORMAT, "%s: part %d: invalid step for %d-bit codes", path, p, bw);
+        } else {
+            memcpy(q->level, t->data, sizeof(float) * (size_t)nl);
+            for (int i = 0; i < nl; i++)
+                if (!isfinite(q->level[i]) || (i && !(q->level[i] > q->level[i - 1])))
+                    return ea_error(EA_ERR_FORMAT, "%s: part %d: %d-bit levels are not finite and ascending", path, p, bw);
+            for (int i = 0; i < nl - 1; i++) q->thr[i] = 0.5f * (q->level[i] + q->level[i + 1]);
+        }
+        for (int j = 0; j < n; j++)
+            if (kp->bits[j] == bw) kp->qz[j] = q;
+    }
+    return part_finish(kp, c->name);
+}
+
+ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **out) {
+    *out = NULL;
+    ea_st_file *f = NULL;
+    ea_status st = ea_st_open(path, &f);
+    if (st) return st;
+    const char *fmt = ea_st_metadata(f, "format"), *ver = ea_st_metadata(f, "version"), *spec = ea_st_metadata(f, "spec");
+    if (!fmt || strcmp(fmt, "eigenalign-kv-codec") || !ver || strcmp(ver, "1") || !spec || strncmp(spec, "klt:", 4) ||
+        strlen(spec) >= sizeof(((ea_kv_codec *)0)->name)) {
+        ea_st_close(f);
+        return ea_error(EA_ERR_FORMAT, "%s: not an eigenalign kv codec file (version 1, klt)", path);
+    }
+    int dims[4] = {cfg->n_layer, cfg->n_head, cfg->n_embd, cfg->n_positions};
+    const char *dn[4] = {"n_layer", "n_head", "n_embd", "n_ctx"};
+    for (int i = 0; i < 4; i++) {
+        const char *v = ea_st_metadata(f, dn[i]);
+        if (!v || atol(v) != dims[i]) {
+            st = ea_error(EA_ERR_MISMATCH, "%s: codec was fitted for %s = %s, the model has %d", path, dn[i], v ? v : "?", dims[i]);
+            ea_st_close(f); /* after the message: v points into the file */
+            return st;
+        }
+    }
+    const char *ov = ea_st_metadata(f, "overhead_bytes");
+    ea_kv_codec *c = calloc(1, sizeof *c);
+    klt_state *ks = calloc(1, sizeof *ks);
+    if (!c || !ks) {
+        free(c);
+        free(ks);
+        ea_st_close(f);
+        return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+    }
+    snprintf(c->name, sizeof c->name, "%s", spec);
+    c->n_layer = cfg->n_layer;
+    c->n_head = cfg->n_head;
+    c->d = cfg->n_embd;
+    c->n_ctx = cfg->n_positions;
+    c->ops = &klt_ops;
+    c->state = ks;
+    int P = 2 * c->n_layer;
+    st = ea_kv_klt_opts_from_spec(spec, &ks->o);
+    ks->overhead = ov ? (size_t)strtoull(ov, NULL, 10) : 0;
+    ks->p = calloc((size_t)P, sizeof *ks->p);
+    ks->pq = calloc((size_t)P * (EA_KV_QBITS + 1), sizeof *ks->pq);
+    if (!st && (!ks->p || !ks->pq)) st = ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+    for (int b = 1; b <= EA_KV_QBITS && !st; b++) ks->q[b] = *ea_kv_quant_get(b, ks->o.lloyd);
+    for (int p = 0; p < P && !st; p++) st = load_part(f, c, ks, p);
+    ea_st_close(f);
+    if (st) {
+        ea_kv_codec_free(c);
+        return st;
+    }
+    *out = c;
+    return EA_OK;
 }
