@@ -786,9 +786,13 @@ static ea_status file_tensor(const ea_st_file *f, const char *name, ea_dtype dt,
     return EA_OK;
 }
 
+/* Parameters of a real codec are far inside this; bounding them keeps every product of finite
+ * rows with them finite (a file could otherwise hold 1e38 and overflow attention). */
+#define FILE_MAX_ABS 1e6f
+
 static int all_finite(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
+        if (!(fabsf(x[i]) <= FILE_MAX_ABS)) return 0; /* also NaN */
     return 1;
 }
 
@@ -812,7 +816,7 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
     if ((st = file_tensor(f, key, EA_DTYPE_F64, 1, s2, &t))) return st;
     double fl[2];
     memcpy(fl, t->data, sizeof fl);
-    if (!(fl[0] > 0) || !isfinite(fl[0]) || !isfinite(fl[1]) || fl[1] < 0)
+    if (!(fl[0] >= 1e-6 && fl[0] <= FILE_MAX_ABS) || !isfinite(fl[1]) || fl[1] < 0)
         return ea_error(EA_ERR_FORMAT, "%s: part %d: invalid position-0 gain or predicted error", path, p);
     PART_TENSOR(key, p, "lohi");
     if ((st = file_tensor(f, key, EA_DTYPE_I32, 2, slh, &t))) return st;
@@ -841,7 +845,7 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
     PART_TENSOR(key, p, "mean");
     if ((st = file_tensor(f, key, EA_DTYPE_F32, 1, sd, &t))) return st;
     memcpy(b->mean, t->data, sizeof(float) * (size_t)d);
-    if (!all_finite(b->mean, (size_t)d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: non-finite mean", path, p);
+    if (!all_finite(b->mean, (size_t)d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: mean not finite or out of range", path, p);
     kp->hdr = info[1];
     kp->sink = info[2];
     kp->pos0_gain = (float)fl[0];
@@ -862,7 +866,7 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
         PART_TENSOR(key, p, "w");
         if ((st = file_tensor(f, key, EA_DTYPE_F32, 2, snd, &t))) return st;
         const float *W = t->data;
-        if (!all_finite(W, (size_t)n * d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: non-finite basis", path, p);
+        if (!all_finite(W, (size_t)n * d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: basis not finite or out of range", path, p);
         for (int h = 0; h < H; h++)
             for (int j = b->lo[h]; j < b->hi[h]; j++)
                 memcpy(b->w[h] + (size_t)(j - b->lo[h]) * hd, W + (size_t)j * d + h * hd, sizeof(float) * (size_t)hd);
@@ -870,7 +874,7 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
         if ((st = file_tensor(f, key, EA_DTYPE_F32, 2, snd, &t))) return st;
         if (!(b->enc = malloc(sizeof(float) * (size_t)n * d))) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
         memcpy(b->enc, t->data, sizeof(float) * (size_t)n * d);
-        if (!all_finite(b->enc, (size_t)n * d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: non-finite encoder", path, p);
+        if (!all_finite(b->enc, (size_t)n * d)) return ea_error(EA_ERR_FORMAT, "%s: part %d: encoder not finite or out of range", path, p);
         PART_TENSOR(key, p, "sig");
         if ((st = file_tensor(f, key, EA_DTYPE_F32, 1, sn, &t))) return st;
         memcpy(kp->sig, t->data, sizeof(float) * (size_t)n);
@@ -879,7 +883,7 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
         for (int j = 0; j < n; j++) {
             int32_t bj;
             memcpy(&bj, (const char *)t->data + 4 * (size_t)j, 4);
-            if (bj < 1 || bj > EA_KV_QBITS || !(kp->sig[j] > 0) || !isfinite(kp->sig[j]))
+            if (bj < 1 || bj > EA_KV_QBITS || !(kp->sig[j] > 0) || !(kp->sig[j] <= FILE_MAX_ABS))
                 return ea_error(EA_ERR_FORMAT, "%s: part %d: coefficient %d has an invalid width or deviation", path, p, j);
             kp->bits[j] = (unsigned char)bj;
         }
@@ -900,12 +904,12 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
         q->uniform = t->shape[0] == 1;
         if (q->uniform) {
             memcpy(&q->step, t->data, sizeof(float));
-            if (!(q->step > 0) || !isfinite(q->step)) return ea_error(EA_ERR_FORMAT, "%s: part %d: invalid step for %d-bit codes", path, p, bw);
+            if (!(q->step > 0) || !(q->step <= FILE_MAX_ABS)) return ea_error(EA_ERR_FORMAT, "%s: part %d: invalid step for %d-bit codes", path, p, bw);
         } else {
             memcpy(q->level, t->data, sizeof(float) * (size_t)nl);
             for (int i = 0; i < nl; i++)
-                if (!isfinite(q->level[i]) || (i && !(q->level[i] > q->level[i - 1])))
-                    return ea_error(EA_ERR_FORMAT, "%s: part %d: %d-bit levels are not finite and ascending", path, p, bw);
+                if (!(fabsf(q->level[i]) <= FILE_MAX_ABS) || (i && !(q->level[i] > q->level[i - 1])))
+                    return ea_error(EA_ERR_FORMAT, "%s: part %d: %d-bit levels are not bounded and ascending", path, p, bw);
             for (int i = 0; i < nl - 1; i++) q->thr[i] = 0.5f * (q->level[i] + q->level[i + 1]);
         }
         for (int j = 0; j < n; j++)
@@ -952,13 +956,19 @@ ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **o
     c->ops = &klt_ops;
     c->state = ks;
     int P = 2 * c->n_layer;
-    st = ea_kv_klt_opts_from_spec(spec, &ks->o);
+    if ((st = ea_kv_klt_opts_from_spec(spec, &ks->o))) { /* the file's spec names the file's problem */
+        char why[256];
+        snprintf(why, sizeof why, "%s", ea_last_error()); /* ea_error writes the buffer it would read */
+        st = ea_error(EA_ERR_FORMAT, "%s: invalid codec spec in the metadata: %s", path, why);
+    }
     ks->overhead = ov ? (size_t)strtoull(ov, NULL, 10) : 0;
     ks->p = calloc((size_t)P, sizeof *ks->p);
     ks->pq = calloc((size_t)P * (EA_KV_QBITS + 1), sizeof *ks->pq);
     if (!st && (!ks->p || !ks->pq)) st = ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
     for (int b = 1; b <= EA_KV_QBITS && !st; b++) ks->q[b] = *ea_kv_quant_get(b, ks->o.lloyd);
     for (int p = 0; p < P && !st; p++) st = load_part(f, c, ks, p);
+    for (int p = 1; p < P && !st; p++) /* attention reads K's and V's sink rows together */
+        if (ks->p[p].sink != ks->p[0].sink) st = ea_error(EA_ERR_FORMAT, "%s: part %d: sink flag differs from part 0", path, p);
     ea_st_close(f);
     if (st) {
         ea_kv_codec_free(c);
