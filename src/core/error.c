@@ -3,16 +3,20 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char ea_errbuf[1024];
 
 const char *ea_last_error(void) { return ea_errbuf[0] ? ea_errbuf : "no error"; }
 
 ea_status ea_error(ea_status code, const char *fmt, ...) {
+    /* format aside first: an argument may be ea_last_error() itself (wrapping a lower error) */
+    char msg[sizeof ea_errbuf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ea_errbuf, sizeof ea_errbuf, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(ea_errbuf, msg, sizeof msg);
     return code;
 }
 
