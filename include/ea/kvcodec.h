@@ -37,6 +37,10 @@ typedef struct {
      * attention-sink row of position 0 at full precision). The cache lays them out just before
      * row 0, so encode, decode and attend reach them at (row 0) - seq_bytes. NULL means none. */
     size_t (*seq_bytes)(const ea_kv_codec *c, int layer, ea_kv_kind kind);
+    /* Optional: encode n rows of positions pos0.. (x: stride ld) into consecutive rows from dst, as n
+     * calls of encode would (prefill batches them). NULL means encode row by row. */
+    void (*encode_rows)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const float *x, int ld,
+                        void *dst);
 } ea_kv_codec_ops;
 
 struct ea_kv_codec {

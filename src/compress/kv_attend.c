@@ -5,7 +5,8 @@
  *   Σ_t a_t v_t = μ_h + W_h (Σ_t a_t c_t) because the weights sum to 1, so values are summed on
  *   coefficients and projected once per query.
  * One query (decoding) streams over the keys in chunks with an online softmax, split across
- * threads and merged; many queries (prefill) unpack everything and use BLAS per head. */
+ * threads and merged. Many queries (prefill) rebuild K and V once and use the float sgemm
+ * attention: there, coefficient-space scores would cost n_coef instead of hd per key and head. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #endif
 
 #include "compress/kv_internal.h"
+#include "compress/kv_rows.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -22,7 +24,6 @@
 #endif
 
 #define CHUNK 64      /* keys unpacked at a time while decoding */
-#define QBLOCK 256    /* queries per BLAS block in prefill */
 #define DECODE_MAX 4  /* up to this many queries take the streaming path */
 
 /* fmaxf is a library call without -ffast-math (NaN rules); scores are finite. */
@@ -257,81 +258,54 @@ static void unpack_all(const ea_kv_coef_src *src, int T, float *c) {
         src->unpack(src->self, src->rows, t0, T - t0 < CHUNK ? T - t0 : CHUNK, c + (size_t)t0 * n);
 }
 
-static void attend_block(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,
-                         float *out) {
-    const ea_kv_basis *bk = k->b, *bv = v->b;
-    int H = bk->n_head, hd = bk->hd, d = bk->d, nk = bk->n_coef, nv = bv->n_coef, T = pos0 + nq;
-    int qb = nq < QBLOCK ? nq : QBLOCK;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *ck = malloc(sizeof(float) * ((size_t)T * nk + 1)), *cv = malloc(sizeof(float) * ((size_t)T * nv + 1));
-    float *s = malloc(sizeof(float) * (size_t)qb * T);
-    float *qt = malloc(sizeof(float) * ((size_t)qb * nk + 1)), *acc = malloc(sizeof(float) * ((size_t)qb * nv + 1));
-    unpack_all(k, T, ck);
-    unpack_all(v, T, cv);
-    int sink = k->sink != NULL;
-    if (sink && nv) memset(cv, 0, sizeof(float) * (size_t)nv); /* row 0 comes from the sink row */
-    float *a0 = malloc(sizeof(float) * (size_t)qb);
-    for (int i0 = 0; i0 < nq; i0 += qb) {
-        int n = nq - i0 < qb ? nq - i0 : qb, tk = pos0 + i0 + n; /* keys this block can see */
-        for (int h = 0; h < H; h++) {
-            int lo = bk->lo[h], nh = bk->hi[h] - lo, vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
-            if (nh > 0) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nh, hd, scale, q + (size_t)i0 * d + h * hd, d,
-                            bk->w[h], hd, 0.0f, qt, nh);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, tk, nh, 1.0f, qt, nh, ck + lo, nk, 0.0f, s, tk);
-            } else
-                memset(s, 0, sizeof(float) * (size_t)n * tk);
-            if (sink) {
-                float kc[hd];
-                for (int j = 0; j < hd; j++) kc[j] = ea_f16_to_f32(k->sink[h * hd + j]) - bk->mean[h * hd + j];
-                for (int i = 0; i < n; i++) {
-                    const float *qi = q + (size_t)(i0 + i) * d + h * hd;
-                    float a = 0;
-                    for (int j = 0; j < hd; j++) a += qi[j] * kc[j];
-                    s[(size_t)i * tk] = a * scale;
-                }
-            }
-#pragma omp parallel for schedule(static) if (n * tk > 65536)
-            for (int i = 0; i < n; i++) {
-                float *si = s + (size_t)i * tk;
-                int valid = pos0 + i0 + i + 1;
-                float mx = -INFINITY, sum = 0;
-                for (int t = 0; t < valid; t++) mx = max_f(mx, si[t]);
-                for (int t = 0; t < valid; t++) sum += (si[t] = expf(si[t] - mx));
-                float inv = 1.0f / sum;
-                for (int t = 0; t < valid; t++) si[t] *= inv;
-                for (int t = valid; t < tk; t++) si[t] = 0;
-            }
-            float *oh = out + (size_t)i0 * d + h * hd;
-            for (int i = 0; i < n && sink; i++) a0[i] = s[(size_t)i * tk];
-            if (nvh > 0) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, nvh, tk, 1.0f, s, tk, cv + vlo, nv, 0.0f, acc,
-                            nvh);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, nvh, 1.0f, acc, nvh, bv->w[h], hd, 0.0f,
-                            oh, d);
-            }
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < hd; j++) {
-                    float m = bv->mean[h * hd + j];
-                    oh[(size_t)i * d + j] = (nvh > 0 ? oh[(size_t)i * d + j] : 0) + m +
-                                            (sink ? a0[i] * (ea_f16_to_f32(v->sink[h * hd + j]) - m) : 0);
-                }
-        }
+/* Rows 0..T-1 of a source rebuilt in d dimensions: x = mean + W_h c per head (one sgemm each), the
+ * sink row from its f16 copy. */
+static void expand_all(const ea_kv_coef_src *src, int T, const float *c, float *x) {
+    const ea_kv_basis *b = src->b;
+    int d = b->d, hd = b->hd, n = b->n_coef;
+    for (int h = 0; h < b->n_head; h++) {
+        int lo = b->lo[h], nh = b->hi[h] - lo;
+        for (int t = 0; t < T; t++) memcpy(x + (size_t)t * d + h * hd, b->mean + h * hd, sizeof(float) * (size_t)hd);
+        if (nh > 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, nh, 1.0f, c + lo, n, b->w[h], hd, 1.0f,
+                        x + h * hd, d);
     }
-    free(ck);
-    free(cv);
-    free(s);
-    free(qt);
-    free(acc);
-    free(a0);
+    if (src->sink) ea_f16_to_f32_array(src->sink, x, (size_t)d);
+}
+
+/* Prefill: with many queries, scores in coefficient space cost n_coef (all of a per-layer basis)
+ * per key and head instead of hd; rebuilding K and V once (n_coef × d per row) and running the
+ * float sgemm attention is several times cheaper. 0 when the memory cannot be had. */
+static int attend_expanded(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,
+                           float *out) {
+    const ea_kv_basis *bk = k->b, *bv = v->b;
+    int d = bk->d, T = pos0 + nq, nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_max_threads();
+#endif
+    size_t per = (size_t)EA_KV_ROWS_GEMM_BLOCK * T;
+    size_t nc = (size_t)T * (bk->n_coef > bv->n_coef ? bk->n_coef : bv->n_coef);
+    float *kx = malloc(sizeof(float) * (size_t)T * d), *vx = malloc(sizeof(float) * (size_t)T * d);
+    float *c = malloc(sizeof(float) * (nc + 1)), *scratch = malloc(sizeof(float) * per * nth);
+    int ok = kx && vx && c && scratch;
+    if (ok) {
+        unpack_all(k, T, c);
+        expand_all(k, T, c, kx);
+        unpack_all(v, T, c);
+        expand_all(v, T, c, vx);
+        ea_kv_rows_attend_gemm(bk->n_head, d, q, nq, pos0, kx, vx, out, scratch, per);
+    }
+    free(kx);
+    free(vx);
+    free(c);
+    free(scratch);
+    return ok;
 }
 
 void ea_kv_basis_attend(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int nq, int pos0,
                         float *out) {
     int d = k->b->d;
-    if (nq > DECODE_MAX) {
-        attend_block(k, v, q, nq, pos0, out);
-        return;
-    }
+    if (nq > DECODE_MAX && attend_expanded(k, v, q, nq, pos0, out)) return;
+    /* few queries (or no memory for the rebuilt rows): one query at a time on the coefficients */
     for (int i = 0; i < nq; i++) attend_one(k, v, q + (size_t)i * d, pos0 + i + 1, out + (size_t)i * d);
 }

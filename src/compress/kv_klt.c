@@ -9,6 +9,7 @@
  *      scaled by its standard deviation (optionally also by a per-row f16 gain).
  * Codes of a row form one little-endian bit stream in coefficient order. Attention reads the
  * codes directly in coefficient space (kv_attend.c); nothing is rebuilt in d dimensions. */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -95,8 +96,8 @@ static void put_bits(unsigned char *row, size_t pos, unsigned code, int b) {
     for (size_t k = byte; k < end; k++, v >>= 8) row[k] |= (unsigned char)(v & 0xff);
 }
 
-static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst) {
-    const klt_part *p = part_of(c, layer, kind);
+/* Row of position pos from its coefficients y (x: the row itself, for the sink). */
+static void encode_coefs(const ea_kv_codec *c, const klt_part *p, int pos, const float *x, const float *y, void *dst) {
     int n = p->b.n_coef;
     unsigned char *row = dst;
     memset(row, 0, p->row_bytes);
@@ -105,8 +106,6 @@ static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
         for (int i = 0; i < c->d; i++) h[i] = ea_f32_to_f16(x[i]);
         return;
     }
-    float y[n + 1];
-    ea_kv_basis_project(&p->b, x, y);
     float g = 1.0f;
     if (p->hdr) {
         double ss = 0;
@@ -129,6 +128,36 @@ static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
         put_bits(codes, bp, (unsigned)i, p->bits[j]);
         bp += p->bits[j];
     }
+}
+
+static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst) {
+    const klt_part *p = part_of(c, layer, kind);
+    float y[p->b.n_coef + 1];
+    ea_kv_basis_project(&p->b, x, y);
+    encode_coefs(c, p, pos, x, y, dst);
+}
+
+/* Many rows at once (prefill): one sgemm projects them all, then rows are quantized in parallel. */
+static void klt_encode_rows(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const float *x, int ld,
+                            void *dst) {
+    const klt_part *p = part_of(c, layer, kind);
+    int d = c->d, nk = p->b.n_coef;
+    float *xc = n >= 8 && p->b.enc ? malloc(sizeof(float) * (size_t)n * d) : NULL;
+    float *y = xc ? malloc(sizeof(float) * (size_t)n * (nk > 0 ? nk : 1)) : NULL;
+    if (!y) { /* short, no encoder matrix, or no memory: row by row */
+        free(xc);
+        for (int i = 0; i < n; i++) klt_encode(c, layer, kind, pos0 + i, x + (size_t)i * ld, (unsigned char *)dst + p->row_bytes * i);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < d; j++) xc[(size_t)i * d + j] = x[(size_t)i * ld + j] - p->b.mean[j];
+    if (nk > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nk, d, 1.0f, xc, d, p->b.enc, d, 0.0f, y, nk);
+#pragma omp parallel for schedule(static) if (n >= 64)
+    for (int i = 0; i < n; i++)
+        encode_coefs(c, p, pos0 + i, x + (size_t)i * ld, y + (size_t)i * nk, (unsigned char *)dst + p->row_bytes * i);
+    free(xc);
+    free(y);
 }
 
 /* 64 bits of the stream from bit bp (bits past the end read as 0). */
@@ -271,7 +300,7 @@ static void klt_destroy(ea_kv_codec *c) {
     c->state = NULL;
 }
 
-static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, klt_attend, klt_overhead, klt_destroy, klt_seq_bytes};
+static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, klt_attend, klt_overhead, klt_destroy, klt_seq_bytes, klt_encode_rows};
 
 /* ---- bit allocation ---- */
 

@@ -78,6 +78,10 @@ void ea_kvcache_append(ea_kvcache *c, int layer, int pos0, int n, const float *k
         const float *src = kind ? v : k;
         size_t rb = c->row_bytes[layer * 2 + kind];
         unsigned char *dst = c->rows[layer * 2 + kind] + rb * (size_t)pos0;
+        if (c->codec && c->codec->ops->encode_rows && n > 1) {
+            c->codec->ops->encode_rows(c->codec, layer, (ea_kv_kind)kind, pos0, n, src, ld, dst);
+            continue;
+        }
         for (int i = 0; i < n; i++) {
             if (c->codec) c->codec->ops->encode(c->codec, layer, (ea_kv_kind)kind, pos0 + i, src + (size_t)i * ld, dst + rb * i);
             else memcpy(dst + rb * i, src + (size_t)i * ld, rb);
