@@ -96,6 +96,23 @@ void ea_kvfit_stats_free(ea_kv_stats *s) {
     }
 }
 
+ea_status ea_kv_run_windows(ea_model *m, const int *ids, size_t n, int ctx, ea_capture_fn hook, void *user,
+                           const ea_status *hook_err) {
+    ea_kvcache *cache = NULL;
+    ea_status st = ea_kvcache_init(&cache, ea_model_config(m), ctx, NULL);
+    if (st) return st;
+    ea_model_set_capture(m, hook, user);
+    for (size_t w0 = 0; w0 + 1 < n && !st; w0 += (size_t)ctx) {
+        int len = n - w0 < (size_t)ctx ? (int)(n - w0) : ctx;
+        ea_kvcache_reset(cache);
+        st = ea_model_forward(m, cache, ids + w0, len, NULL, 0);
+        if (*hook_err) st = *hook_err; /* the hook's own error says more than "aborted" */
+    }
+    ea_model_set_capture(m, NULL, NULL);
+    ea_kvcache_free(cache);
+    return st;
+}
+
 ea_status ea_kvfit_stats(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out) {
     return ea_kvfit_stats_metric(m, ids, n, ctx, skip, out, NULL);
 }
@@ -136,7 +153,6 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
     if (metric) memset(metric, 0, sizeof *metric);
     if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv stats: window %d outside [2, %d]", ctx, cfg->n_positions);
     fit_acc a = {L, d, skip, {0}, {0}, {0}, NULL, NULL, 0, NULL, 0, EA_OK};
-    ea_kvcache *cache = NULL;
     ea_status st = ea_kvfit_stats_alloc(out, L, d);
     if (st) return st;
     size_t nm = (size_t)L * d;
@@ -149,17 +165,7 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
     }
     if (metric && !(a.q2 = calloc(nm * d, sizeof(double)))) st = ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
     if (!a.count && !st) st = ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
-    if (!st) st = ea_kvcache_init(&cache, cfg, ctx, NULL);
-    if (!st) {
-        ea_model_set_capture(m, fit_hook, &a);
-        for (size_t w0 = 0; w0 + 1 < n && !st; w0 += (size_t)ctx) {
-            int len = n - w0 < (size_t)ctx ? (int)(n - w0) : ctx;
-            ea_kvcache_reset(cache);
-            st = ea_model_forward(m, cache, ids + w0, len, NULL, 0);
-            if (a.err) st = a.err;
-        }
-        ea_model_set_capture(m, NULL, NULL);
-    }
+    if (!st) st = ea_kv_run_windows(m, ids, n, ctx, fit_hook, &a, &a.err);
     if (!st) {
         double nmin = a.count[0];
         for (int i = 1; i < 2 * L; i++)
@@ -180,7 +186,6 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
                 }
         }
     if (!st && metric) st = metric_finish(m, &a, metric);
-    ea_kvcache_free(cache);
     free(a.q2);
     for (int k = 0; k < 2; k++) {
         free(a.shift[k]);

@@ -91,19 +91,7 @@ ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, con
         st = ea_kv_klt_transform(s, mt, o, cfg->n_head, p / 2, p % 2, out->enc + (size_t)p * d * d, out->mean + (size_t)p * d,
                                  out->sig + (size_t)p * d);
     hist_acc a = {out, NULL, NULL, 0, EA_OK};
-    ea_kvcache *cache = NULL;
-    if (!st) st = ea_kvcache_init(&cache, cfg, ctx, NULL);
-    if (!st) {
-        ea_model_set_capture(m, hist_hook, &a);
-        for (size_t w0 = 0; w0 + 1 < n && !st; w0 += (size_t)ctx) {
-            int len = n - w0 < (size_t)ctx ? (int)(n - w0) : ctx;
-            ea_kvcache_reset(cache);
-            st = ea_model_forward(m, cache, ids + w0, len, NULL, 0);
-            if (a.err) st = a.err;
-        }
-        ea_model_set_capture(m, NULL, NULL);
-    }
-    ea_kvcache_free(cache);
+    if (!st) st = ea_kv_run_windows(m, ids, n, ctx, hist_hook, &a, &a.err);
     free(a.buf);
     free(a.y);
     if (st) ea_kv_hist_free(out);

@@ -165,6 +165,10 @@ ea_status ea_kvfit_stats(ea_model *m, const int *ids, size_t n, int ctx, int ski
 ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
                                 ea_kv_metric *metric);
 ea_status ea_kvfit_stats_alloc(ea_kv_stats *s, int n_layer, int d);
+/* Run the model over windows of ctx tokens of ids with a capture hook (no logits); *hook_err is the
+ * hook's status, reported instead of the forward pass's "aborted" when set. */
+ea_status ea_kv_run_windows(ea_model *m, const int *ids, size_t n, int ctx, ea_capture_fn hook, void *user,
+                           const ea_status *hook_err);
 void ea_kvfit_stats_free(ea_kv_stats *s);
 
 /* Sensitivity of the model to coding errors in each part: with only part p (layer, kind) coded by

@@ -556,6 +556,18 @@ static void part_distortions(const klt_state *ks, const ea_kv_hist *h, int p, in
 
 double ea_kv_klt_predicted_mse(const ea_kv_codec *c, int layer, int kind) { return part_of(c, layer, kind)->pred_mse; }
 
+/* The per-coefficient arrays of a part with n coefficients; 0 when out of memory (klt_destroy frees
+ * what was allocated). */
+static int part_alloc(klt_part *kp, int n) {
+    kp->bits = malloc((size_t)n + 1);
+    kp->sig = malloc(sizeof(float) * ((size_t)n + 1));
+    kp->tab = malloc(sizeof(float *) * ((size_t)n + 1));
+    kp->qz = malloc(sizeof(ea_kv_quant *) * ((size_t)n + 1));
+    kp->lv_a = malloc(sizeof(float) * ((size_t)n + 1));
+    kp->lv_c = malloc(sizeof(float) * ((size_t)n + 1));
+    return kp->bits && kp->sig && kp->tab && kp->qz && kp->lv_a && kp->lv_c;
+}
+
 /* What a part derives from its widths, σ and quantizers: level scales, runs of equal width and
  * the row size (setup and load share it). bits, sig, qz, tab, lv_a, lv_c must hold n_coef entries. */
 static ea_status part_finish(klt_part *kp, const char *name) {
@@ -667,13 +679,7 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
             break;
         if ((st = ea_kv_basis_set_encoder(&kp->b, weighted[p] ? blocks + (size_t)p * c->n_head * hd * hd : NULL))) break;
         int n = kp->b.n_coef;
-        kp->bits = malloc((size_t)n + 1);
-        kp->sig = malloc(sizeof(float) * ((size_t)n + 1));
-        kp->tab = malloc(sizeof(float *) * ((size_t)n + 1));
-        kp->qz = malloc(sizeof(ea_kv_quant *) * ((size_t)n + 1));
-        kp->lv_a = malloc(sizeof(float) * ((size_t)n + 1));
-        kp->lv_c = malloc(sizeof(float) * ((size_t)n + 1));
-        if (!kp->bits || !kp->sig || !kp->tab || !kp->qz || !kp->lv_a || !kp->lv_c) {
+        if (!part_alloc(kp, n)) {
             st = ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", c->name);
             break;
         }
@@ -879,13 +885,7 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
     kp->sink = info[2];
     kp->pos0_gain = (float)fl[0];
     kp->pred_mse = fl[1];
-    kp->bits = malloc((size_t)n + 1);
-    kp->sig = malloc(sizeof(float) * ((size_t)n + 1));
-    kp->tab = malloc(sizeof(float *) * ((size_t)n + 1));
-    kp->qz = malloc(sizeof(ea_kv_quant *) * ((size_t)n + 1));
-    kp->lv_a = malloc(sizeof(float) * ((size_t)n + 1));
-    kp->lv_c = malloc(sizeof(float) * ((size_t)n + 1));
-    if (!kp->bits || !kp->sig || !kp->tab || !kp->qz || !kp->lv_a || !kp->lv_c) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+    if (!part_alloc(kp, n)) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
     for (int h = 0; h < H; h++) {
         int nh = b->hi[h] - b->lo[h];
         if (!(b->w[h] = malloc(sizeof(float) * (size_t)(nh > 0 ? nh : 1) * hd))) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
