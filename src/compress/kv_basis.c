@@ -72,7 +72,6 @@ void ea_kv_basis_free(ea_kv_basis *b) {
         if (b->w) free(b->w[h]);
     }
     free(b->w);
-    free(b->blk);
     free(b->enc);
     free(b->lo);
     free(b->hi);
@@ -163,16 +162,6 @@ size_t ea_kv_basis_floats(const ea_kv_basis *b) {
     return (size_t)b->d + vec;
 }
 
-ea_status ea_kv_basis_set_metric(ea_kv_basis *b, const double *blocks) {
-    size_t hh = (size_t)b->hd * b->hd;
-    float *blk = malloc(sizeof(float) * hh * b->n_head);
-    if (!blk) return ea_error(EA_ERR_NOMEM, "kv basis: out of memory");
-    for (size_t i = 0; i < hh * b->n_head; i++) blk[i] = (float)blocks[i];
-    free(b->blk);
-    b->blk = blk;
-    return EA_OK;
-}
-
 ea_status ea_kv_basis_set_encoder(ea_kv_basis *b, const double *blocks) {
     int d = b->d, n = b->n_coef, hd = b->hd;
     free(b->enc);
@@ -228,16 +217,6 @@ void ea_kv_basis_project(const ea_kv_basis *b, const float *x, float *coef) {
     memset(coef, 0, sizeof(float) * (size_t)b->n_coef);
     for (int h = 0; h < b->n_head; h++) {
         for (int i = 0; i < hd; i++) xc[i] = x[h * hd + i] - b->mean[h * hd + i];
-        if (b->blk) { /* weighted basis: coefficient j = (B_h w_j)·xc = w_j·(B_h xc), B_h symmetric */
-            const float *B = b->blk + (size_t)h * hd * hd;
-            float z[hd];
-            for (int i = 0; i < hd; i++) {
-                float a = 0;
-                for (int k = 0; k < hd; k++) a += B[i * hd + k] * xc[k];
-                z[i] = a;
-            }
-            memcpy(xc, z, sizeof(float) * (size_t)hd);
-        }
         const float *w = b->w[h];
         for (int j = b->lo[h]; j < b->hi[h]; j++, w += hd) {
             float s = 0;

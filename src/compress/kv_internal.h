@@ -97,12 +97,10 @@ typedef struct {
     float *mean;   /* d */
     int *lo, *hi;  /* n_head each */
     float **w;     /* n_head matrices: decode vectors */
-    float *blk;    /* metric-weighted bases: per-head hd × hd blocks B_h; coefficient j of x is
-                    * Σ_h w_j,h · B_h (x_h - mean_h). NULL: orthonormal, coefficient = w_j·(x - mean) */
     int shared;    /* every head uses all coefficients (per-layer basis) */
     int prec;      /* how the vectors are stored: EA_KV_PREC_* */
     int n_i8;      /* vectors stored in int8 whatever prec says (keep == 2) */
-    float *enc;    /* least-squares encoder (n_coef × d): coefficients = enc (x - mean); NULL: blk/orthonormal */
+    float *enc;    /* least-squares encoder (n_coef × d): coefficients = enc (x - mean); NULL: orthonormal, coef = W (x - mean) */
 } ea_kv_basis;
 enum { EA_KV_PREC_F32 = 0, EA_KV_PREC_F16 = 1, EA_KV_PREC_I8 = 2 };
 /* Round a vector as a basis of precision prec stores it (int8: one f16 scale for the n values). */
@@ -129,9 +127,6 @@ ea_status ea_kv_eigen(const ea_kv_stats *s, int layer, int kind, int per_head, i
 ea_status ea_kv_basis_build(ea_kv_basis *b, const ea_kv_stats *s, int layer, int kind, int n_head, int per_head,
                             const double *dec, const unsigned char *keep, int prec);
 void ea_kv_basis_free(ea_kv_basis *b);
-/* Make b a metric-weighted basis: encoding multiplies by the blocks B_h (hd × hd, float64, n_head
- * of them) before projecting on the decode vectors. */
-ea_status ea_kv_basis_set_metric(ea_kv_basis *b, const double *blocks);
 /* Stored floats of the basis: means and decode vectors. */
 size_t ea_kv_basis_floats(const ea_kv_basis *b);
 /* coef (n_coef) = basisᵀ (x - mean) */

@@ -390,7 +390,8 @@ static double round_f16d(double v) { return (double)ea_f16_to_f32(ea_f32_to_f16(
  * A = blockdiag(B_h^{1/2}), the KLT of A x has eigenvalues λ and vectors U: coefficient j is
  * y_j = (A u_j)·(x - mean) and x ≈ mean + Σ_j y_j A⁻¹u_j (column j of dec). Squared error in A x is
  * the metric's cost, so water-filling on λ minimises it. Encoding needs no vectors of its own:
- * A u_j = B (A⁻¹u_j), so y_j = dec_j·(B (x - mean)) (ea_kv_basis_set_metric). Without a metric: the
+ * A u_j = B (A⁻¹u_j), so y_j = dec_j·(B (x - mean)); the codec uses the least-squares form of this for
+ * its rounded vectors (ea_kv_basis_set_encoder). Without a metric: the
  * plain KLT. */
 static ea_status part_transform(const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o, int layer,
                                 int kind, int n_head, double *evals, double *dec, double *blocks, int *weighted) {
