@@ -8,8 +8,9 @@
  * codec and runs a seq-token prefill (getrusage; loading the weights usually sets it), and that
  * process's resident growth after the load (cache, codec, activations). The note's claimed reduction is shown for contrast.
  * Each measurement runs in a child process (this executable re-run with --measure-one) so that
- * peak RSS belongs to one configuration; basis codecs get their statistics through a temporary
- * file so the child does not fit them (which would inflate its peak). */
+ * peak RSS belongs to one configuration. The child does not fit anything (that would inflate its
+ * peak): a klt codec is the one fitted here, saved to a temporary file (spec file:PATH); pca codecs
+ * get their statistics through a temporary file. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -39,25 +40,21 @@ static const char *usage =
 
 static int write_all(FILE *f, const void *p, size_t n) { return fwrite(p, 1, n, f) == n ? 0 : -1; }
 
-static ea_status stats_dump(const char *path, const ea_kv_stats *s, const ea_kv_metric *mt, const double *alpha) {
+static ea_status stats_dump(const char *path, const ea_kv_stats *s) {
     FILE *f = fopen(path, "wb");
     if (!f) return ea_error(EA_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    uint64_t hdr[5] = {STATS_MAGIC, (uint64_t)s->n_layer, (uint64_t)s->d, mt && mt->m[0] ? 1u : 0u, alpha ? 1u : 0u};
+    uint64_t hdr[3] = {STATS_MAGIC, (uint64_t)s->n_layer, (uint64_t)s->d};
     size_t nm = (size_t)s->n_layer * s->d, nc = nm * s->d;
     int bad = write_all(f, hdr, sizeof hdr) || write_all(f, &s->n, sizeof s->n);
     for (int k = 0; k < 2 && !bad; k++) bad = write_all(f, s->mean[k], nm * 8) || write_all(f, s->cov[k], nc * 8);
-    for (int k = 0; k < 2 && !bad && hdr[3]; k++) bad = write_all(f, mt->m[k], nc * 8);
-    if (!bad && alpha) bad = write_all(f, alpha, 2 * (size_t)s->n_layer * 8);
     if (fclose(f) || bad) return ea_error(EA_ERR_IO, "%s: write failed", path);
     return EA_OK;
 }
 
-static ea_status stats_load(const char *path, const ea_config *cfg, ea_kv_stats *s, ea_kv_metric *mt, double **alpha) {
+static ea_status stats_load(const char *path, const ea_config *cfg, ea_kv_stats *s) {
     FILE *f = fopen(path, "rb");
     if (!f) return ea_error(EA_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    uint64_t hdr[5];
-    *alpha = NULL;
-    memset(mt, 0, sizeof *mt);
+    uint64_t hdr[3];
     ea_status st = EA_OK;
     if (fread(hdr, sizeof hdr, 1, f) != 1 || hdr[0] != STATS_MAGIC || hdr[1] != (uint64_t)cfg->n_layer ||
         hdr[2] != (uint64_t)cfg->n_embd)
@@ -66,20 +63,9 @@ static ea_status stats_load(const char *path, const ea_config *cfg, ea_kv_stats 
     size_t nm = (size_t)cfg->n_layer * cfg->n_embd, nc = nm * cfg->n_embd;
     int bad = st != EA_OK || fread(&s->n, 8, 1, f) != 1;
     for (int k = 0; k < 2 && !bad; k++) bad = fread(s->mean[k], 8, nm, f) != nm || fread(s->cov[k], 8, nc, f) != nc;
-    if (!bad && hdr[3]) {
-        mt->n_layer = cfg->n_layer;
-        mt->d = cfg->n_embd;
-        for (int k = 0; k < 2 && !bad; k++) bad = !(mt->m[k] = malloc(nc * 8)) || fread(mt->m[k], 8, nc, f) != nc;
-    }
-    if (!bad && hdr[4]) bad = !(*alpha = malloc(2 * (size_t)cfg->n_layer * 8)) || fread(*alpha, 8, 2 * (size_t)cfg->n_layer, f) != 2 * (size_t)cfg->n_layer;
     fclose(f);
     if (bad && !st) st = ea_error(EA_ERR_FORMAT, "%s: truncated statistics", path);
-    if (st) {
-        ea_kvfit_stats_free(s);
-        ea_kv_metric_free(mt);
-        free(*alpha);
-        *alpha = NULL;
-    }
+    if (st) ea_kvfit_stats_free(s);
     return st;
 }
 
@@ -100,22 +86,16 @@ static int measure_one(const char *model_dir, const char *spec, int seq, const c
     ea_kv_codec *codec = NULL;
     ea_kvcache *cache = NULL;
     ea_kv_stats s = {0};
-    ea_kv_metric mt = {0};
-    double *alpha = NULL;
     int *tok = NULL, have = 0, rc = 1;
     float *logits = NULL;
     ea_status st = ea_model_load(model_dir, &m);
     if (st) goto done;
     double rss_loaded = rss_now();
     const ea_config *cfg = ea_model_config(m);
-    if (stats_path && (st = stats_load(stats_path, cfg, &s, &mt, &alpha))) goto done;
+    if (stats_path && (st = stats_load(stats_path, cfg, &s))) goto done;
     have = stats_path != NULL;
-    mt.part_weight = alpha;
-    if (strcmp(spec, "f32") && (st = ea_kv_codec_create_ex(spec, cfg, have ? &s : NULL, mt.m[0] ? &mt : NULL, &codec))) goto done;
+    if (strcmp(spec, "f32") && (st = ea_kv_codec_create(spec, cfg, have ? &s : NULL, &codec))) goto done;
     ea_kvfit_stats_free(&s); /* the codec keeps what it needs; the statistics are not its memory */
-    ea_kv_metric_free(&mt);
-    free(alpha);
-    alpha = NULL;
     if ((st = ea_kvcache_init(&cache, cfg, seq, codec))) goto done;
     tok = malloc(sizeof(int) * (size_t)seq);
     logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
@@ -136,8 +116,6 @@ done:
     ea_kvcache_free(cache);
     ea_kv_codec_free(codec);
     ea_kvfit_stats_free(&s);
-    ea_kv_metric_free(&mt);
-    free(alpha);
     ea_model_free(m);
     return rc;
 }
@@ -187,6 +165,7 @@ static double weights_bytes(const ea_config *c) {
 
 typedef struct {
     const char *spec;
+    char file[96]; /* klt: the fitted codec saved for the measuring child ("" otherwise) */
     double bits, row_b, seq_b; /* bits at n_ctx; bytes per token and per sequence */
     size_t overhead;
 } codec_info;
@@ -243,11 +222,13 @@ int cmd_bench_memory(int argc, char **argv) {
     ea_kv_stats stats = {0};
     ea_kv_metric metric = {0};
     ea_kv_sens_cache sens = {0};
-    double *alpha = NULL;
     int have_stats = 0;
     rc = 1;
     ea_status st;
-    for (char *sv = NULL, *s = strtok_r(list, ",", &sv); s && nc < 32; s = strtok_r(NULL, ",", &sv)) cinfo[nc++].spec = s;
+    for (char *sv = NULL, *s = strtok_r(list, ",", &sv); s && nc < 32; s = strtok_r(NULL, ",", &sv)) {
+        cinfo[nc].file[0] = 0;
+        cinfo[nc++].spec = s;
+    }
     if (!nc) {
         cli_error("bench-memory", "--codec lists no codec");
         goto done;
@@ -270,8 +251,10 @@ int cmd_bench_memory(int argc, char **argv) {
         }
         have_stats = 1;
     }
-    if (!(alpha = calloc(2 * (size_t)L, sizeof(double)))) goto done;
-    int pooled_alpha = 0;
+    if (have_stats && !no_measure && !(tmpdir = mkdtemp(tmpl))) {
+        cli_error("bench-memory", "cannot create a temporary directory: %s", strerror(errno));
+        goto done;
+    }
     for (int i = 0; i < nc; i++) {
         ea_kv_codec *c = NULL;
         if (!strcmp(cinfo[i].spec, "f32")) {
@@ -290,20 +273,19 @@ int cmd_bench_memory(int argc, char **argv) {
         cinfo[i].row_b = (double)(ea_kv_codec_bytes(c, 2) - ea_kv_codec_bytes(c, 1));
         cinfo[i].seq_b = (double)ea_kv_codec_bytes(c, 1) - cinfo[i].row_b;
         cinfo[i].overhead = ea_kv_codec_overhead(c);
+        if (tmpdir && !strncmp(cinfo[i].spec, "klt", 3)) { /* the child measures this very codec */
+            snprintf(cinfo[i].file, sizeof cinfo[i].file, "file:%s/codec%d.safetensors", tmpdir, i);
+            st = ea_kv_codec_save(c, cinfo[i].file + 5);
+        }
         ea_kv_codec_free(c);
-    }
-    if (sens.n > 0) { /* the child rebuilds pooled codecs from the measured sensitivities */
-        memcpy(alpha, sens.alpha[0], 2 * (size_t)L * sizeof(double));
-        pooled_alpha = 1;
-        if (sens.n > 1) fprintf(stderr, "bench-memory: several klt variants; the child uses the first one's sensitivities\n");
-    }
-    if (have_stats && !no_measure) {
-        if (!(tmpdir = mkdtemp(tmpl))) {
-            cli_error("bench-memory", "cannot create a temporary directory: %s", strerror(errno));
+        if (st) {
+            cli_fail_status("bench-memory", st);
             goto done;
         }
+    }
+    if (tmpdir) {
         snprintf(stats_file, sizeof stats_file, "%s/stats.bin", tmpdir);
-        if ((st = stats_dump(stats_file, &stats, &metric, pooled_alpha ? alpha : NULL))) {
+        if ((st = stats_dump(stats_file, &stats))) {
             cli_fail_status("bench-memory", st);
             goto done;
         }
@@ -338,8 +320,9 @@ int cmd_bench_memory(int argc, char **argv) {
             double growth = 0;
             int measured = !no_measure && seq <= cfg->n_positions;
             if (measured) {
-                int needs = strncmp(cinfo[i].spec, "pca", 3) == 0 || strncmp(cinfo[i].spec, "klt", 3) == 0;
-                if (spawn_measure(model_dir, cinfo[i].spec, seq, needs ? stats_file : NULL, &rss, &cache_b, &growth)) {
+                int needs = strncmp(cinfo[i].spec, "pca", 3) == 0;
+                const char *child = cinfo[i].file[0] ? cinfo[i].file : cinfo[i].spec;
+                if (spawn_measure(model_dir, child, seq, needs ? stats_file : NULL, &rss, &cache_b, &growth)) {
                     cli_error("bench-memory", "measuring %s at %d tokens failed", cinfo[i].spec, seq);
                     cJSON_Delete(root);
                     cJSON_Delete(rows);
@@ -396,10 +379,11 @@ int cmd_bench_memory(int argc, char **argv) {
     rc = 0;
 done:
     if (stats_file[0]) unlink(stats_file);
+    for (int i = 0; i < nc; i++)
+        if (cinfo[i].file[0]) unlink(cinfo[i].file + 5);
     if (tmpdir) rmdir(tmpdir);
     free(list);
     free(ids);
-    free(alpha);
     if (have_stats) ea_kvfit_stats_free(&stats);
     ea_kv_metric_free(&metric);
     ea_kv_sens_cache_free(&sens);
