@@ -33,7 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int l = 0; l < cfg.n_layer; l++) {
         size_t rk = c->ops->row_bytes(c, l, EA_KV_K), rv = c->ops->row_bytes(c, l, EA_KV_V);
         size_t sk = ea_kv_codec_seq_bytes(c, l, EA_KV_K), sv = ea_kv_codec_seq_bytes(c, l, EA_KV_V);
-        unsigned char *kb = calloc(1, sk + rk * T + 8), *vb = calloc(1, sv + rv * T + 8);
+        unsigned char *kb = calloc(1, ea_kv_codec_buffer_bytes(c, l, EA_KV_K, (size_t)T) + 8);
+        unsigned char *vb = calloc(1, ea_kv_codec_buffer_bytes(c, l, EA_KV_V, (size_t)T) + 8);
         for (int t = 0; t < T; t++) {
             for (int i = 0; i < d; i++) x[i] = (float)(((i + t) % 5) - 2) * 0.5f;
             c->ops->encode(c, l, EA_KV_K, t, x, kb + sk + rk * t);

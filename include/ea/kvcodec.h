@@ -19,7 +19,8 @@ typedef struct ea_kv_codec ea_kv_codec;
 typedef struct {
     /* Bytes of one encoded row (d = n_embd values) of a layer's K or V. */
     size_t (*row_bytes)(const ea_kv_codec *c, int layer, ea_kv_kind kind);
-    /* Encode one row x (d floats) of the token at position pos. */
+    /* Encode one row x (d floats) of the token at position pos. dst is the row's address in a
+     * buffer laid out from row 0 (see block_rows: the row may share bytes with its block). */
     void (*encode)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst);
     /* Decode n consecutive rows starting at position pos0 (src: n encoded rows) into x (n × d). */
     void (*decode)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src,
@@ -48,6 +49,10 @@ struct ea_kv_codec {
     char name[64];
     int n_layer, n_head, d;
     int n_ctx; /* the model's context: what bits per value are quoted at */
+    /* Rows are stored in blocks of this many (0 or 1: every row on its own). A row's bytes then lie
+     * in its block, which starts (pos mod block_rows) rows before it, so buffers that rows are
+     * encoded into hold whole blocks (ea_kv_codec_buffer_bytes) and are addressed from row 0. */
+    int block_rows;
     void *state;
 };
 
@@ -74,10 +79,16 @@ ea_status ea_kv_codec_load(const char *path, const ea_config *cfg, ea_kv_codec *
 /* Average stored bits per cached value over a full context of n_ctx tokens: (n_ctx rows +
  * per-sequence bytes) × 8 / (2 × n_layer × n_ctx × d). */
 double ea_kv_codec_bits_per_value(const ea_kv_codec *c);
-/* Cache bytes of a sequence of ntok tokens (all layers and kinds, per-sequence bytes included). */
+/* Cache bytes of a sequence of ntok tokens (all layers and kinds, per-sequence bytes included;
+ * rows in whole blocks). */
 size_t ea_kv_codec_bytes(const ea_kv_codec *c, int ntok);
 /* Per-sequence bytes of (layer, kind) besides its rows (0 for most codecs). */
 size_t ea_kv_codec_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind);
+/* Rows that storage for ntok rows holds: ntok rounded up to whole blocks. */
+size_t ea_kv_codec_rows_stored(const ea_kv_codec *c, size_t ntok);
+/* Bytes of a buffer for rows 0..ntok-1 of (layer, kind): the per-sequence bytes, then whole
+ * blocks of rows (row 0 at the buffer + ea_kv_codec_seq_bytes). */
+size_t ea_kv_codec_buffer_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind, size_t ntok);
 size_t ea_kv_codec_overhead(const ea_kv_codec *c);
 /* Standard causal attention on float rows (reference, and the fallback path).
  * k, v: (pos0+nq) × d; q, out: nq × d. scratch: at least pos0+nq floats. */

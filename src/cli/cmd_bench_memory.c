@@ -270,8 +270,9 @@ int cmd_bench_memory(int argc, char **argv) {
             goto done;
         }
         cinfo[i].bits = ea_kv_codec_bits_per_value(c);
-        cinfo[i].row_b = (double)(ea_kv_codec_bytes(c, 2) - ea_kv_codec_bytes(c, 1));
-        cinfo[i].seq_b = (double)ea_kv_codec_bytes(c, 1) - cinfo[i].row_b;
+        int br = (int)ea_kv_codec_rows_stored(c, 1); /* rows are stored in blocks of br */
+        cinfo[i].row_b = (double)(ea_kv_codec_bytes(c, 2 * br) - ea_kv_codec_bytes(c, br)) / br;
+        cinfo[i].seq_b = (double)ea_kv_codec_bytes(c, br) - br * cinfo[i].row_b;
         cinfo[i].overhead = ea_kv_codec_overhead(c);
         if (tmpdir && !strncmp(cinfo[i].spec, "klt", 3)) { /* the child measures this very codec */
             snprintf(cinfo[i].file, sizeof cinfo[i].file, "file:%s/codec%d.safetensors", tmpdir, i);

@@ -164,6 +164,49 @@ static void stream_range(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const
     }
 }
 
+void ea_kv_sink_scores(const ea_kv_basis *bk, const uint16_t *ksink, const float *q, float scale, float *s0) {
+    int hd = bk->hd;
+    for (int h = 0; h < bk->n_head; h++) {
+        const float *qh = q + h * hd, *mu = bk->mean + h * hd;
+        float a = 0;
+        for (int i = 0; i < hd; i++) a += qh[i] * (ea_f16_to_f32(ksink[h * hd + i]) - mu[i]);
+        s0[h] = a * scale;
+    }
+}
+
+void ea_kv_attend_merge(const ea_kv_basis *bv, const uint16_t *vsink, const float *states, size_t per, int nth,
+                        const float *s0, float *out) {
+    int H = bv->n_head, hd = bv->hd, nv = bv->n_coef, first = s0 != NULL;
+    float *acc = malloc(sizeof(float) * ((size_t)nv + 1));
+    for (int h = 0; h < H; h++) {
+        int vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
+        float M = first ? s0[h] : -INFINITY, L = first ? 1.0f : 0.0f;
+        for (int t = 0; t < nth; t++) M = max_f(M, states[per * t + h]);
+        if (first) L = expf(s0[h] - M);
+        memset(acc, 0, sizeof(float) * (size_t)(nvh > 0 ? nvh : 1));
+        for (int t = 0; t < nth; t++) {
+            const float *base = states + per * t;
+            if (base[h] == -INFINITY) continue;
+            float f = expf(base[h] - M);
+            L += base[H + h] * f;
+            const float *a = base + 2 * H + (size_t)h * nv;
+            for (int j = 0; j < nvh; j++) acc[j] += a[j] * f;
+        }
+        float inv = 1.0f / L, *oh = out + h * hd;
+        memcpy(oh, bv->mean + h * hd, sizeof(float) * (size_t)hd);
+        const float *w = bv->w[h];
+        for (int j = 0; j < nvh; j++, w += hd) {
+            float a = acc[j] * inv;
+            for (int i = 0; i < hd; i++) oh[i] += a * w[i];
+        }
+        if (first) {
+            float a0 = expf(s0[h] - M) * inv;
+            for (int i = 0; i < hd; i++) oh[i] += a0 * (ea_f16_to_f32(vsink[h * hd + i]) - bv->mean[h * hd + i]);
+        }
+    }
+    free(acc);
+}
+
 static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int T, float *out) {
     const ea_kv_basis *bk = k->b, *bv = v->b;
     int H = bk->n_head, hd = bk->hd, nk = bk->n_coef, nv = bv->n_coef;
@@ -180,12 +223,7 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
     /* the sink row (position 0 at full precision) is scored here, in d dimensions */
     int first = k->sink ? 1 : 0;
     float s0[H > 0 ? H : 1];
-    for (int h = 0; h < H && first; h++) {
-        const float *qh = q + h * hd, *mu = bk->mean + h * hd;
-        float a = 0;
-        for (int i = 0; i < hd; i++) a += qh[i] * (ea_f16_to_f32(k->sink[h * hd + i]) - mu[i]);
-        s0[h] = a * scale;
-    }
+    if (first) ea_kv_sink_scores(bk, k->sink, q, scale, s0);
     int nth = 1, nkeys = T - first;
 #ifdef _OPENMP
     if (nkeys >= 4 * CHUNK && !omp_in_parallel()) nth = omp_get_max_threads();
@@ -217,35 +255,7 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
         free(cv);
         free(s);
     }
-    /* merge the threads' partial softmax sums, then project once */
-    float *acc = malloc(sizeof(float) * ((size_t)nv + 1));
-    for (int h = 0; h < H; h++) {
-        int vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
-        float M = first ? s0[h] : -INFINITY, L = first ? 1.0f : 0.0f;
-        for (int t = 0; t < nth; t++) M = max_f(M, states[per * t + h]);
-        if (first) L = expf(s0[h] - M);
-        memset(acc, 0, sizeof(float) * (size_t)(nvh > 0 ? nvh : 1));
-        for (int t = 0; t < nth; t++) {
-            const float *base = states + per * t;
-            if (base[h] == -INFINITY) continue;
-            float f = expf(base[h] - M);
-            L += base[H + h] * f;
-            const float *a = base + 2 * H + (size_t)h * nv;
-            for (int j = 0; j < nvh; j++) acc[j] += a[j] * f;
-        }
-        float inv = 1.0f / L, *oh = out + h * hd;
-        memcpy(oh, bv->mean + h * hd, sizeof(float) * (size_t)hd);
-        const float *w = bv->w[h];
-        for (int j = 0; j < nvh; j++, w += hd) {
-            float a = acc[j] * inv;
-            for (int i = 0; i < hd; i++) oh[i] += a * w[i];
-        }
-        if (first) {
-            float a0 = expf(s0[h] - M) * inv;
-            for (int i = 0; i < hd; i++) oh[i] += a0 * (ea_f16_to_f32(v->sink[h * hd + i]) - bv->mean[h * hd + i]);
-        }
-    }
-    free(acc);
+    ea_kv_attend_merge(bv, v->sink, states, per, nth, first ? s0 : NULL, out);
     free(states);
     free(qt);
 }

@@ -21,6 +21,7 @@
 #endif
 
 #include "compress/kv_rows.h"
+#include "compress/kv_simd.h"
 
 #if defined(__AVX512F__)
 #define ROWS_AVX512 1
@@ -328,22 +329,6 @@ static const scores_fn scores_table[4][NQ_MAX] = {ROWS_ROW(scores_f32), ROWS_ROW
 static const values_fn values_table[4][NQ_MAX] = {ROWS_ROW(values_f32), ROWS_ROW(values_f16), ROWS_ROW(values_q8),
                                                   ROWS_ROW(values_q4)};
 
-/* e^x to a few ulp (Cephes' expf polynomial), 2^n applied with scalef so underflow goes to 0. */
-ROWS_INLINE __m512 exp_ps(__m512 x) {
-    x = _mm512_min_ps(_mm512_set1_ps(88.37f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x)); /* NaN passes */
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
 #endif /* ROWS_AVX512 */
 
 /* max of s[0..n) */
@@ -367,7 +352,7 @@ static float chunk_exp(float *s, int n, float m) {
     __m512 vm = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
     for (; r < n; r += 16) {
         __mmask16 k = n - r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - r)) - 1);
-        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + r), vm));
+        __m512 e = ea_kv_exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + r), vm));
         _mm512_mask_storeu_ps(s + r, k, e);
         acc = _mm512_mask_add_ps(acc, k, acc, e);
     }

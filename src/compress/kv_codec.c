@@ -198,8 +198,18 @@ size_t ea_kv_codec_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) {
     return c->ops->seq_bytes ? c->ops->seq_bytes(c, layer, kind) : 0;
 }
 
+size_t ea_kv_codec_rows_stored(const ea_kv_codec *c, size_t ntok) {
+    size_t br = c && c->block_rows > 1 ? (size_t)c->block_rows : 1;
+    return (ntok + br - 1) / br * br;
+}
+
+size_t ea_kv_codec_buffer_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind, size_t ntok) {
+    return ea_kv_codec_seq_bytes(c, layer, kind) + c->ops->row_bytes(c, layer, kind) * ea_kv_codec_rows_stored(c, ntok);
+}
+
 size_t ea_kv_codec_bytes(const ea_kv_codec *c, int ntok) {
     size_t b = 0;
+    if (ntok > 0) ntok = (int)ea_kv_codec_rows_stored(c, (size_t)ntok);
     for (int l = 0; l < c->n_layer; l++)
         for (int k = 0; k < 2; k++)
             b += c->ops->row_bytes(c, l, (ea_kv_kind)k) * (size_t)ntok + ea_kv_codec_seq_bytes(c, l, (ea_kv_kind)k);
@@ -210,7 +220,8 @@ double ea_kv_codec_bits_per_value(const ea_kv_codec *c) {
     double bytes = 0;
     for (int l = 0; l < c->n_layer; l++)
         for (int k = 0; k < 2; k++)
-            bytes += (double)c->ops->row_bytes(c, l, (ea_kv_kind)k) * c->n_ctx + (double)ea_kv_codec_seq_bytes(c, l, (ea_kv_kind)k);
+            bytes += (double)c->ops->row_bytes(c, l, (ea_kv_kind)k) * (double)ea_kv_codec_rows_stored(c, (size_t)c->n_ctx) +
+                     (double)ea_kv_codec_seq_bytes(c, l, (ea_kv_kind)k);
     return bytes * 8.0 / (2.0 * c->n_layer * c->d * (double)c->n_ctx);
 }
 

@@ -7,42 +7,20 @@
  *      Coefficients left with 0 bits are dropped and decode to the mean.
  *   3. Quantize each kept coefficient with the Gaussian-optimal scalar quantizer of its width,
  *      scaled by its standard deviation (optionally also by a per-row f16 gain).
- * Codes of a row form one little-endian bit stream in coefficient order. Attention reads the
- * codes directly in coefficient space (kv_attend.c); nothing is rebuilt in d dimensions. */
+ * Rows are stored in blocks of 16 tokens, coefficient-major (layout in kv_klt.h). One-token
+ * attention reads the codes directly in coefficient space (kv_klt_attend.c); nothing is rebuilt
+ * in d dimensions. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
-#if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
-#include <immintrin.h>
-#define KLT_AVX512 1
-#endif
 
 #include "compress/kv_internal.h"
+#include "compress/kv_klt.h"
 #include "compress/kv_quant.h"
+#include "compress/kv_rows.h"
 #include "ea/io.h"
-
-/* Consecutive coefficients with the same code width (unpacked together). */
-typedef struct {
-    int j0, n, b;
-} klt_run;
-
-typedef struct {
-    ea_kv_basis b;          /* kept coefficients only */
-    unsigned char *bits;    /* n_coef code widths (1..EA_KV_QBITS) */
-    float *sig;             /* n_coef standard deviations */
-    const float **tab;      /* n_coef level tables (Lloyd-Max), or NULL: uniform levels */
-    float *lv_a, *lv_c;     /* uniform levels: value = code·lv_a + lv_c (σ and step folded in) */
-    const ea_kv_quant **qz; /* n_coef quantizers */
-    klt_run *runs;
-    int n_runs;
-    size_t row_bytes;
-    int hdr;                /* bytes before the codes (the f16 row gain) */
-    float pos0_gain;        /* position 0 (an outlier row) is coded with steps this much wider */
-    int sink;               /* position 0 is kept as an f16 row just before row 0 (its codes are unused) */
-    double pred_mse;        /* expected squared error per row for Gaussian rows */
-} klt_part;
 
 typedef struct {
     ea_kv_klt_opts o;
@@ -90,17 +68,31 @@ static uint16_t *sink_row(const ea_kv_codec *c, const void *row0) {
 }
 
 /* ---- bit stream ---- */
-static void put_bits(unsigned char *row, size_t pos, unsigned code, int b) {
+/* Code of b bits at bit pos of a coefficient's segment; the bits are overwritten (a reused cache
+ * holds old codes, and the other lanes' bits share the bytes). */
+static void put_bits(unsigned char *seg, size_t pos, unsigned code, int b) {
     size_t byte = pos >> 3, end = (pos + (size_t)b + 7) >> 3;
-    uint32_t v = (uint32_t)code << (pos & 7); /* at most 23 bits */
-    for (size_t k = byte; k < end; k++, v >>= 8) row[k] |= (unsigned char)(v & 0xff);
+    uint32_t v = (uint32_t)code << (pos & 7), m = ((1u << b) - 1u) << (pos & 7); /* at most 19 bits */
+    for (size_t k = byte; k < end; k++, v >>= 8, m >>= 8) seg[k] = (unsigned char)((seg[k] & ~m) | (v & 0xff));
 }
 
-/* Row of position pos from its coefficients y (x: the row itself, for the sink). */
+static unsigned get_bits(const unsigned char *seg, size_t pos, int b) {
+    size_t byte = pos >> 3, end = (pos + (size_t)b + 7) >> 3;
+    uint32_t v = 0;
+    for (size_t k = byte; k < end; k++) v |= (uint32_t)seg[k] << (8 * (k - byte));
+    return (v >> (pos & 7)) & ((1u << b) - 1u);
+}
+
+/* The block holding the row of position pos, given that row's address. */
+static unsigned char *block_of(const klt_part *p, const void *row, int pos) {
+    return (unsigned char *)(uintptr_t)row - (size_t)(pos % EA_KV_KLT_BLOCK) * p->row_bytes;
+}
+
+/* Row of position pos from its coefficients y (x: the row itself, for the sink); dst is the row's
+ * address in a buffer of whole blocks. */
 static void encode_coefs(const ea_kv_codec *c, const klt_part *p, int pos, const float *x, const float *y, void *dst) {
-    int n = p->b.n_coef;
-    unsigned char *row = dst;
-    memset(row, 0, p->row_bytes);
+    int n = p->b.n_coef, lane = pos % EA_KV_KLT_BLOCK;
+    unsigned char *blk = block_of(p, dst, pos);
     if (pos == 0 && p->sink) { /* dst is row 0: the sink row sits right before it */
         uint16_t *h = sink_row(c, dst);
         for (int i = 0; i < c->d; i++) h[i] = ea_f32_to_f16(x[i]);
@@ -118,15 +110,12 @@ static void encode_coefs(const ea_kv_codec *c, const klt_part *p, int pos, const
             h = ea_f32_to_f16(1.0f);
             g = 1.0f;
         }
-        memcpy(row, &h, 2);
+        memcpy(blk + (size_t)lane * p->hdr, &h, 2);
     }
     if (pos == 0) g *= p->pos0_gain; /* known to the decoder from the position: no side information */
-    unsigned char *codes = row + p->hdr;
-    size_t bp = 0;
     for (int j = 0; j < n; j++) {
         int i = ea_kv_quant_index(p->qz[j], y[j] / (p->sig[j] * g));
-        put_bits(codes, bp, (unsigned)i, p->bits[j]);
-        bp += p->bits[j];
+        put_bits(blk + p->off[j], (size_t)lane * p->bits[j], (unsigned)i, p->bits[j]);
     }
 }
 
@@ -153,108 +142,41 @@ static void klt_encode_rows(const ea_kv_codec *c, int layer, ea_kv_kind kind, in
         for (int j = 0; j < d; j++) xc[(size_t)i * d + j] = x[(size_t)i * ld + j] - p->b.mean[j];
     if (nk > 0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nk, d, 1.0f, xc, d, p->b.enc, d, 0.0f, y, nk);
+    /* rows of one block share bytes: a thread takes whole blocks */
+    int b0 = pos0 / EA_KV_KLT_BLOCK, b1 = (pos0 + n - 1) / EA_KV_KLT_BLOCK;
 #pragma omp parallel for schedule(static) if (n >= 64)
-    for (int i = 0; i < n; i++)
-        encode_coefs(c, p, pos0 + i, x + (size_t)i * ld, y + (size_t)i * nk, (unsigned char *)dst + p->row_bytes * i);
+    for (int bk = b0; bk <= b1; bk++) {
+        int i0 = bk * EA_KV_KLT_BLOCK - pos0, i1 = i0 + EA_KV_KLT_BLOCK;
+        for (int i = i0 < 0 ? 0 : i0; i < i1 && i < n; i++)
+            encode_coefs(c, p, pos0 + i, x + (size_t)i * ld, y + (size_t)i * nk, (unsigned char *)dst + p->row_bytes * i);
+    }
     free(xc);
     free(y);
 }
 
-/* 64 bits of the stream from bit bp (bits past the end read as 0). */
-static inline uint64_t load_bits(const unsigned char *codes, size_t clen, size_t bp) {
-    size_t byte = bp >> 3;
-    uint64_t w = 0;
-    if (byte + 8 <= clen) memcpy(&w, codes + byte, 8);
-    else
-        for (size_t k = 0; byte + k < clen; k++) w |= (uint64_t)codes[byte + k] << (8 * k);
-    return w >> (bp & 7);
-}
-
-#ifdef KLT_AVX512
-/* Levels of 8 codes from a unit-variance table of 2^b entries. */
-static inline __m256 lookup8(const float *tab, int b, __m256i idx) {
-    if (b <= 3) return _mm256_permutevar8x32_ps(_mm256_loadu_ps(tab), idx);
-    if (b == 4) return _mm256_permutex2var_ps(_mm256_loadu_ps(tab), idx, _mm256_loadu_ps(tab + 8));
-    if (b <= 6) { /* 32 or 64 entries: two-table permutes on 16-lane registers, then a blend on bit 5 */
-        __m512i i16 = _mm512_castsi256_si512(idx);
-        __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(tab), i16, _mm512_loadu_ps(tab + 16));
-        if (b == 5) return _mm512_castps512_ps256(lo);
-        __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(tab + 32), i16, _mm512_loadu_ps(tab + 48));
-        __mmask16 up = _mm512_test_epi32_mask(i16, _mm512_set1_epi32(32));
-        return _mm512_castps512_ps256(_mm512_mask_blend_ps(up, lo, hi));
-    }
-    return _mm256_i32gather_ps(tab, idx, 4);
-}
-
-/* One run, 8 codes per 64-bit read (b <= 7) or 4 (b <= 12); a short last group is masked. */
-static void unpack_run_simd(const klt_part *p, const unsigned char *codes, size_t clen, size_t *bpp, int j, int end,
-                            float g, float *cr) {
-    int b = p->bits[j];
-    const float *tab = p->tab[j];
-    size_t bp = *bpp;
-    __m256 vg = _mm256_set1_ps(g);
-    if (b <= 7) {
-        const __m512i sh = _mm512_set_epi64(7 * b, 6 * b, 5 * b, 4 * b, 3 * b, 2 * b, b, 0);
-        const __m512i mk = _mm512_set1_epi64((1 << b) - 1);
-        for (; j < end; j += 8) {
-            int m = end - j < 8 ? end - j : 8;
-            __mmask8 lanes = (__mmask8)((1u << m) - 1);
-            __m512i v = _mm512_and_si512(_mm512_srlv_epi64(_mm512_set1_epi64((long long)load_bits(codes, clen, bp)), sh), mk);
-            __m256i idx = _mm512_cvtepi64_epi32(v);
-            __m256 f = tab ? _mm256_mul_ps(lookup8(tab, b, idx), _mm256_maskz_loadu_ps(lanes, p->sig + j))
-                           : _mm256_fmadd_ps(_mm256_cvtepi32_ps(idx), _mm256_maskz_loadu_ps(lanes, p->lv_a + j),
-                                             _mm256_maskz_loadu_ps(lanes, p->lv_c + j));
-            _mm256_mask_storeu_ps(cr + j, lanes, _mm256_mul_ps(f, vg));
-            bp += (size_t)m * b;
-        }
-    } else {
-        const __m256i sh = _mm256_set_epi64x(3 * b, 2 * b, b, 0), mk = _mm256_set1_epi64x((1 << b) - 1);
-        for (; j < end; j += 4) {
-            int m = end - j < 4 ? end - j : 4;
-            __mmask8 lanes = (__mmask8)((1u << m) - 1);
-            __m256i v = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x((long long)load_bits(codes, clen, bp)), sh), mk);
-            __m128i idx = _mm256_cvtepi64_epi32(v);
-            __m128 f = tab ? _mm_mul_ps(_mm_i32gather_ps(tab, idx, 4), _mm_maskz_loadu_ps(lanes, p->sig + j))
-                           : _mm_fmadd_ps(_mm_cvtepi32_ps(idx), _mm_maskz_loadu_ps(lanes, p->lv_a + j),
-                                          _mm_maskz_loadu_ps(lanes, p->lv_c + j));
-            _mm_mask_storeu_ps(cr + j, lanes, _mm_mul_ps(f, _mm256_castps256_ps128(vg)));
-            bp += (size_t)m * b;
-        }
-    }
-    *bpp = bp;
-}
-#endif
-
-/* Coefficients of the row of position pos. */
-static void unpack_row(const klt_part *p, const unsigned char *row, int pos, float *cr) {
+/* Coefficients of the row in lane `lane` of block blk (position pos). */
+static void unpack_row(const klt_part *p, const unsigned char *blk, int lane, int pos, float *cr) {
     float g = pos == 0 ? p->pos0_gain : 1.0f;
     if (p->hdr) {
         uint16_t h;
-        memcpy(&h, row, 2);
+        memcpy(&h, blk + (size_t)lane * p->hdr, 2);
         g *= ea_f16_to_f32(h);
     }
-    const unsigned char *codes = row + p->hdr;
-    size_t clen = p->row_bytes - (size_t)p->hdr, bp = 0;
-    for (int r = 0; r < p->n_runs; r++) {
-        int j = p->runs[r].j0, end = j + p->runs[r].n;
-#ifdef KLT_AVX512
-        unpack_run_simd(p, codes, clen, &bp, j, end, g, cr);
-        continue;
-#endif
-        for (; j < end; j++) {
-            int b = p->bits[j];
-            unsigned code = (unsigned)load_bits(codes, clen, bp) & ((1u << b) - 1);
-            bp += (size_t)b;
-            cr[j] = (p->tab[j] ? p->tab[j][code] * p->sig[j] : (float)code * p->lv_a[j] + p->lv_c[j]) * g;
-        }
+    for (int j = 0; j < p->b.n_coef; j++) {
+        unsigned code = get_bits(blk + p->off[j], (size_t)lane * p->bits[j], p->bits[j]);
+        cr[j] = (p->tab[j] ? p->tab[j][code] * p->sig[j] : (float)code * p->lv_a[j] + p->lv_c[j]) * g;
     }
 }
 
-/* Coefficients of rows t0..t0+n-1. */
+/* Coefficients of rows t0..t0+n-1 (rows: row 0). */
 static void klt_unpack(const void *self, const void *rows, int t0, int n, float *coef) {
     const klt_part *p = self;
-    for (int r = 0; r < n; r++)
-        unpack_row(p, (const unsigned char *)rows + (size_t)(t0 + r) * p->row_bytes, t0 + r, coef + (size_t)r * p->b.n_coef);
+    size_t blk_bytes = EA_KV_KLT_BLOCK * p->row_bytes;
+    for (int r = 0; r < n; r++) {
+        int pos = t0 + r;
+        unpack_row(p, (const unsigned char *)rows + (size_t)(pos / EA_KV_KLT_BLOCK) * blk_bytes, pos % EA_KV_KLT_BLOCK, pos,
+                   coef + (size_t)r * p->b.n_coef);
+    }
 }
 
 static void klt_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src, float *x) {
@@ -265,7 +187,8 @@ static void klt_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
             ea_f16_to_f32_array(sink_row(c, src), x, (size_t)c->d);
             continue;
         }
-        unpack_row(p, (const unsigned char *)src + (size_t)r * p->row_bytes, pos0 + r, coef);
+        int pos = pos0 + r;
+        unpack_row(p, block_of(p, (const unsigned char *)src + (size_t)r * p->row_bytes, pos), pos % EA_KV_KLT_BLOCK, pos, coef);
         ea_kv_basis_expand(&p->b, coef, x + (size_t)r * c->d);
     }
 }
@@ -275,6 +198,13 @@ static void klt_attend(const ea_kv_codec *c, int layer, const float *q, int nq, 
     const klt_part *pk = part_of(c, layer, EA_KV_K), *pv = part_of(c, layer, EA_KV_V);
     ea_kv_coef_src k = {&pk->b, klt_unpack, pk, kbuf, pk->sink ? sink_row(c, kbuf) : NULL},
                    v = {&pv->b, klt_unpack, pv, vbuf, pv->sink ? sink_row(c, vbuf) : NULL};
+    if (nq <= EA_KV_ROWS_STREAM_MAX) {
+        int i = 0, d = c->d;
+        for (; i < nq; i++)
+            if (!ea_kv_klt_attend_one(pk, pv, kbuf, vbuf, k.sink, v.sink, q + (size_t)i * d, pos0 + i + 1, out + (size_t)i * d))
+                break;
+        if (i == nq) return;
+    }
     ea_kv_basis_attend(&k, &v, q, nq, pos0, out);
 }
 
@@ -293,6 +223,10 @@ static void klt_destroy(ea_kv_codec *c) {
             free(s->p[i].runs);
             free(s->p[i].lv_c);
             free(s->p[i].qz);
+            free(s->p[i].off);
+            free(s->p[i].ptab);
+            free(s->p[i].pad);
+            free(s->p[i].post);
         }
     free(s->p);
     free(s->pq);
@@ -589,6 +523,33 @@ static ea_status part_finish(klt_part *kp, const char *name) {
         else kp->runs[kp->n_runs - 1].n++;
     kp->row_bytes = (size_t)kp->hdr + (size_t)((nbits + 7) / 8);
     if (kp->row_bytes == 0) kp->row_bytes = 1; /* nothing kept: keep rows addressable */
+    /* block layout: gains, then 2·bits[j] bytes per coefficient; padded level tables for the
+     * register lookups (a table of 2^b < 16 levels repeats, so stray high index bits do no harm) */
+    kp->off = malloc(sizeof(int) * ((size_t)n + 1));
+    kp->ptab = calloc((size_t)n + 1, sizeof(float *));
+    kp->post = malloc(sizeof(float) * ((size_t)n + 1));
+    size_t npad = 0;
+    for (int j = 0; j < n; j++)
+        if (kp->tab[j] && kp->bits[j] <= 7 && (j == 0 || kp->tab[j] != kp->tab[j - 1]))
+            npad += kp->bits[j] < 4 ? 16 : (size_t)1 << kp->bits[j];
+    kp->pad = malloc(sizeof(float) * (npad + 1));
+    if (!kp->off || !kp->ptab || !kp->post || !kp->pad) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", name);
+    int off = EA_KV_KLT_BLOCK * kp->hdr;
+    float *pad = kp->pad;
+    for (int j = 0; j < n; j++) {
+        kp->off[j] = off;
+        off += 2 * kp->bits[j];
+        kp->post[j] = kp->tab[j] ? kp->sig[j] : 1.0f;
+        if (!kp->tab[j] || kp->bits[j] > 7) continue;
+        if (j > 0 && kp->tab[j] == kp->tab[j - 1] && kp->ptab[j - 1]) {
+            kp->ptab[j] = kp->ptab[j - 1];
+            continue;
+        }
+        int nl = 1 << kp->bits[j], np = nl < 16 ? 16 : nl;
+        for (int i = 0; i < np; i++) pad[i] = kp->tab[j][i % nl];
+        kp->ptab[j] = pad;
+        pad += np;
+    }
     return EA_OK;
 }
 
@@ -597,6 +558,7 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
     klt_state *ks = calloc(1, sizeof *ks);
     if (!ks) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", c->name);
     c->ops = &klt_ops;
+    c->block_rows = EA_KV_KLT_BLOCK;
     c->state = ks;
     ks->o = *o;
     double dmse[EA_KV_QBITS + 1];
@@ -984,6 +946,7 @@ ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **o
     c->d = cfg->n_embd;
     c->n_ctx = cfg->n_positions;
     c->ops = &klt_ops;
+    c->block_rows = EA_KV_KLT_BLOCK;
     c->state = ks;
     int P = 2 * c->n_layer;
     if ((st = ea_kv_klt_opts_from_spec(spec, &ks->o))) { /* the file's spec names the file's problem */

@@ -19,9 +19,12 @@ static int sens_hook(void *user, ea_site site, int layer, int pos0, int n, int d
     sens_hook_ctx *h = user;
     int kind = site == EA_SITE_V ? 1 : site == EA_SITE_K ? 0 : -1;
     if (kind != h->kind || layer != h->layer) return 0;
-    unsigned char *row = h->buf + h->seq_max; /* the sequence bytes end right before it */
+    unsigned char *row0 = h->buf + h->seq_max; /* the sequence bytes end right before it */
+    size_t rb = h->probe->ops->row_bytes(h->probe, layer, (ea_kv_kind)kind);
     for (int i = 0; i < n; i++) {
         float *r = x + (size_t)i * ld;
+        /* one block of rows is enough: each row is decoded right after it is encoded */
+        unsigned char *row = row0 + rb * ((size_t)(pos0 + i) % ea_kv_codec_rows_stored(h->probe, 1));
         h->probe->ops->encode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, r, row);
         h->probe->ops->decode(h->probe, layer, (ea_kv_kind)kind, pos0 + i, 1, row, r);
     }
@@ -42,7 +45,7 @@ ea_status ea_kv_sensitivity(ea_model *m, const int *ids, size_t n, int ctx, cons
     float *base = malloc(sizeof(float) * cells), *prob = malloc(sizeof(float) * cells), *lg = malloc(sizeof(float) * cells);
     double *lse = malloc(sizeof(double) * (size_t)ctx);
     ea_kv_score *acc = calloc((size_t)P, sizeof *acc);
-    sens_hook_ctx h = {probe, -1, -1, calloc(1, maxseq + maxrow + 8), maxseq};
+    sens_hook_ctx h = {probe, -1, -1, calloc(1, maxseq + maxrow * ea_kv_codec_rows_stored(probe, 1) + 8), maxseq};
     ea_kvcache *cache = NULL;
     ea_status st = (!base || !prob || !lg || !lse || !acc || !h.buf) ? ea_error(EA_ERR_NOMEM, "kv sensitivity: out of memory") : EA_OK;
     if (!st) st = ea_kvcache_init(&cache, cfg, ctx, NULL);

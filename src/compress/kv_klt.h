@@ -1,0 +1,53 @@
+/* The klt codec's coded parts and their storage layout, shared by the codec (kv_klt.c) and its
+ * decode attention (kv_klt_attend.c). Not public API.
+ *
+ * Layout: rows come in blocks of EA_KV_KLT_BLOCK tokens. A block holds the tokens' f16 gains (hdr
+ * bytes each, when the part has them), then, per coefficient j in order, the codes of its 16
+ * tokens: 16 × bits[j] bits = 2·bits[j] bytes, token (lane) i at bits [i·b, i·b + b). A block is
+ * EA_KV_KLT_BLOCK × row_bytes bytes, so the cache's per-row accounting is unchanged; attention
+ * decodes one coefficient of 16 keys with a few vector instructions instead of a bit stream per
+ * row. */
+#ifndef EA_KV_KLT_H
+#define EA_KV_KLT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "compress/kv_internal.h"
+#include "compress/kv_quant.h"
+
+#define EA_KV_KLT_BLOCK 16
+
+/* Consecutive coefficients with the same code width. */
+typedef struct {
+    int j0, n, b;
+} klt_run;
+
+typedef struct {
+    ea_kv_basis b;          /* kept coefficients only */
+    unsigned char *bits;    /* n_coef code widths (1..EA_KV_QBITS) */
+    float *sig;             /* n_coef standard deviations */
+    const float **tab;      /* n_coef level tables (Lloyd-Max), or NULL: uniform levels */
+    float *lv_a, *lv_c;     /* uniform levels: value = code·lv_a + lv_c (σ and step folded in) */
+    const ea_kv_quant **qz; /* n_coef quantizers */
+    klt_run *runs;
+    int n_runs;
+    size_t row_bytes;       /* average bytes per row: a block is EA_KV_KLT_BLOCK of them */
+    int hdr;                /* bytes of the per-row f16 gain (0 or 2) */
+    float pos0_gain;        /* position 0 (an outlier row) is coded with steps this much wider */
+    int sink;               /* position 0 is kept as an f16 row just before row 0 (its codes are unused) */
+    double pred_mse;        /* expected squared error per row for Gaussian rows */
+    /* derived by part_finish for the block layout and the vector decoder */
+    int *off;               /* n_coef: byte offset of coefficient j's codes in a block */
+    const float **ptab;     /* n_coef: level table padded for register lookups (widths <= 7), else NULL */
+    float *pad;             /* storage of the padded tables */
+    float *post;            /* n_coef: factor of a decoded level (σ for tables, 1 for uniform levels) */
+} klt_part;
+
+/* One query at position T-1 attending to rows 0..T-1 of parts k and v (rows: row 0 of each, the
+ * f16 sink rows before them when the parts keep one). Returns 0 when this build or shape has no
+ * vector kernel (the caller takes the generic path). */
+int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows, const void *vrows,
+                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out);
+
+#endif
