@@ -761,9 +761,33 @@ static void test_f32_codec_matches_engine(void **state) {
     ea_model_free(m);
 }
 
+/* The quantizer's cell index is the number of decision thresholds <= z (a linear count as the
+ * reference), at and around every threshold and for random z, every tabled width. */
+static void test_quant_index(void **state) {
+    ea_rng r;
+    ea_rng_seed(&r, 77);
+    long checked = 0;
+    for (int lloyd = 0; lloyd < 2; lloyd++)
+        for (int b = 1; b <= EA_KV_QTAB_BITS; b++) {
+            const ea_kv_quant *q = ea_kv_quant_get(b, lloyd);
+            if (q->uniform) continue;
+            for (int i = -1; i < 3000; i++) {
+                float z = i < 0 ? -INFINITY : i < q->n - 1 ? q->thr[i] : i < 2 * (q->n - 1) ? nextafterf(q->thr[i - (q->n - 1)], -INFINITY)
+                                                                      : (float)(ea_rng_normal(&r) * 4);
+                int want = 0;
+                for (int k = 0; k < q->n - 1; k++) want += q->thr[k] <= z;
+                assert_int_equal(ea_kv_quant_index(q, z), want);
+                checked++;
+            }
+        }
+    printf("quant index = threshold count for %ld values\n", checked);
+    assert_true(checked > 10000);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f32_exact),
+        cmocka_unit_test(test_quant_index),
         cmocka_unit_test(test_f16_bound),
         cmocka_unit_test(test_q8_bound),
         cmocka_unit_test(test_q4_bound_and_layout),

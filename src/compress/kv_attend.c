@@ -194,11 +194,7 @@ void ea_kv_attend_merge(const ea_kv_basis *bv, const uint16_t *vsink, const floa
         }
         float inv = 1.0f / L, *oh = out + h * hd;
         memcpy(oh, bv->mean + h * hd, sizeof(float) * (size_t)hd);
-        const float *w = bv->w[h];
-        for (int j = 0; j < nvh; j++, w += hd) {
-            float a = acc[j] * inv;
-            for (int i = 0; i < hd; i++) oh[i] += a * w[i];
-        }
+        if (nvh > 0) cblas_sgemv(CblasRowMajor, CblasTrans, nvh, hd, inv, bv->w[h], hd, acc, 1, 1.0f, oh, 1);
         if (first) {
             float a0 = expf(s0[h] - M) * inv;
             for (int i = 0; i < hd; i++) oh[i] += a0 * (ea_f16_to_f32(vsink[h * hd + i]) - bv->mean[h * hd + i]);
@@ -212,14 +208,10 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
     int H = bk->n_head, hd = bk->hd, nk = bk->n_coef, nv = bv->n_coef;
     float scale = 1.0f / sqrtf((float)hd);
     float *qt = malloc(sizeof(float) * ((size_t)H * nk + 1));
-    for (int h = 0; h < H; h++) {
-        const float *w = bk->w[h], *qh = q + h * hd;
-        for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++, w += hd) {
-            float a = 0;
-            for (int i = 0; i < hd; i++) a += w[i] * qh[i];
-            qt[(size_t)h * nk + j] = a * scale;
-        }
-    }
+    for (int h = 0; h < H; h++)
+        if (bk->hi[h] > bk->lo[h])
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, bk->hi[h] - bk->lo[h], hd, scale, bk->w[h], hd, q + h * hd, 1, 0.0f,
+                        qt + (size_t)h * nk, 1);
     /* the sink row (position 0 at full precision) is scored here, in d dimensions */
     int first = k->sink ? 1 : 0;
     float s0[H > 0 ? H : 1];

@@ -518,9 +518,15 @@ static ea_status part_finish(klt_part *kp, const char *name) {
     kp->runs = malloc(sizeof(klt_run) * ((size_t)n + 1));
     if (!kp->runs) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", name);
     kp->n_runs = 0;
-    for (int j = 0; j < n; j++)
-        if (j == 0 || kp->bits[j] != kp->bits[j - 1]) kp->runs[kp->n_runs++] = (klt_run){j, 1, kp->bits[j]};
+    /* runs: same width and level table, within one head's coefficients (decoders are set up per run) */
+    for (int j = 0, h = 0; j < n; j++) {
+        int head_start = 0;
+        for (; h < kp->b.n_head && j >= kp->b.hi[h]; h++) head_start = 1;
+        if (h < kp->b.n_head && j == kp->b.lo[h]) head_start = 1;
+        if (j == 0 || head_start || kp->bits[j] != kp->bits[j - 1] || kp->tab[j] != kp->tab[j - 1])
+            kp->runs[kp->n_runs++] = (klt_run){j, 1, kp->bits[j]};
         else kp->runs[kp->n_runs - 1].n++;
+    }
     kp->row_bytes = (size_t)kp->hdr + (size_t)((nbits + 7) / 8);
     if (kp->row_bytes == 0) kp->row_bytes = 1; /* nothing kept: keep rows addressable */
     /* block layout: gains, then 2·bits[j] bytes per coefficient; padded level tables for the

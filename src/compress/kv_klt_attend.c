@@ -8,6 +8,7 @@
  *   values  A_hj = Σ_t p_t level_tj, coefficient by coefficient over the thread's blocks, so the
  *           16-key partial sums stay in registers and are reduced once per coefficient.
  * The threads' partial softmax states are merged and projected by ea_kv_attend_merge. */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 
 #define BLK EA_KV_KLT_BLOCK
 #define BLOCKS_PER_THREAD 8 /* fewer blocks than this per thread: fewer threads */
+#define TILE_BYTES 24576    /* blocks the value pass keeps in L1 at a time */
 #define INL static inline __attribute__((always_inline))
 
 /* Per code width b: the byte permute that brings bytes (i·b)/8 .. +3 of a segment into 32-bit
@@ -42,27 +44,53 @@ static void lane_maps_init(lane_maps *m) {
         }
 }
 
-/* Levels of coefficient j for the 16 rows of a block (before the row gain and σ). */
-INL __m512 coef_vals(const klt_part *p, const unsigned char *blk, int j, const lane_maps *lm) {
+/* How a run of coefficients (same width, same level table) turns codes into levels. */
+enum { CLS_LUT16, CLS_LUT32, CLS_LUT64, CLS_LUT128, CLS_GATHER, CLS_UNIFORM };
+
+typedef struct {
+    __m512i idx, sh, and;
+    __mmask64 mask;
+    __m512 t[8]; /* the padded table in registers (CLS_LUT*) */
+    const float *tab;
+} run_dec;
+
+INL int run_class(const klt_part *p, int j) {
     int b = p->bits[j];
-    __m512i seg = _mm512_maskz_loadu_epi8((((__mmask64)1) << (2 * b)) - 1, blk + p->off[j]);
-    __m512i x = _mm512_srlv_epi32(_mm512_permutexvar_epi8(_mm512_load_si512(lm->idx[b]), seg),
-                                  _mm512_load_si512(lm->sh[b]));
-    const float *t = p->ptab[j];
-    if (t) { /* register lookups read only the index bits they need */
-        if (b <= 4) return _mm512_permutexvar_ps(x, _mm512_loadu_ps(t));
-        __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(t), x, _mm512_loadu_ps(t + 16));
-        if (b == 5) return lo;
+    if (!p->tab[j]) return CLS_UNIFORM;
+    if (!p->ptab[j]) return CLS_GATHER;
+    return b <= 4 ? CLS_LUT16 : b == 5 ? CLS_LUT32 : b == 6 ? CLS_LUT64 : CLS_LUT128;
+}
+
+INL void run_setup(const int cls, const klt_part *p, const klt_run *r, const lane_maps *lm, run_dec *d) {
+    int b = r->b, nt = cls == CLS_LUT16 ? 1 : cls == CLS_LUT32 ? 2 : cls == CLS_LUT64 ? 4 : cls == CLS_LUT128 ? 8 : 0;
+    d->idx = _mm512_load_si512(lm->idx[b]);
+    d->sh = _mm512_load_si512(lm->sh[b]);
+    d->and = _mm512_set1_epi32((1 << b) - 1);
+    d->mask = (((__mmask64)1) << (2 * b)) - 1;
+    for (int i = 0; i < nt; i++) d->t[i] = _mm512_loadu_ps(p->ptab[r->j0] + 16 * i);
+    d->tab = p->tab[r->j0];
+}
+
+/* Levels of one coefficient (its codes at seg) for the 16 rows of a block, before the row gain
+ * and σ; register lookups read only the index bits they need. */
+INL __m512 run_vals(const int cls, const run_dec *d, const klt_part *p, int j, const unsigned char *seg) {
+    __m512i x = _mm512_srlv_epi32(_mm512_permutexvar_epi8(d->idx, _mm512_maskz_loadu_epi8(d->mask, seg)), d->sh);
+    switch (cls) {
+    case CLS_LUT16: return _mm512_permutexvar_ps(x, d->t[0]);
+    case CLS_LUT32: return _mm512_permutex2var_ps(d->t[0], x, d->t[1]);
+    case CLS_LUT64:
+    case CLS_LUT128: {
         __mmask16 b5 = _mm512_test_epi32_mask(x, _mm512_set1_epi32(32));
-        lo = _mm512_mask_blend_ps(b5, lo, _mm512_permutex2var_ps(_mm512_loadu_ps(t + 32), x, _mm512_loadu_ps(t + 48)));
-        if (b == 6) return lo;
-        __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(t + 64), x, _mm512_loadu_ps(t + 80));
-        hi = _mm512_mask_blend_ps(b5, hi, _mm512_permutex2var_ps(_mm512_loadu_ps(t + 96), x, _mm512_loadu_ps(t + 112)));
+        __m512 lo = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(d->t[0], x, d->t[1]), _mm512_permutex2var_ps(d->t[2], x, d->t[3]));
+        if (cls == CLS_LUT64) return lo;
+        __m512 hi = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(d->t[4], x, d->t[5]), _mm512_permutex2var_ps(d->t[6], x, d->t[7]));
         return _mm512_mask_blend_ps(_mm512_test_epi32_mask(x, _mm512_set1_epi32(64)), lo, hi);
     }
-    x = _mm512_and_si512(x, _mm512_set1_epi32((1 << b) - 1));
-    if (p->tab[j]) return _mm512_i32gather_ps(x, p->tab[j], 4);
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), _mm512_set1_ps(p->lv_a[j]), _mm512_set1_ps(p->lv_c[j]));
+    case CLS_GATHER: return _mm512_i32gather_ps(_mm512_and_si512(x, d->and), d->tab, 4);
+    default:
+        return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(x, d->and)), _mm512_set1_ps(p->lv_a[j]),
+                               _mm512_set1_ps(p->lv_c[j]));
+    }
 }
 
 /* Gains of the 16 rows of block bk: the stored f16 row gains, position 0's step gain. */
@@ -74,75 +102,144 @@ INL __m512 block_gain(const klt_part *p, const unsigned char *blk, int bk) {
 
 INL int has_gain(const klt_part *p, int bk) { return p->hdr || (bk == 0 && p->pos0_gain != 1.0f); }
 
-/* Scores of blocks [b0, b1) for all heads of a per-layer basis: s[h·ld + 16·(bk - b0) + i]. */
+/* Scratch layout: scores and weights of block bk, head h at s[(bk - b0)·H·16 + h·16]. */
+#define SIDX(bk, h) ((size_t)(bk) * H * BLK + (size_t)(h) * BLK)
+
+/* acc[h] (16 rows) += Σ over a run's coefficients of level · qt[j·H + h] (per-layer basis: every
+ * head reads every coefficient; H a compile-time constant so the accumulators stay in registers). */
+INL void run_scores(const int cls, const int H, const klt_part *p, const klt_run *r, const lane_maps *lm,
+                    const unsigned char *blk, const float *qt, __m512 *acc) {
+    run_dec d;
+    run_setup(cls, p, r, lm, &d);
+    const unsigned char *seg = blk + p->off[r->j0];
+    for (int j = r->j0; j < r->j0 + r->n; j++, seg += 2 * r->b) {
+        __m512 x = run_vals(cls, &d, p, j, seg);
+        const float *qj = qt + (size_t)j * H;
+#pragma GCC unroll 16
+        for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_set1_ps(qj[h]), acc[h]);
+    }
+}
+
 INL void scores_shared(const int H, const klt_part *p, const unsigned char *rows, int b0, int b1, const float *qt,
-                       const lane_maps *lm, float *s, int ld) {
-    int n = p->b.n_coef;
+                       const lane_maps *lm, float *s) {
     size_t bb = BLK * p->row_bytes;
     for (int bk = b0; bk < b1; bk++) {
         const unsigned char *blk = rows + (size_t)bk * bb;
         __m512 acc[16];
 #pragma GCC unroll 16
         for (int h = 0; h < H; h++) acc[h] = _mm512_setzero_ps();
-        for (int j = 0; j < n; j++) {
-            __m512 x = coef_vals(p, blk, j, lm);
-            const float *qj = qt + (size_t)j * H;
-#pragma GCC unroll 16
-            for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_set1_ps(qj[h]), acc[h]);
+        for (int ri = 0; ri < p->n_runs; ri++) {
+            const klt_run *r = &p->runs[ri];
+            switch (run_class(p, r->j0)) {
+            case CLS_LUT16: run_scores(CLS_LUT16, H, p, r, lm, blk, qt, acc); break;
+            case CLS_LUT32: run_scores(CLS_LUT32, H, p, r, lm, blk, qt, acc); break;
+            case CLS_LUT64: run_scores(CLS_LUT64, H, p, r, lm, blk, qt, acc); break;
+            case CLS_LUT128: run_scores(CLS_LUT128, H, p, r, lm, blk, qt, acc); break;
+            case CLS_GATHER: run_scores(CLS_GATHER, H, p, r, lm, blk, qt, acc); break;
+            default: run_scores(CLS_UNIFORM, H, p, r, lm, blk, qt, acc); break;
+            }
         }
         __m512 g = block_gain(p, blk, bk);
+        float *sb = s + SIDX(bk - b0, 0);
 #pragma GCC unroll 16
-        for (int h = 0; h < H; h++) _mm512_storeu_ps(s + (size_t)h * ld + (size_t)(bk - b0) * BLK, _mm512_mul_ps(acc[h], g));
+        for (int h = 0; h < H; h++) _mm512_storeu_ps(sb + (size_t)h * BLK, _mm512_mul_ps(acc[h], g));
     }
 }
 
-/* A[h·nv + j] = post_j Σ_t w[h·ld + t] level_tj over blocks [b0, b1), per-layer basis. */
-INL void values_shared(const int H, const klt_part *p, const unsigned char *rows, int b0, int b1, const float *w, int ld,
-                       const lane_maps *lm, float *A) {
-    int n = p->b.n_coef;
+/* The value sums of a run's coefficients over blocks [t0, t1) of the thread's [b0, b1): partial
+ * 16-row sums parked in part between tiles, reduced into A (times σ) after the last tile. */
+INL void run_values(const int cls, const int H, const klt_part *p, const klt_run *r, const lane_maps *lm,
+                    const unsigned char *rows, int b0, int b1, int t0, int t1, const float *w, float *A, float *part) {
+    run_dec d;
+    run_setup(cls, p, r, lm, &d);
     size_t bb = BLK * p->row_bytes;
-    for (int j = 0; j < n; j++) {
+    int n = p->b.n_coef;
+    for (int j = r->j0; j < r->j0 + r->n; j++) {
         __m512 acc[16];
+        float *pj = part + (size_t)j * H * BLK;
 #pragma GCC unroll 16
-        for (int h = 0; h < H; h++) acc[h] = _mm512_setzero_ps();
-        for (int bk = b0; bk < b1; bk++) {
-            __m512 x = coef_vals(p, rows + (size_t)bk * bb, j, lm);
-            const float *wb = w + (size_t)(bk - b0) * BLK;
+        for (int h = 0; h < H; h++) acc[h] = t0 == b0 ? _mm512_setzero_ps() : _mm512_loadu_ps(pj + h * BLK);
+        const unsigned char *seg = rows + (size_t)t0 * bb + p->off[j];
+        const float *wb = w + SIDX(t0 - b0, 0);
+        for (int bk = t0; bk < t1; bk++, seg += bb, wb += (size_t)H * BLK) {
+            __m512 x = run_vals(cls, &d, p, j, seg);
 #pragma GCC unroll 16
-            for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(wb + (size_t)h * ld), acc[h]);
+            for (int h = 0; h < H; h++) acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(wb + h * BLK), acc[h]);
+        }
+        if (t1 < b1) {
+#pragma GCC unroll 16
+            for (int h = 0; h < H; h++) _mm512_storeu_ps(pj + h * BLK, acc[h]);
+            continue;
         }
 #pragma GCC unroll 16
         for (int h = 0; h < H; h++) A[(size_t)h * n + j] = _mm512_reduce_add_ps(acc[h]) * p->post[j];
     }
 }
 
-/* Per-head bases: each coefficient belongs to one head (qt: H × n_coef, a head's from 0). */
-static void scores_heads(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *qt,
-                         const lane_maps *lm, float *s, int ld) {
-    const ea_kv_basis *b = &p->b;
+/* A[h·nv + j] = post_j Σ_t w_h(t) level_tj over blocks [b0, b1), per-layer basis. Blocks go in
+ * tiles that stay in L1 while every coefficient passes over them. */
+INL void values_shared(const int H, const klt_part *p, const unsigned char *rows, int b0, int b1, const float *w,
+                       const lane_maps *lm, float *A, float *part) {
     size_t bb = BLK * p->row_bytes;
-    for (int bk = b0; bk < b1; bk++) {
-        const unsigned char *blk = rows + (size_t)bk * bb;
-        __m512 g = block_gain(p, blk, bk);
-        for (int h = 0; h < b->n_head; h++) {
-            __m512 acc = _mm512_setzero_ps();
-            const float *qh = qt + (size_t)h * b->n_coef - b->lo[h];
-            for (int j = b->lo[h]; j < b->hi[h]; j++) acc = _mm512_fmadd_ps(coef_vals(p, blk, j, lm), _mm512_set1_ps(qh[j]), acc);
-            _mm512_storeu_ps(s + (size_t)h * ld + (size_t)(bk - b0) * BLK, _mm512_mul_ps(acc, g));
+    int tile = (int)(TILE_BYTES / bb) > 1 ? (int)(TILE_BYTES / bb) : 1;
+    for (int t0 = b0; t0 < b1; t0 += tile) {
+        int t1 = b1 - t0 < tile ? b1 : t0 + tile;
+        for (int ri = 0; ri < p->n_runs; ri++) {
+            const klt_run *r = &p->runs[ri];
+            switch (run_class(p, r->j0)) {
+            case CLS_LUT16: run_values(CLS_LUT16, H, p, r, lm, rows, b0, b1, t0, t1, w, A, part); break;
+            case CLS_LUT32: run_values(CLS_LUT32, H, p, r, lm, rows, b0, b1, t0, t1, w, A, part); break;
+            case CLS_LUT64: run_values(CLS_LUT64, H, p, r, lm, rows, b0, b1, t0, t1, w, A, part); break;
+            case CLS_LUT128: run_values(CLS_LUT128, H, p, r, lm, rows, b0, b1, t0, t1, w, A, part); break;
+            case CLS_GATHER: run_values(CLS_GATHER, H, p, r, lm, rows, b0, b1, t0, t1, w, A, part); break;
+            default: run_values(CLS_UNIFORM, H, p, r, lm, rows, b0, b1, t0, t1, w, A, part); break;
+            }
         }
     }
 }
 
-static void values_heads(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *w, int ld,
+/* Levels of coefficient j for 16 rows, without a run's set-up (the per-head path). */
+static __m512 coef_vals(const klt_part *p, const unsigned char *blk, int j, const lane_maps *lm) {
+    klt_run r = {j, 1, p->bits[j]};
+    run_dec d;
+    switch (run_class(p, j)) {
+    case CLS_LUT16: run_setup(CLS_LUT16, p, &r, lm, &d); return run_vals(CLS_LUT16, &d, p, j, blk + p->off[j]);
+    case CLS_LUT32: run_setup(CLS_LUT32, p, &r, lm, &d); return run_vals(CLS_LUT32, &d, p, j, blk + p->off[j]);
+    case CLS_LUT64: run_setup(CLS_LUT64, p, &r, lm, &d); return run_vals(CLS_LUT64, &d, p, j, blk + p->off[j]);
+    case CLS_LUT128: run_setup(CLS_LUT128, p, &r, lm, &d); return run_vals(CLS_LUT128, &d, p, j, blk + p->off[j]);
+    case CLS_GATHER: run_setup(CLS_GATHER, p, &r, lm, &d); return run_vals(CLS_GATHER, &d, p, j, blk + p->off[j]);
+    default: run_setup(CLS_UNIFORM, p, &r, lm, &d); return run_vals(CLS_UNIFORM, &d, p, j, blk + p->off[j]);
+    }
+}
+
+/* Per-head bases: each coefficient belongs to one head (qt: H × n_coef, a head's from 0). */
+static void scores_heads(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *qt,
+                         const lane_maps *lm, float *s) {
+    const ea_kv_basis *b = &p->b;
+    int H = b->n_head;
+    size_t bb = BLK * p->row_bytes;
+    for (int bk = b0; bk < b1; bk++) {
+        const unsigned char *blk = rows + (size_t)bk * bb;
+        __m512 g = block_gain(p, blk, bk);
+        for (int h = 0; h < H; h++) {
+            __m512 acc = _mm512_setzero_ps();
+            const float *qh = qt + (size_t)h * b->n_coef - b->lo[h];
+            for (int j = b->lo[h]; j < b->hi[h]; j++) acc = _mm512_fmadd_ps(coef_vals(p, blk, j, lm), _mm512_set1_ps(qh[j]), acc);
+            _mm512_storeu_ps(s + SIDX(bk - b0, h), _mm512_mul_ps(acc, g));
+        }
+    }
+}
+
+static void values_heads(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *w,
                          const lane_maps *lm, float *A) {
     const ea_kv_basis *b = &p->b;
+    int H = b->n_head;
     size_t bb = BLK * p->row_bytes;
-    for (int h = 0; h < b->n_head; h++)
+    for (int h = 0; h < H; h++)
         for (int j = b->lo[h]; j < b->hi[h]; j++) {
             __m512 acc = _mm512_setzero_ps();
             for (int bk = b0; bk < b1; bk++)
-                acc = _mm512_fmadd_ps(coef_vals(p, rows + (size_t)bk * bb, j, lm),
-                                      _mm512_loadu_ps(w + (size_t)h * ld + (size_t)(bk - b0) * BLK), acc);
+                acc = _mm512_fmadd_ps(coef_vals(p, rows + (size_t)bk * bb, j, lm), _mm512_loadu_ps(w + SIDX(bk - b0, h)), acc);
             A[(size_t)h * b->n_coef + (j - b->lo[h])] = _mm512_reduce_add_ps(acc) * p->post[j];
         }
 }
@@ -150,54 +247,56 @@ static void values_heads(const klt_part *p, const unsigned char *rows, int b0, i
 static int shared_ok(int H) { return H == 4 || H == 8 || H == 12 || H == 16; }
 
 static void scores_any(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *qt, const lane_maps *lm,
-                       float *s, int ld) {
+                       float *s) {
     if (!p->b.shared) {
-        scores_heads(p, rows, b0, b1, qt, lm, s, ld);
+        scores_heads(p, rows, b0, b1, qt, lm, s);
         return;
     }
     switch (p->b.n_head) {
-    case 4: scores_shared(4, p, rows, b0, b1, qt, lm, s, ld); break;
-    case 8: scores_shared(8, p, rows, b0, b1, qt, lm, s, ld); break;
-    case 12: scores_shared(12, p, rows, b0, b1, qt, lm, s, ld); break;
-    default: scores_shared(16, p, rows, b0, b1, qt, lm, s, ld); break;
+    case 4: scores_shared(4, p, rows, b0, b1, qt, lm, s); break;
+    case 8: scores_shared(8, p, rows, b0, b1, qt, lm, s); break;
+    case 12: scores_shared(12, p, rows, b0, b1, qt, lm, s); break;
+    default: scores_shared(16, p, rows, b0, b1, qt, lm, s); break;
     }
 }
 
-static void values_any(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *w, int ld,
-                       const lane_maps *lm, float *A) {
+static void values_any(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *w,
+                       const lane_maps *lm, float *A, float *part) {
     if (!p->b.shared) {
-        values_heads(p, rows, b0, b1, w, ld, lm, A);
+        values_heads(p, rows, b0, b1, w, lm, A);
         return;
     }
     switch (p->b.n_head) {
-    case 4: values_shared(4, p, rows, b0, b1, w, ld, lm, A); break;
-    case 8: values_shared(8, p, rows, b0, b1, w, ld, lm, A); break;
-    case 12: values_shared(12, p, rows, b0, b1, w, ld, lm, A); break;
-    default: values_shared(16, p, rows, b0, b1, w, ld, lm, A); break;
+    case 4: values_shared(4, p, rows, b0, b1, w, lm, A, part); break;
+    case 8: values_shared(8, p, rows, b0, b1, w, lm, A, part); break;
+    case 12: values_shared(12, p, rows, b0, b1, w, lm, A, part); break;
+    default: values_shared(16, p, rows, b0, b1, w, lm, A, part); break;
     }
 }
 
 /* One thread's blocks [b0, b1) of keys first..T-1: its softmax state (max m[H], sum l[H], weighted
- * value coefficients A[H × nv]). s: H × ld scratch, ld = 16·(b1 - b0). */
+ * value coefficients A[H × nv]). s: H × 16·(b1 - b0) scratch (SIDX layout); part: nv × H × 16. */
 static void thread_range(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr, int first,
-                         int T, int b0, int b1, const float *qt, const lane_maps *lm, float *s, float *m, float *l,
-                         float *A) {
-    int H = k->b.n_head, ld = BLK * (b1 - b0);
-    scores_any(k, kr, b0, b1, qt, lm, s, ld);
-    for (int h = 0; h < H; h++) { /* rows outside first..T-1 (the sink lane, past the end) weigh 0 */
-        float *sh = s + (size_t)h * ld;
-        for (int t = b0 * BLK; t < first; t++) sh[t - b0 * BLK] = -INFINITY;
-        for (int t = T; t < b1 * BLK; t++) sh[t - b0 * BLK] = -INFINITY;
+                         int T, int b0, int b1, const float *qt, const lane_maps *lm, float *s, float *part, float *m,
+                         float *l, float *A) {
+    int H = k->b.n_head;
+    scores_any(k, kr, b0, b1, qt, lm, s);
+    for (int t = b0 * BLK; t < first; t++) /* rows outside first..T-1 (the sink, past the end) weigh 0 */
+        for (int h = 0; h < H; h++) s[SIDX(t / BLK - b0, h) + t % BLK] = -INFINITY;
+    for (int t = T; t < b1 * BLK; t++)
+        for (int h = 0; h < H; h++) s[SIDX(t / BLK - b0, h) + t % BLK] = -INFINITY;
+    for (int h = 0; h < H; h++) {
         __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (int i = 0; i < ld; i += BLK) mx = _mm512_max_ps(mx, _mm512_loadu_ps(sh + i));
+        for (int bk = 0; bk < b1 - b0; bk++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + SIDX(bk, h)));
         m[h] = _mm512_reduce_max_ps(mx);
         __m512 vm = _mm512_set1_ps(m[h]), sum = _mm512_setzero_ps();
-        for (int i = 0; i < ld; i += BLK) {
-            __m512 x = _mm512_loadu_ps(sh + i);
+        for (int bk = 0; bk < b1 - b0; bk++) {
+            float *sh = s + SIDX(bk, h);
+            __m512 x = _mm512_loadu_ps(sh);
             __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ),
                                            ea_kv_exp_ps(_mm512_sub_ps(x, vm)));
             sum = _mm512_add_ps(sum, e);
-            _mm512_storeu_ps(sh + i, e);
+            _mm512_storeu_ps(sh, e);
         }
         l[h] = m[h] == -INFINITY ? 0.0f : _mm512_reduce_add_ps(sum);
     }
@@ -206,11 +305,11 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
         if (has_gain(v, bk)) {
             __m512 g = block_gain(v, vr + (size_t)bk * bb, bk);
             for (int h = 0; h < H; h++) {
-                float *w = s + (size_t)h * ld + (size_t)(bk - b0) * BLK;
+                float *w = s + SIDX(bk - b0, h);
                 _mm512_storeu_ps(w, _mm512_mul_ps(_mm512_loadu_ps(w), g));
             }
         }
-    values_any(v, vr, b0, b1, s, ld, lm, A);
+    values_any(v, vr, b0, b1, s, lm, A, part);
 }
 
 int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows, const void *vrows,
@@ -230,7 +329,7 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
     if (!omp_in_parallel()) nth = omp_get_max_threads();
 #endif
     if (nth > nblk / BLOCKS_PER_THREAD) nth = nblk / BLOCKS_PER_THREAD > 0 ? nblk / BLOCKS_PER_THREAD : 1;
-    size_t per = (size_t)2 * H + (size_t)H * nv, chunk = (size_t)H * BLK * ((nblk + nth - 1) / nth);
+    size_t per = (size_t)2 * H + (size_t)H * nv, chunk = (size_t)H * BLK * ((nblk + nth - 1) / nth + (size_t)nv);
     float *states = malloc(sizeof(float) * (per * nth + 1)), *scratch = malloc(sizeof(float) * chunk * nth);
     if (!qt || !lm || !states || !scratch) {
         free(qt);
@@ -241,13 +340,11 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
     }
     lane_maps_init(lm);
     for (int h = 0; h < H; h++) {
-        const float *w = bk->w[h], *qh = q + h * hd;
-        for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++, w += hd) {
-            float a = 0;
-            for (int i = 0; i < hd; i++) a += w[i] * qh[i];
-            a *= scale * k->post[bk->lo[h] + j];
-            qt[bk->shared ? (size_t)j * H + h : (size_t)h * nk + j] = a;
-        }
+        int nh = bk->hi[h] - bk->lo[h];
+        float *qh = bk->shared ? qt + h : qt + (size_t)h * nk;
+        int inc = bk->shared ? H : 1;
+        if (nh > 0) cblas_sgemv(CblasRowMajor, CblasNoTrans, nh, hd, scale, bk->w[h], hd, q + h * hd, 1, 0.0f, qh, inc);
+        for (int j = 0; j < nh; j++) qh[(size_t)j * inc] *= k->post[bk->lo[h] + j];
     }
     if (first) ea_kv_sink_scores(bk, ksink, q, scale, s0);
 #pragma omp parallel num_threads(nth) if (nth > 1)
@@ -258,7 +355,8 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
 #endif
         int b0 = (int)((long)nblk * tid / nth), b1 = (int)((long)nblk * (tid + 1) / nth);
         float *st = states + per * tid;
-        thread_range(k, v, krows, vrows, first, T, b0, b1, qt, lm, scratch + chunk * tid, st, st + H, st + 2 * H);
+        float *sc = scratch + chunk * tid;
+        thread_range(k, v, krows, vrows, first, T, b0, b1, qt, lm, sc, sc + (size_t)H * BLK * (b1 - b0), st, st + H, st + 2 * H);
     }
     ea_kv_attend_merge(bv, vsink, states, per, nth, first ? s0 : NULL, out);
     free(qt);

@@ -100,13 +100,17 @@ int ea_kv_quant_index(const ea_kv_quant *q, float z) {
         if (!(f > 0)) return 0; /* also NaN */
         return (int)fmin(f, (double)(q->n - 1));
     }
-    int lo = 0, hi = q->n - 1; /* first threshold above z */
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (z < q->thr[mid]) hi = mid;
-        else lo = mid + 1;
+    /* the number of thresholds <= z, by a branchless binary search (selects, not jumps: the
+     * comparisons are unpredictable and a decode step encodes hundreds of coefficients) */
+    const float *t = q->thr;
+    int len = q->n - 1;
+    if (len < 1 || !(z == z)) return q->n - 1; /* NaN: as the comparisons below would say */
+    while (len > 1) {
+        int half = len >> 1;
+        t = t[half - 1] <= z ? t + half : t;
+        len -= half;
     }
-    return lo;
+    return (int)(t - q->thr) + (*t <= z);
 }
 
 /* Every design is computed once per process (the Lloyd-Max iterations take a while). */
