@@ -777,9 +777,21 @@ static void test_quant_index(void **state) {
                 int want = 0;
                 for (int k = 0; k < q->n - 1; k++) want += q->thr[k] <= z;
                 assert_int_equal(ea_kv_quant_index(q, z), want);
+                int got;
+                ea_kv_quant_index_n(q, &z, 1, &got);
+                assert_int_equal(got, want);
                 checked++;
             }
         }
+    /* the vector path on whole batches, NaN included */
+    for (int b = 2; b <= EA_KV_QTAB_BITS; b++) {
+        const ea_kv_quant *q = ea_kv_quant_get(b, 1);
+        float z[37];
+        int got[37];
+        for (int i = 0; i < 37; i++) z[i] = i == 20 ? NAN : (float)(ea_rng_normal(&r) * 3);
+        ea_kv_quant_index_n(q, z, 37, got);
+        for (int i = 0; i < 37; i++) assert_int_equal(got[i], ea_kv_quant_index(q, z[i]));
+    }
     printf("quant index = threshold count for %ld values\n", checked);
     assert_true(checked > 10000);
 }

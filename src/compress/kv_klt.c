@@ -113,10 +113,14 @@ static void encode_coefs(const ea_kv_codec *c, const klt_part *p, int pos, const
         memcpy(blk + (size_t)lane * p->hdr, &h, 2);
     }
     if (pos == 0) g *= p->pos0_gain; /* known to the decoder from the position: no side information */
-    for (int j = 0; j < n; j++) {
-        int i = ea_kv_quant_index(p->qz[j], y[j] / (p->sig[j] * g));
-        put_bits(blk + p->off[j], (size_t)lane * p->bits[j], (unsigned)i, p->bits[j]);
+    float z[n + 1];
+    int code[n + 1];
+    for (int j = 0; j < n; j++) z[j] = y[j] / (p->sig[j] * g);
+    for (int j0 = 0, j1; j0 < n; j0 = j1) { /* coefficients that share a quantizer, at once */
+        for (j1 = j0 + 1; j1 < n && p->qz[j1] == p->qz[j0]; j1++) {}
+        ea_kv_quant_index_n(p->qz[j0], z + j0, j1 - j0, code + j0);
     }
+    for (int j = 0; j < n; j++) put_bits(blk + p->off[j], (size_t)lane * p->bits[j], (unsigned)code[j], p->bits[j]);
 }
 
 static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst) {

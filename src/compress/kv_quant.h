@@ -20,5 +20,7 @@ void ea_kv_quant_design(ea_kv_quant *q, int bits, int lloyd);
 const ea_kv_quant *ea_kv_quant_get(int bits, int lloyd);
 /* Index of the cell of z (in units of the coefficient's standard deviation), clamped. */
 int ea_kv_quant_index(const ea_kv_quant *q, float z);
+/* out[i] = ea_kv_quant_index(q, z[i]) for i < n (vectorized where the build allows). */
+void ea_kv_quant_index_n(const ea_kv_quant *q, const float *z, int n, int *out);
 
 #endif
