@@ -175,10 +175,10 @@ void ea_kv_sink_scores(const ea_kv_basis *bk, const uint16_t *ksink, const float
 }
 
 void ea_kv_attend_merge(const ea_kv_basis *bv, const uint16_t *vsink, const float *states, size_t per, int nth,
-                        const float *s0, float *out) {
+                        const float *s0, int h0, int h1, float *out) {
     int H = bv->n_head, hd = bv->hd, nv = bv->n_coef, first = s0 != NULL;
-    float *acc = malloc(sizeof(float) * ((size_t)nv + 1));
-    for (int h = 0; h < H; h++) {
+    float acc[nv + 1];
+    for (int h = h0; h < h1; h++) {
         int vlo = bv->lo[h], nvh = bv->hi[h] - vlo;
         float M = first ? s0[h] : -INFINITY, L = first ? 1.0f : 0.0f;
         for (int t = 0; t < nth; t++) M = max_f(M, states[per * t + h]);
@@ -194,13 +194,17 @@ void ea_kv_attend_merge(const ea_kv_basis *bv, const uint16_t *vsink, const floa
         }
         float inv = 1.0f / L, *oh = out + h * hd;
         memcpy(oh, bv->mean + h * hd, sizeof(float) * (size_t)hd);
-        if (nvh > 0) cblas_sgemv(CblasRowMajor, CblasTrans, nvh, hd, inv, bv->w[h], hd, acc, 1, 1.0f, oh, 1);
+        const float *w = bv->w[h];
+        for (int j = 0; j < nvh; j++, w += hd) { /* small: a BLAS call costs more than it saves */
+            float a = acc[j] * inv;
+#pragma omp simd
+            for (int i = 0; i < hd; i++) oh[i] += a * w[i];
+        }
         if (first) {
             float a0 = expf(s0[h] - M) * inv;
             for (int i = 0; i < hd; i++) oh[i] += a0 * (ea_f16_to_f32(vsink[h * hd + i]) - bv->mean[h * hd + i]);
         }
     }
-    free(acc);
 }
 
 static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const float *q, int T, float *out) {
@@ -247,7 +251,7 @@ static void attend_one(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const f
         free(cv);
         free(s);
     }
-    ea_kv_attend_merge(bv, v->sink, states, per, nth, first ? s0 : NULL, out);
+    ea_kv_attend_merge(bv, v->sink, states, per, nth, first ? s0 : NULL, 0, H, out);
     free(states);
     free(qt);
 }

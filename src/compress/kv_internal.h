@@ -152,12 +152,12 @@ void ea_kv_basis_attend(const ea_kv_coef_src *k, const ea_kv_coef_src *v, const 
                         float *out);
 /* Scores of the f16 sink row (position 0) per head: scale · q_h·(k_0h - mean_h). */
 void ea_kv_sink_scores(const ea_kv_basis *bk, const uint16_t *ksink, const float *q, float scale, float *s0);
-/* The end of one-query coefficient-space attention: merge nth partial online-softmax states
- * (states + t·per: running max[H], sum[H], value coefficients[H × n_coef of bv] summed with those
- * weights; a head's coefficients from its lo) with the sink (s0: its scores, NULL when none), then
- * out_h = mean_h + W_h (weighted coefficients) + a_0 (v_0h - mean_h). */
+/* The end of one-query coefficient-space attention for heads h0..h1-1: merge nth partial
+ * online-softmax states (states + t·per: running max[H], sum[H], value coefficients[H × n_coef of
+ * bv] summed with those weights; a head's coefficients from its lo) with the sink (s0: its scores,
+ * NULL when none), then out_h = mean_h + W_h (weighted coefficients) + a_0 (v_0h - mean_h). */
 void ea_kv_attend_merge(const ea_kv_basis *bv, const uint16_t *vsink, const float *states, size_t per, int nth,
-                        const float *s0, float *out);
+                        const float *s0, int h0, int h1, float *out);
 
 /* ---- Fitting statistics from the model (used by eval and the benchmarks). ---- */
 #include "ea/model.h"

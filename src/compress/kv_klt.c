@@ -12,9 +12,13 @@
  * in d dimensions. */
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "compress/kv_internal.h"
 #include "compress/kv_klt.h"
@@ -28,7 +32,31 @@ typedef struct {
     ea_kv_quant *pq;                /* measured tables: [part*(EA_KV_QBITS+1) + width], or NULL */
     klt_part *p;                    /* [layer*2 + kind] */
     size_t overhead;
+    /* work memory of one-token attention, kept between calls (a fresh large malloc is an mmap
+     * and page faults every decode step); one caller at a time, others allocate their own */
+    atomic_int work_busy;
+    float *work;
+    size_t work_n;
 } klt_state;
+
+static float *work_take(klt_state *ks, size_t n) {
+    if (atomic_exchange(&ks->work_busy, 1)) return malloc(sizeof(float) * n);
+    if (ks->work_n < n) {
+        float *w = realloc(ks->work, sizeof(float) * n);
+        if (!w) {
+            atomic_store(&ks->work_busy, 0);
+            return NULL;
+        }
+        ks->work = w;
+        ks->work_n = n;
+    }
+    return ks->work;
+}
+
+static void work_give(klt_state *ks, float *w) {
+    if (w == ks->work) atomic_store(&ks->work_busy, 0);
+    else free(w);
+}
 
 /* The defaults are what won on KL in the measurements (docs in the issue 5 report): one KLT per
  * layer (cross-head correlation is large), Lloyd-Max levels (refitted on measured coefficient
@@ -88,6 +116,19 @@ static unsigned char *block_of(const klt_part *p, const void *row, int pos) {
     return (unsigned char *)(uintptr_t)row - (size_t)(pos % EA_KV_KLT_BLOCK) * p->row_bytes;
 }
 
+/* Codes of coefficients j0..j1-1 (y: all of the row's, g: its gain) into lane `lane` of block blk.
+ * Each coefficient has its own bytes in a block, so disjoint ranges can be written concurrently. */
+static void put_range(const klt_part *p, unsigned char *blk, int lane, const float *y, float g, int j0, int j1) {
+    float z[j1 - j0 + 1];
+    int code[j1 - j0 + 1];
+    for (int j = j0; j < j1; j++) z[j - j0] = y[j] / (p->sig[j] * g);
+    for (int a = j0, b; a < j1; a = b) { /* coefficients that share a quantizer, at once */
+        for (b = a + 1; b < j1 && p->qz[b] == p->qz[a]; b++) {}
+        ea_kv_quant_index_n(p->qz[a], z + (a - j0), b - a, code + (a - j0));
+    }
+    for (int j = j0; j < j1; j++) put_bits(blk + p->off[j], (size_t)lane * p->bits[j], (unsigned)code[j - j0], p->bits[j]);
+}
+
 /* Row of position pos from its coefficients y (x: the row itself, for the sink); dst is the row's
  * address in a buffer of whole blocks. */
 static void encode_coefs(const ea_kv_codec *c, const klt_part *p, int pos, const float *x, const float *y, void *dst) {
@@ -113,21 +154,33 @@ static void encode_coefs(const ea_kv_codec *c, const klt_part *p, int pos, const
         memcpy(blk + (size_t)lane * p->hdr, &h, 2);
     }
     if (pos == 0) g *= p->pos0_gain; /* known to the decoder from the position: no side information */
-    float z[n + 1];
-    int code[n + 1];
-    for (int j = 0; j < n; j++) z[j] = y[j] / (p->sig[j] * g);
-    for (int j0 = 0, j1; j0 < n; j0 = j1) { /* coefficients that share a quantizer, at once */
-        for (j1 = j0 + 1; j1 < n && p->qz[j1] == p->qz[j0]; j1++) {}
-        ea_kv_quant_index_n(p->qz[j0], z + j0, j1 - j0, code + j0);
-    }
-    for (int j = 0; j < n; j++) put_bits(blk + p->off[j], (size_t)lane * p->bits[j], (unsigned)code[j], p->bits[j]);
+    put_range(p, blk, lane, y, g, 0, n);
 }
 
 static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst) {
     const klt_part *p = part_of(c, layer, kind);
-    float y[p->b.n_coef + 1];
-    ea_kv_basis_project(&p->b, x, y);
-    encode_coefs(c, p, pos, x, y, dst);
+    int n = p->b.n_coef, d = c->d, nth = 1;
+    float y[n + 1];
+#ifdef _OPENMP
+    if (!omp_in_parallel() && n >= 64) nth = omp_get_max_threads() < 2 ? omp_get_max_threads() : 2;
+#endif
+    if (nth < 2 || !p->b.enc || p->hdr || (pos == 0 && p->sink)) {
+        ea_kv_basis_project(&p->b, x, y);
+        encode_coefs(c, p, pos, x, y, dst);
+        return;
+    }
+    /* One decode step encodes one row; reading the n × d encoder is bandwidth-bound, so two
+     * threads project and quantize half of the coefficients each. */
+    float xc[d];
+    for (int i = 0; i < d; i++) xc[i] = x[i] - p->b.mean[i];
+    unsigned char *blk = block_of(p, dst, pos);
+    float g = pos == 0 ? p->pos0_gain : 1.0f;
+#pragma omp parallel num_threads(2)
+    {
+        int t = omp_get_thread_num(), j0 = t ? n / 2 : 0, j1 = t ? n : n / 2;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, j1 - j0, d, 1.0f, p->b.enc + (size_t)j0 * d, d, xc, 1, 0.0f, y + j0, 1);
+        put_range(p, blk, pos % EA_KV_KLT_BLOCK, y, g, j0, j1);
+    }
 }
 
 /* Many rows at once (prefill): one sgemm projects them all, then rows are quantized in parallel. */
@@ -203,10 +256,14 @@ static void klt_attend(const ea_kv_codec *c, int layer, const float *q, int nq, 
     ea_kv_coef_src k = {&pk->b, klt_unpack, pk, kbuf, pk->sink ? sink_row(c, kbuf) : NULL},
                    v = {&pv->b, klt_unpack, pv, vbuf, pv->sink ? sink_row(c, vbuf) : NULL};
     if (nq <= EA_KV_ROWS_STREAM_MAX) {
+        klt_state *ks = c->state;
+        float *work = work_take(ks, ea_kv_klt_attend_floats(pk, pv, pos0 + nq));
         int i = 0, d = c->d;
-        for (; i < nq; i++)
-            if (!ea_kv_klt_attend_one(pk, pv, kbuf, vbuf, k.sink, v.sink, q + (size_t)i * d, pos0 + i + 1, out + (size_t)i * d))
+        for (; work && i < nq; i++)
+            if (!ea_kv_klt_attend_one(pk, pv, kbuf, vbuf, k.sink, v.sink, q + (size_t)i * d, pos0 + i + 1, out + (size_t)i * d,
+                                      work))
                 break;
+        if (work) work_give(ks, work);
         if (i == nq) return;
     }
     ea_kv_basis_attend(&k, &v, q, nq, pos0, out);
@@ -234,6 +291,7 @@ static void klt_destroy(ea_kv_codec *c) {
         }
     free(s->p);
     free(s->pq);
+    free(s->work);
     free(s);
     c->state = NULL;
 }

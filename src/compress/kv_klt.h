@@ -44,10 +44,12 @@ typedef struct {
     float *post;            /* n_coef: factor of a decoded level (σ for tables, 1 for uniform levels) */
 } klt_part;
 
+/* Floats of work memory ea_kv_klt_attend_one needs for T rows. */
+size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T);
 /* One query at position T-1 attending to rows 0..T-1 of parts k and v (rows: row 0 of each, the
- * f16 sink rows before them when the parts keep one). Returns 0 when this build or shape has no
- * vector kernel (the caller takes the generic path). */
+ * f16 sink rows before them when the parts keep one); work: ea_kv_klt_attend_floats floats.
+ * Returns 0 when this build or shape has no vector kernel (the caller takes the generic path). */
 int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows, const void *vrows,
-                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out);
+                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out, float *work);
 
 #endif

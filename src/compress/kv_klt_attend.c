@@ -8,8 +8,8 @@
  *   values  A_hj = Σ_t p_t level_tj, coefficient by coefficient over the thread's blocks, so the
  *           16-key partial sums stay in registers and are reduced once per coefficient.
  * The threads' partial softmax states are merged and projected by ea_kv_attend_merge. */
-#include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -33,7 +33,11 @@ typedef struct {
     _Alignas(64) unsigned int sh[EA_KV_QBITS + 1][16];
 } lane_maps;
 
-static void lane_maps_init(lane_maps *m) {
+static lane_maps lanes;
+static pthread_once_t lanes_once = PTHREAD_ONCE_INIT;
+
+static void lanes_init(void) {
+    lane_maps *m = &lanes;
     for (int b = 1; b <= EA_KV_QBITS; b++)
         for (int i = 0; i < BLK; i++) {
             for (int k = 0; k < 4; k++) {
@@ -312,65 +316,78 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
     values_any(v, vr, b0, b1, s, lm, A, part);
 }
 
-int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows, const void *vrows,
-                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out) {
-    const ea_kv_basis *bk = &k->b, *bv = &v->b;
-    int H = bk->n_head, hd = bk->hd, nk = bk->n_coef, nv = bv->n_coef;
-    if (bk->shared != bv->shared || (bk->shared && !shared_ok(H)) || !ksink != !vsink || T < 1) return 0;
-    int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK;
-    float scale = 1.0f / sqrtf((float)hd);
-    /* the query in coefficient space, σ and the softmax scale folded in: per-layer bases
-     * coefficient-major (qt[j·H + h]), per-head bases head-major (qt[h·nk + j]) */
-    float *qt = malloc(sizeof(float) * ((size_t)H * nk + 1));
-    lane_maps *lm = aligned_alloc(64, sizeof(lane_maps));
-    float s0[16 > H ? 16 : H];
+static int threads_for(int nblk) {
     int nth = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel()) nth = omp_get_max_threads();
 #endif
     if (nth > nblk / BLOCKS_PER_THREAD) nth = nblk / BLOCKS_PER_THREAD > 0 ? nblk / BLOCKS_PER_THREAD : 1;
-    size_t per = (size_t)2 * H + (size_t)H * nv, chunk = (size_t)H * BLK * ((nblk + nth - 1) / nth + (size_t)nv);
-    float *states = malloc(sizeof(float) * (per * nth + 1)), *scratch = malloc(sizeof(float) * chunk * nth);
-    if (!qt || !lm || !states || !scratch) {
-        free(qt);
-        free(lm);
-        free(states);
-        free(scratch);
-        return 0;
-    }
-    lane_maps_init(lm);
-    for (int h = 0; h < H; h++) {
-        int nh = bk->hi[h] - bk->lo[h];
-        float *qh = bk->shared ? qt + h : qt + (size_t)h * nk;
-        int inc = bk->shared ? H : 1;
-        if (nh > 0) cblas_sgemv(CblasRowMajor, CblasNoTrans, nh, hd, scale, bk->w[h], hd, q + h * hd, 1, 0.0f, qh, inc);
-        for (int j = 0; j < nh; j++) qh[(size_t)j * inc] *= k->post[bk->lo[h] + j];
-    }
+    return nth;
+}
+
+/* Work: the query in coefficient space (H × nk), each thread's softmax state (2H + H·nv) and
+ * scratch (scores of its blocks, then the value pass's partial sums). */
+static size_t per_state(int H, int nv) { return (size_t)2 * H + (size_t)H * nv; }
+static size_t per_scratch(int H, int nv, int nblk, int nth) { return (size_t)H * BLK * ((nblk + nth - 1) / nth + (size_t)nv); }
+
+size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T) {
+    int H = k->b.n_head, nv = v->b.n_coef, nblk = (T + BLK - 1) / BLK, nth = threads_for(nblk);
+    return (size_t)H * k->b.n_coef + (per_state(H, nv) + per_scratch(H, nv, nblk, nth)) * nth + 1;
+}
+
+int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows, const void *vrows,
+                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out, float *work) {
+    const ea_kv_basis *bk = &k->b, *bv = &v->b;
+    int H = bk->n_head, hd = bk->hd, nk = bk->n_coef, nv = bv->n_coef;
+    if (bk->shared != bv->shared || (bk->shared && !shared_ok(H)) || !ksink != !vsink || T < 1) return 0;
+    pthread_once(&lanes_once, lanes_init);
+    int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK, nth = threads_for(nblk);
+    size_t per = per_state(H, nv), chunk = per_scratch(H, nv, nblk, nth);
+    float *qt = work, *states = qt + (size_t)H * nk, *scratch = states + per * nth;
+    float scale = 1.0f / sqrtf((float)hd), s0[16 > H ? 16 : H];
     if (first) ea_kv_sink_scores(bk, ksink, q, scale, s0);
+    /* One region, three phases split over the threads: the query in coefficient space (heads split;
+     * reading the basis is bandwidth-bound, so two cores halve it), the thread's blocks, the merge
+     * and projection (heads split). */
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
+        int h0 = H * tid / nth, h1 = H * (tid + 1) / nth;
+        /* σ and the softmax scale folded in: per-layer bases coefficient-major (qt[j·H + h]),
+         * per-head bases head-major (qt[h·nk + j]) */
+        for (int h = h0; h < h1; h++) {
+            const float *w = bk->w[h], *qh = q + h * hd;
+            for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++, w += hd) {
+                float a = 0;
+#pragma omp simd reduction(+ : a)
+                for (int i = 0; i < hd; i++) a += w[i] * qh[i];
+                qt[bk->shared ? (size_t)j * H + h : (size_t)h * nk + j] = a * scale * k->post[bk->lo[h] + j];
+            }
+        }
+#pragma omp barrier
         int b0 = (int)((long)nblk * tid / nth), b1 = (int)((long)nblk * (tid + 1) / nth);
-        float *st = states + per * tid;
-        float *sc = scratch + chunk * tid;
-        thread_range(k, v, krows, vrows, first, T, b0, b1, qt, lm, sc, sc + (size_t)H * BLK * (b1 - b0), st, st + H, st + 2 * H);
+        float *st = states + per * tid, *sc = scratch + chunk * tid;
+        thread_range(k, v, krows, vrows, first, T, b0, b1, qt, &lanes, sc, sc + (size_t)H * BLK * (b1 - b0), st, st + H,
+                     st + 2 * H);
+#pragma omp barrier
+        ea_kv_attend_merge(bv, vsink, states, per, nth, first ? s0 : NULL, h0, h1, out);
     }
-    ea_kv_attend_merge(bv, vsink, states, per, nth, first ? s0 : NULL, out);
-    free(qt);
-    free(lm);
-    free(states);
-    free(scratch);
     return 1;
 }
 
 #else
 
+size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T) {
+    (void)k, (void)v, (void)T;
+    return 1;
+}
+
 int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows, const void *vrows,
-                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out) {
-    (void)k, (void)v, (void)krows, (void)vrows, (void)ksink, (void)vsink, (void)q, (void)T, (void)out;
+                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out, float *work) {
+    (void)k, (void)v, (void)krows, (void)vrows, (void)ksink, (void)vsink, (void)q, (void)T, (void)out, (void)work;
     return 0; /* no vector kernel in this build: the generic coefficient-space attention runs */
 }
 
