@@ -202,21 +202,58 @@ INL void values_shared(const int H, const klt_part *p, const unsigned char *rows
     }
 }
 
-/* Levels of coefficient j for 16 rows, without a run's set-up (the per-head path). */
-static __m512 coef_vals(const klt_part *p, const unsigned char *blk, int j, const lane_maps *lm) {
-    klt_run r = {j, 1, p->bits[j]};
+/* Per-head bases: each coefficient belongs to one head (qt: H × n_coef, a head's from 0; runs do
+ * not cross heads). One accumulator per head and block. */
+INL void run_scores1(const int cls, const klt_part *p, const klt_run *r, const lane_maps *lm, const unsigned char *blk,
+                     const float *qh, __m512 *acc) {
     run_dec d;
-    switch (run_class(p, j)) {
-    case CLS_LUT16: run_setup(CLS_LUT16, p, &r, lm, &d); return run_vals(CLS_LUT16, &d, p, j, blk + p->off[j]);
-    case CLS_LUT32: run_setup(CLS_LUT32, p, &r, lm, &d); return run_vals(CLS_LUT32, &d, p, j, blk + p->off[j]);
-    case CLS_LUT64: run_setup(CLS_LUT64, p, &r, lm, &d); return run_vals(CLS_LUT64, &d, p, j, blk + p->off[j]);
-    case CLS_LUT128: run_setup(CLS_LUT128, p, &r, lm, &d); return run_vals(CLS_LUT128, &d, p, j, blk + p->off[j]);
-    case CLS_GATHER: run_setup(CLS_GATHER, p, &r, lm, &d); return run_vals(CLS_GATHER, &d, p, j, blk + p->off[j]);
-    default: run_setup(CLS_UNIFORM, p, &r, lm, &d); return run_vals(CLS_UNIFORM, &d, p, j, blk + p->off[j]);
+    run_setup(cls, p, r, lm, &d);
+    const unsigned char *seg = blk + p->off[r->j0];
+    __m512 a0 = *acc, a1 = _mm512_setzero_ps(); /* two chains: FMA latency */
+    int j = r->j0;
+    for (; j + 1 < r->j0 + r->n; j += 2, seg += 4 * r->b) {
+        a0 = _mm512_fmadd_ps(run_vals(cls, &d, p, j, seg), _mm512_set1_ps(qh[j]), a0);
+        a1 = _mm512_fmadd_ps(run_vals(cls, &d, p, j + 1, seg + 2 * r->b), _mm512_set1_ps(qh[j + 1]), a1);
+    }
+    if (j < r->j0 + r->n) a0 = _mm512_fmadd_ps(run_vals(cls, &d, p, j, seg), _mm512_set1_ps(qh[j]), a0);
+    *acc = _mm512_add_ps(a0, a1);
+}
+
+INL void run_values1(const int cls, const klt_part *p, const klt_run *r, const lane_maps *lm, const unsigned char *rows,
+                     int b0, int b1, const float *wh, size_t ws, float *Ah) {
+    run_dec d;
+    run_setup(cls, p, r, lm, &d);
+    size_t bb = BLK * p->row_bytes;
+    for (int j = r->j0; j < r->j0 + r->n; j++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        const unsigned char *seg = rows + (size_t)b0 * bb + p->off[j];
+        int bk = b0;
+        for (; bk + 1 < b1; bk += 2, seg += 2 * bb) {
+            a0 = _mm512_fmadd_ps(run_vals(cls, &d, p, j, seg), _mm512_loadu_ps(wh + (size_t)(bk - b0) * ws), a0);
+            a1 = _mm512_fmadd_ps(run_vals(cls, &d, p, j, seg + bb), _mm512_loadu_ps(wh + (size_t)(bk + 1 - b0) * ws), a1);
+        }
+        if (bk < b1) a0 = _mm512_fmadd_ps(run_vals(cls, &d, p, j, seg), _mm512_loadu_ps(wh + (size_t)(bk - b0) * ws), a0);
+        Ah[j] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * p->post[j];
     }
 }
 
-/* Per-head bases: each coefficient belongs to one head (qt: H × n_coef, a head's from 0). */
+#define RUN_DISPATCH(fn, ...)                                                                                          \
+    switch (run_class(p, r->j0)) {                                                                                     \
+    case CLS_LUT16: fn(CLS_LUT16, __VA_ARGS__); break;                                                                 \
+    case CLS_LUT32: fn(CLS_LUT32, __VA_ARGS__); break;                                                                 \
+    case CLS_LUT64: fn(CLS_LUT64, __VA_ARGS__); break;                                                                 \
+    case CLS_LUT128: fn(CLS_LUT128, __VA_ARGS__); break;                                                               \
+    case CLS_GATHER: fn(CLS_GATHER, __VA_ARGS__); break;                                                               \
+    default: fn(CLS_UNIFORM, __VA_ARGS__); break;                                                                      \
+    }
+
+/* The head a run belongs to (runs are in coefficient order, heads' ranges ascending). */
+static int run_head(const ea_kv_basis *b, const klt_run *r) {
+    int h = 0;
+    while (h + 1 < b->n_head && r->j0 >= b->hi[h]) h++;
+    return h;
+}
+
 static void scores_heads(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *qt,
                          const lane_maps *lm, float *s) {
     const ea_kv_basis *b = &p->b;
@@ -224,13 +261,15 @@ static void scores_heads(const klt_part *p, const unsigned char *rows, int b0, i
     size_t bb = BLK * p->row_bytes;
     for (int bk = b0; bk < b1; bk++) {
         const unsigned char *blk = rows + (size_t)bk * bb;
-        __m512 g = block_gain(p, blk, bk);
-        for (int h = 0; h < H; h++) {
-            __m512 acc = _mm512_setzero_ps();
+        __m512 g = block_gain(p, blk, bk), acc[H];
+        for (int h = 0; h < H; h++) acc[h] = _mm512_setzero_ps();
+        for (int ri = 0; ri < p->n_runs; ri++) {
+            const klt_run *r = &p->runs[ri];
+            int h = run_head(b, r);
             const float *qh = qt + (size_t)h * b->n_coef - b->lo[h];
-            for (int j = b->lo[h]; j < b->hi[h]; j++) acc = _mm512_fmadd_ps(coef_vals(p, blk, j, lm), _mm512_set1_ps(qh[j]), acc);
-            _mm512_storeu_ps(s + SIDX(bk - b0, h), _mm512_mul_ps(acc, g));
+            RUN_DISPATCH(run_scores1, p, r, lm, blk, qh, &acc[h])
         }
+        for (int h = 0; h < H; h++) _mm512_storeu_ps(s + SIDX(bk - b0, h), _mm512_mul_ps(acc[h], g));
     }
 }
 
@@ -238,14 +277,11 @@ static void values_heads(const klt_part *p, const unsigned char *rows, int b0, i
                          const lane_maps *lm, float *A) {
     const ea_kv_basis *b = &p->b;
     int H = b->n_head;
-    size_t bb = BLK * p->row_bytes;
-    for (int h = 0; h < H; h++)
-        for (int j = b->lo[h]; j < b->hi[h]; j++) {
-            __m512 acc = _mm512_setzero_ps();
-            for (int bk = b0; bk < b1; bk++)
-                acc = _mm512_fmadd_ps(coef_vals(p, rows + (size_t)bk * bb, j, lm), _mm512_loadu_ps(w + SIDX(bk - b0, h)), acc);
-            A[(size_t)h * b->n_coef + (j - b->lo[h])] = _mm512_reduce_add_ps(acc) * p->post[j];
-        }
+    for (int ri = 0; ri < p->n_runs; ri++) {
+        const klt_run *r = &p->runs[ri];
+        int h = run_head(b, r);
+        RUN_DISPATCH(run_values1, p, r, lm, rows, b0, b1, w + SIDX(0, h), (size_t)H * BLK, A + (size_t)h * b->n_coef - b->lo[h])
+    }
 }
 
 static int shared_ok(int H) { return H == 4 || H == 8 || H == 12 || H == 16; }
