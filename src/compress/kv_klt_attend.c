@@ -23,6 +23,7 @@
 
 #define BLK EA_KV_KLT_BLOCK
 #define BLOCKS_PER_THREAD 8 /* fewer blocks than this per thread: fewer threads */
+#define KLT_MAX_HEADS 256   /* heads the kernel takes (sink scores on the stack) */
 #define TILE_BYTES 24576    /* blocks the value pass keeps in L1 at a time */
 #define INL static inline __attribute__((always_inline))
 
@@ -375,12 +376,13 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
                          const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out, float *work) {
     const ea_kv_basis *bk = &k->b, *bv = &v->b;
     int H = bk->n_head, hd = bk->hd, nk = bk->n_coef, nv = bv->n_coef;
-    if (bk->shared != bv->shared || (bk->shared && !shared_ok(H)) || !ksink != !vsink || T < 1) return 0;
+    if (bk->shared != bv->shared || (bk->shared && !shared_ok(H)) || H > KLT_MAX_HEADS || !ksink != !vsink || T < 1)
+        return 0;
     pthread_once(&lanes_once, lanes_init);
     int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK, nth = threads_for(nblk);
     size_t per = per_state(H, nv), chunk = per_scratch(H, nv, nblk, nth);
     float *qt = work, *states = qt + (size_t)H * nk, *scratch = states + per * nth;
-    float scale = 1.0f / sqrtf((float)hd), s0[16 > H ? 16 : H];
+    float scale = 1.0f / sqrtf((float)hd), s0[KLT_MAX_HEADS]; /* fixed size: no VLA captured by the region */
     if (first) ea_kv_sink_scores(bk, ksink, q, scale, s0);
     /* One region, three phases split over the threads: the query in coefficient space (heads split;
      * reading the basis is bandwidth-bound, so two cores halve it), the thread's blocks, the merge
@@ -395,12 +397,12 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
         /* σ and the softmax scale folded in: per-layer bases coefficient-major (qt[j·H + h]),
          * per-head bases head-major (qt[h·nk + j]) */
         for (int h = h0; h < h1; h++) {
-            const float *w = bk->w[h], *qh = q + h * hd;
-            for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++, w += hd) {
+            const float *w = bk->w[h], *qh = q + h * hd, *post = k->post + bk->lo[h];
+            for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++) {
                 float a = 0;
 #pragma omp simd reduction(+ : a)
-                for (int i = 0; i < hd; i++) a += w[i] * qh[i];
-                qt[bk->shared ? (size_t)j * H + h : (size_t)h * nk + j] = a * scale * k->post[bk->lo[h] + j];
+                for (int i = 0; i < hd; i++) a += w[(size_t)j * hd + i] * qh[i];
+                qt[bk->shared ? (size_t)j * H + h : (size_t)h * nk + j] = a * scale * post[j];
             }
         }
 #pragma omp barrier
