@@ -76,6 +76,9 @@ static void test_eval_json(void **state) {
         assert_true(fabs(cache - 2.0 * 4 * 64 * 128 * bpv / 8) < 0.5);
         assert_true(num(c, "decode_tok_s") > 0);
         if (i >= 2) assert_true(over > 0);
+        /* what the codec holds in memory: at least its stored parameters (klt: float32 working copies) */
+        double res = num(c, "resident_bytes");
+        assert_true(res >= over && (strncmp(names[i], "klt", 3) ? res == over : res > over));
     }
     /* q8 is much closer to the exact cache than the note's pca at the same bits */
     assert_true(num(cJSON_GetArrayItem(codecs, 0), "kl") < num(cJSON_GetArrayItem(codecs, 2), "kl"));

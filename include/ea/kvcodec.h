@@ -22,7 +22,8 @@ typedef struct {
     /* Encode one row x (d floats) of the token at position pos. dst is the row's address in a
      * buffer laid out from row 0 (see block_rows: the row may share bytes with its block). */
     void (*encode)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos, const float *x, void *dst);
-    /* Decode n consecutive rows starting at position pos0 (src: n encoded rows) into x (n × d). */
+    /* Decode n consecutive rows starting at position pos0 (src: row pos0's address, as for encode)
+     * into x (n × d). */
     void (*decode)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src,
                    float *x);
     /* Optional: causal attention computed directly on encoded rows, for any nq (one-token decode
@@ -42,6 +43,10 @@ typedef struct {
      * calls of encode would (prefill batches them). NULL means encode row by row. */
     void (*encode_rows)(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const float *x, int ld,
                         void *dst);
+    /* Optional: bytes the codec object holds in memory (working copies in float32 and the like),
+     * where that differs from overhead_bytes, which counts parameters at their stored precision.
+     * NULL means the same as overhead_bytes. */
+    size_t (*resident_bytes)(const ea_kv_codec *c);
 } ea_kv_codec_ops;
 
 struct ea_kv_codec {
@@ -90,6 +95,9 @@ size_t ea_kv_codec_rows_stored(const ea_kv_codec *c, size_t ntok);
  * blocks of rows (row 0 at the buffer + ea_kv_codec_seq_bytes). */
 size_t ea_kv_codec_buffer_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind, size_t ntok);
 size_t ea_kv_codec_overhead(const ea_kv_codec *c);
+/* Bytes the codec holds in memory while in use (>= the stored overhead for klt, whose float32
+ * working copies of vectors and encoder are derived at build or load). */
+size_t ea_kv_codec_resident(const ea_kv_codec *c);
 /* Standard causal attention on float rows (reference, and the fallback path).
  * k, v: (pos0+nq) × d; q, out: nq × d. scratch: at least pos0+nq floats. */
 void ea_attention_ref(int n_head, int d, const float *q, int nq, int pos0, const float *k, const float *v,

@@ -1,6 +1,7 @@
 /* eigenalign bench-memory: the memory table by sequence length, with correct accounting.
  *   KV cache         = 2 × layers × seq × d values × bits per value (the codec's own row sizes)
- *   codec overhead   = fixed bytes the codec stores besides the cache (bases, means, tables)
+ *   codec overhead   = fixed bytes the codec stores besides the cache (bases, means, tables); the
+ *                      JSON adds codec_resident_bytes, what the codec object holds in memory
  *   attention scores = heads × seq² floats of one layer during a prefill (transient)
  *   weights          = the parameters as the engine holds them (float32)
  * and, beside the computed numbers, measured ones: the cache's own allocation
@@ -167,7 +168,7 @@ typedef struct {
     const char *spec;
     char file[96]; /* klt: the fitted codec saved for the measuring child ("" otherwise) */
     double bits, row_b, seq_b; /* bits at n_ctx; bytes per token and per sequence */
-    size_t overhead;
+    size_t overhead, resident; /* stored parameters; what the codec object holds in memory */
 } codec_info;
 
 static int parse_ints(const char *s, int *out, int max) {
@@ -259,7 +260,7 @@ int cmd_bench_memory(int argc, char **argv) {
         ea_kv_codec *c = NULL;
         if (!strcmp(cinfo[i].spec, "f32")) {
             cinfo[i].bits = 32;
-            cinfo[i].overhead = 0;
+            cinfo[i].overhead = cinfo[i].resident = 0;
             cinfo[i].row_b = 2.0 * L * d * 4;
             cinfo[i].seq_b = 0;
             continue;
@@ -274,6 +275,7 @@ int cmd_bench_memory(int argc, char **argv) {
         cinfo[i].row_b = (double)(ea_kv_codec_bytes(c, 2 * br) - ea_kv_codec_bytes(c, br)) / br;
         cinfo[i].seq_b = (double)ea_kv_codec_bytes(c, br) - br * cinfo[i].row_b;
         cinfo[i].overhead = ea_kv_codec_overhead(c);
+        cinfo[i].resident = ea_kv_codec_resident(c);
         if (tmpdir && !strncmp(cinfo[i].spec, "klt", 3)) { /* the child measures this very codec */
             snprintf(cinfo[i].file, sizeof cinfo[i].file, "file:%s/codec%d.safetensors", tmpdir, i);
             st = ea_kv_codec_save(c, cinfo[i].file + 5);
@@ -338,6 +340,7 @@ int cmd_bench_memory(int argc, char **argv) {
             cJSON_AddNumberToObject(r, "kv_bytes", kv);
             cJSON_AddNumberToObject(r, "kv_f32_bytes", kv32);
             cJSON_AddNumberToObject(r, "overhead_bytes", (double)cinfo[i].overhead);
+            cJSON_AddNumberToObject(r, "codec_resident_bytes", (double)cinfo[i].resident);
             cJSON_AddNumberToObject(r, "kv_plus_overhead_bytes", total);
             cJSON_AddNumberToObject(r, "ratio_vs_f32", kv32 / total);
             cJSON_AddNumberToObject(r, "claimed_bytes", kv32 / claimed);

@@ -153,15 +153,16 @@ static ea_status write_svg(const codec_run *runs, int nr, double base_ppl, const
 }
 
 static void print_table(const codec_run *runs, int nr, double base_ppl, int ctx) {
-    printf("%-14s %9s %12s %12s %10s %9s %10s %7s %10s %10s\n", "codec", "bits/val", "overhead B", "cache B",
-           "ppl", "dppl %", "KL", "top1", "prefill/s", "decode/s");
+    printf("%-14s %9s %12s %12s %12s %10s %9s %10s %7s %10s %10s\n", "codec", "bits/val", "overhead B", "resident B",
+           "cache B", "ppl", "dppl %", "KL", "top1", "prefill/s", "decode/s");
     const codec_run *b = &runs[0];
-    printf("%-14s %9.3f %12d %12zu %10.4f %9s %10s %7s %10.1f %10.1f\n", "f32 (baseline)", 32.0, 0,
+    printf("%-14s %9.3f %12d %12d %12zu %10.4f %9s %10s %7s %10.1f %10.1f\n", "f32 (baseline)", 32.0, 0, 0,
            ea_kvcache_bytes_for(b->cache, ctx), base_ppl, "-", "-", "-", b->prefill_tok / b->prefill_s, b->decode_tok_s);
     for (int i = 1; i < nr; i++) {
         const codec_run *r = &runs[i];
-        printf("%-14s %9.3f %12zu %12zu %10.4f %+9.3f %10.6f %6.2f%% %10.1f %10.1f\n", r->spec,
-               bits_at(r->codec, ctx), ea_kv_codec_overhead(r->codec), ea_kvcache_bytes_for(r->cache, ctx),
+        printf("%-14s %9.3f %12zu %12zu %12zu %10.4f %+9.3f %10.6f %6.2f%% %10.1f %10.1f\n", r->spec,
+               bits_at(r->codec, ctx), ea_kv_codec_overhead(r->codec), ea_kv_codec_resident(r->codec),
+               ea_kvcache_bytes_for(r->cache, ctx),
                exp(r->sc.nll / (double)r->sc.scored), dppl_pct(r, base_ppl), r->sc.kl / (double)r->sc.scored,
                100.0 * (double)r->sc.top1 / (double)r->sc.scored, r->prefill_tok / r->prefill_s, r->decode_tok_s);
     }
@@ -370,6 +371,7 @@ int cmd_eval(int argc, char **argv) {
             cJSON_AddStringToObject(c, "codec", r->spec);
             cli_add_number(c, "bits_per_value", bits_at(r->codec, ctx));
             cJSON_AddNumberToObject(c, "overhead_bytes", (double)ea_kv_codec_overhead(r->codec));
+            cJSON_AddNumberToObject(c, "resident_bytes", (double)ea_kv_codec_resident(r->codec));
             cJSON_AddNumberToObject(c, "cache_bytes", (double)ea_kvcache_bytes_for(r->cache, (int)ctx));
             cli_add_number(c, "ppl", exp(r->sc.nll / (double)r->sc.scored));
             cli_add_number(c, "dppl_pct", dppl_pct(r, base_ppl));

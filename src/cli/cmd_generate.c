@@ -88,12 +88,14 @@ int cmd_generate(int argc, char **argv) {
         cJSON_AddNumberToObject(j, "cache_tokens", ea_kvcache_len(cache));
         cJSON_AddNumberToObject(j, "cache_bytes", (double)cache_bytes);
         cJSON_AddNumberToObject(j, "codec_overhead_bytes", codec ? (double)ea_kv_codec_overhead(codec) : 0);
+        cJSON_AddNumberToObject(j, "codec_resident_bytes", codec ? (double)ea_kv_codec_resident(codec) : 0);
         cJSON_AddNumberToObject(j, "seconds", secs);
         cli_print_json(j);
     } else {
         printf("%s%s\n", prompt, text);
-        fprintf(stderr, "[%d tokens in %.3f s; kv cache %s: %d tokens, %zu bytes + %zu bytes codec overhead]\n", n_out, secs,
-                kv ? kv : "f32", ea_kvcache_len(cache), cache_bytes, codec ? ea_kv_codec_overhead(codec) : (size_t)0);
+        fprintf(stderr, "[%d tokens in %.3f s; kv cache %s: %d tokens, %zu bytes + %zu bytes codec overhead (%zu in memory)]\n",
+                n_out, secs, kv ? kv : "f32", ea_kvcache_len(cache), cache_bytes, codec ? ea_kv_codec_overhead(codec) : (size_t)0,
+                codec ? ea_kv_codec_resident(codec) : (size_t)0);
     }
     rc = 0;
 done:

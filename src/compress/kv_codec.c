@@ -226,3 +226,6 @@ double ea_kv_codec_bits_per_value(const ea_kv_codec *c) {
 }
 
 size_t ea_kv_codec_overhead(const ea_kv_codec *c) { return c->ops->overhead_bytes ? c->ops->overhead_bytes(c) : 0; }
+size_t ea_kv_codec_resident(const ea_kv_codec *c) {
+    return c->ops->resident_bytes ? c->ops->resident_bytes(c) : ea_kv_codec_overhead(c);
+}

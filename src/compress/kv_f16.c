@@ -21,7 +21,7 @@ static void f16_attend(const ea_kv_codec *c, int layer, const float *q, int nq, 
 static size_t f16_overhead(const ea_kv_codec *c) { return 0; }
 static void f16_destroy(ea_kv_codec *c) {}
 
-static const ea_kv_codec_ops f16_ops = {f16_row_bytes, f16_encode, f16_decode, f16_attend, f16_overhead, f16_destroy, NULL, NULL};
+static const ea_kv_codec_ops f16_ops = {f16_row_bytes, f16_encode, f16_decode, f16_attend, f16_overhead, f16_destroy, NULL, NULL, NULL};
 
 ea_status ea_kv_f16_setup(ea_kv_codec *c) {
     c->ops = &f16_ops;

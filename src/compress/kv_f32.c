@@ -22,7 +22,7 @@ static void f32_attend(const ea_kv_codec *c, int layer, const float *q, int nq, 
 static size_t f32_overhead(const ea_kv_codec *c) { return 0; }
 static void f32_destroy(ea_kv_codec *c) {}
 
-static const ea_kv_codec_ops f32_ops = {f32_row_bytes, f32_encode, f32_decode, f32_attend, f32_overhead, f32_destroy, NULL, NULL};
+static const ea_kv_codec_ops f32_ops = {f32_row_bytes, f32_encode, f32_decode, f32_attend, f32_overhead, f32_destroy, NULL, NULL, NULL};
 
 ea_status ea_kv_f32_setup(ea_kv_codec *c) {
     c->ops = &f32_ops;

@@ -275,6 +275,24 @@ static void klt_attend(const ea_kv_codec *c, int layer, const float *q, int nq, 
 
 static size_t klt_overhead(const ea_kv_codec *c) { return ((const klt_state *)c->state)->overhead; }
 
+/* What the codec object holds in memory: float32 working copies of the vectors and the encoder,
+ * per-coefficient arrays, padded and measured level tables (not the attention's work memory). */
+static size_t klt_resident(const ea_kv_codec *c) {
+    const klt_state *ks = c->state;
+    size_t bytes = sizeof *ks;
+    for (int p = 0; p < 2 * c->n_layer; p++) {
+        const klt_part *kp = &ks->p[p];
+        size_t n = (size_t)kp->b.n_coef;
+        bytes += sizeof *kp + sizeof(float) * ea_kv_basis_floats(&kp->b) + (kp->b.enc ? sizeof(float) * n * (size_t)c->d : 0);
+        bytes += (size_t)c->n_head * (2 * sizeof(int) + sizeof(float *));
+        bytes += n * (sizeof *kp->bits + sizeof *kp->sig + sizeof *kp->tab + sizeof *kp->lv_a + sizeof *kp->lv_c +
+                      sizeof *kp->qz + sizeof *kp->off + sizeof *kp->ptab + sizeof *kp->post);
+        bytes += sizeof(float) * kp->n_pad + sizeof(klt_run) * (size_t)kp->n_runs;
+    }
+    if (ks->pq) bytes += sizeof(ea_kv_quant) * 2 * (size_t)c->n_layer * (EA_KV_QBITS + 1);
+    return bytes;
+}
+
 static void klt_destroy(ea_kv_codec *c) {
     klt_state *s = c->state;
     if (!s) return;
@@ -300,7 +318,8 @@ static void klt_destroy(ea_kv_codec *c) {
     c->state = NULL;
 }
 
-static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode, klt_decode, klt_attend, klt_overhead, klt_destroy, klt_seq_bytes, klt_encode_rows};
+static const ea_kv_codec_ops klt_ops = {klt_row_bytes, klt_encode,     klt_decode,     klt_attend,  klt_overhead,
+                                        klt_destroy,   klt_seq_bytes, klt_encode_rows, klt_resident};
 
 /* ---- bit allocation ---- */
 
@@ -605,6 +624,7 @@ static ea_status part_finish(klt_part *kp, const char *name) {
         if (kp->tab[j] && kp->bits[j] <= 7 && (j == 0 || kp->tab[j] != kp->tab[j - 1]))
             npad += kp->bits[j] < 4 ? 16 : (size_t)1 << kp->bits[j];
     kp->pad = malloc(sizeof(float) * (npad + 1));
+    kp->n_pad = npad;
     if (!kp->off || !kp->ptab || !kp->post || !kp->pad) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", name);
     int off = EA_KV_KLT_BLOCK * kp->hdr;
     float *pad = kp->pad;
@@ -718,7 +738,6 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
             st = ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", c->name);
             break;
         }
-        long nbits = 0;
         double pred = 0;
         for (int j = 0, k = 0; j < d; j++) { /* basis order = group order, eigenvalue order within */
             pred += ev[j] * it[j].dm[it[j].bits];
@@ -727,7 +746,6 @@ ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metr
             kp->sig[k] = (float)sqrt(ev[j] > 0 ? ev[j] : 0);
             if (!(kp->sig[k] > 0)) kp->sig[k] = 1e-30f;
             kp->qz[k] = hist ? &ks->pq[(size_t)p * (EA_KV_QBITS + 1) + it[j].bits] : &ks->q[it[j].bits];
-            nbits += it[j].bits;
             k++;
         }
         kp->hdr = hdr;

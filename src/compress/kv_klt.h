@@ -41,6 +41,7 @@ typedef struct {
     int *off;               /* n_coef: byte offset of coefficient j's codes in a block */
     const float **ptab;     /* n_coef: level table padded for register lookups (widths <= 7), else NULL */
     float *pad;             /* storage of the padded tables */
+    size_t n_pad;           /* floats in pad */
     float *post;            /* n_coef: factor of a decoded level (σ for tables, 1 for uniform levels) */
 } klt_part;
 

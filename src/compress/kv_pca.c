@@ -65,7 +65,7 @@ static void pca_destroy(ea_kv_codec *c) {
     c->state = NULL;
 }
 
-static const ea_kv_codec_ops pca_ops = {pca_row_bytes, pca_encode, pca_decode, pca_attend, pca_overhead, pca_destroy, NULL, NULL};
+static const ea_kv_codec_ops pca_ops = {pca_row_bytes, pca_encode, pca_decode, pca_attend, pca_overhead, pca_destroy, NULL, NULL, NULL};
 
 ea_status ea_kv_pca_setup(ea_kv_codec *c, const ea_kv_stats *s, int rank, int per_head) {
     int d = c->d, groups = per_head ? c->n_head : 1, w = d / groups;

@@ -118,8 +118,8 @@ static void q4_attend(const ea_kv_codec *c, int layer, const float *q, int nq, i
 static size_t q_overhead(const ea_kv_codec *c) { return 0; }
 static void q_destroy(ea_kv_codec *c) {}
 
-static const ea_kv_codec_ops q8_ops = {q8_row_bytes, q8_encode, q8_decode, q8_attend, q_overhead, q_destroy, NULL, NULL};
-static const ea_kv_codec_ops q4_ops = {q4_row_bytes, q4_encode, q4_decode, q4_attend, q_overhead, q_destroy, NULL, NULL};
+static const ea_kv_codec_ops q8_ops = {q8_row_bytes, q8_encode, q8_decode, q8_attend, q_overhead, q_destroy, NULL, NULL, NULL};
+static const ea_kv_codec_ops q4_ops = {q4_row_bytes, q4_encode, q4_decode, q4_attend, q_overhead, q_destroy, NULL, NULL, NULL};
 
 ea_status ea_kv_q8_setup(ea_kv_codec *c) {
     c->ops = &q8_ops;
