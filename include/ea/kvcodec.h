@@ -89,7 +89,7 @@ double ea_kv_codec_bits_per_value(const ea_kv_codec *c);
 size_t ea_kv_codec_bytes(const ea_kv_codec *c, int ntok);
 /* Per-sequence bytes of (layer, kind) besides its rows (0 for most codecs). */
 size_t ea_kv_codec_seq_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind);
-/* Rows that storage for ntok rows holds: ntok rounded up to whole blocks. */
+/* Rows that storage for ntok rows holds: ntok rounded up to whole blocks (c may be NULL: ntok). */
 size_t ea_kv_codec_rows_stored(const ea_kv_codec *c, size_t ntok);
 /* Bytes of a buffer for rows 0..ntok-1 of (layer, kind): the per-sequence bytes, then whole
  * blocks of rows (row 0 at the buffer + ea_kv_codec_seq_bytes). */

@@ -205,12 +205,18 @@ ea_status ea_kv_basis_set_encoder(ea_kv_basis *b, const double *blocks) {
     return st;
 }
 
+void ea_kv_basis_project_range(const ea_kv_basis *b, const float *xc, int j0, int j1, float *coef) {
+    if (j1 > j0)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, j1 - j0, b->d, 1.0f, b->enc + (size_t)j0 * b->d, b->d, xc, 1, 0.0f,
+                    coef + j0, 1);
+}
+
 void ea_kv_basis_project(const ea_kv_basis *b, const float *x, float *coef) {
     int hd = b->hd;
     if (b->enc) { /* least-squares encoder: coef = E (x - mean) */
         float xc[b->d];
         for (int i = 0; i < b->d; i++) xc[i] = x[i] - b->mean[i];
-        if (b->n_coef) cblas_sgemv(CblasRowMajor, CblasNoTrans, b->n_coef, b->d, 1.0f, b->enc, b->d, xc, 1, 0.0f, coef, 1);
+        ea_kv_basis_project_range(b, xc, 0, b->n_coef, coef);
         return;
     }
     float xc[hd];

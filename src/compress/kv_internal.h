@@ -129,6 +129,8 @@ ea_status ea_kv_basis_build(ea_kv_basis *b, const ea_kv_stats *s, int layer, int
 void ea_kv_basis_free(ea_kv_basis *b);
 /* Stored floats of the basis: means and decode vectors. */
 size_t ea_kv_basis_floats(const ea_kv_basis *b);
+/* coef[j0..j1) = rows j0..j1-1 of the encoder times xc = x - mean (bases with an encoder) */
+void ea_kv_basis_project_range(const ea_kv_basis *b, const float *xc, int j0, int j1, float *coef);
 /* coef (n_coef) = basisᵀ (x - mean) */
 void ea_kv_basis_project(const ea_kv_basis *b, const float *x, float *coef);
 /* x (d) = mean + basis coef */

@@ -182,7 +182,7 @@ static void klt_encode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos
         t = omp_get_thread_num();
 #endif
         int j0 = t ? n / 2 : 0, j1 = t ? n : n / 2;
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, j1 - j0, d, 1.0f, p->b.enc + (size_t)j0 * d, d, xc, 1, 0.0f, y + j0, 1);
+        ea_kv_basis_project_range(&p->b, xc, j0, j1, y);
         put_range(p, blk, pos % EA_KV_KLT_BLOCK, y, g, j0, j1);
     }
 }

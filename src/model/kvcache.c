@@ -29,7 +29,7 @@ ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, 
         c->seq_bytes[i] = codec ? ea_kv_codec_seq_bytes(codec, i / 2, (ea_kv_kind)(i % 2)) : 0;
         size_t bytes;
         /* whole blocks of rows (codecs that store rows in blocks; 1 row otherwise) */
-        if (ea_mul_size(c->row_bytes[i], codec ? ea_kv_codec_rows_stored(codec, (size_t)capacity) : (size_t)capacity, &bytes) || bytes > SIZE_MAX - c->seq_bytes[i] ||
+        if (ea_mul_size(c->row_bytes[i], ea_kv_codec_rows_stored(codec, (size_t)capacity), &bytes) || bytes > SIZE_MAX - c->seq_bytes[i] ||
             !(c->store[i] = calloc(1, bytes + c->seq_bytes[i] + 1)))
             goto nomem;
         c->rows[i] = c->store[i] + c->seq_bytes[i];
@@ -69,7 +69,7 @@ size_t ea_kvcache_bytes_for(const ea_kvcache *c, int ntok) {
         row += c->row_bytes[i];
         seq += c->seq_bytes[i];
     }
-    return ntok > 0 ? seq + row * (c->codec ? ea_kv_codec_rows_stored(c->codec, (size_t)ntok) : (size_t)ntok) : 0;
+    return ntok > 0 ? seq + row * ea_kv_codec_rows_stored(c->codec, (size_t)ntok) : 0;
 }
 
 size_t ea_kvcache_allocated_bytes(const ea_kvcache *c) { return ea_kvcache_bytes_for(c, c->cap); }
