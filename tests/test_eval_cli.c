@@ -244,6 +244,62 @@ static void test_generate_klt(void **state) {
     free(err);
 }
 
+/* fit --kv stores fitted klt codecs in the compressor file; eval --compressor uses them as
+ * stored: the same KL as fitting on the same calibration tokens and window, and pca still builds
+ * from the same file's k,v statistics (the compressor loader skips the embedded codecs). */
+static void test_fit_kv_embedded(void **state) {
+    char *dir = test_tmpdir(), file[512];
+    snprintf(file, sizeof file, "%s/kv.safetensors", dir);
+    char *out = NULL, *err = NULL;
+    const char *fa[] = {"fit", "--text", CALIB_TEXT, "--sites", "k,v", "--rank", "128", "--max-tokens", "1024", "--ctx", "64",
+                        "--kv", "klt:1", "-o", file, "--json", NULL};
+    int rc = test_run_cli(&out, &err, fa);
+    if (rc != 0) printf("stderr: %s\n", err);
+    assert_int_equal(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(j, "kv_codecs");
+    assert_int_equal(cJSON_GetArraySize(kvs), 1);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(kvs, 0), "codec")->valuestring, "klt:1");
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+    const char *ea[] = {"eval", "--compressor", file, "--text", EVAL_TEXT, "--max-tokens", "256", "--ctx", "64", "--kv",
+                        "klt:1,pca:8", "--decode-tokens", "0", "--json", NULL};
+    const char *eb[] = {"eval", "--calib", CALIB_TEXT, "--calib-max-tokens", "1024", "--text", EVAL_TEXT, "--max-tokens", "256",
+                        "--ctx", "64", "--kv", "klt:1", "--decode-tokens", "0", "--json", NULL};
+    double kl[2];
+    for (int k = 0; k < 2; k++) {
+        rc = test_run_cli(&out, &err, k ? eb : ea);
+        if (rc != 0) printf("stderr: %s\n", err);
+        assert_int_equal(rc, 0);
+        j = cJSON_Parse(out);
+        assert_non_null(j);
+        const cJSON *codecs = cJSON_GetObjectItemCaseSensitive(j, "codecs"), *c0 = cJSON_GetArrayItem(codecs, 0);
+        kl[k] = num(c0, "kl");
+        assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c0, "stored_in_compressor")) == !k);
+        if (!k) {
+            const cJSON *c1 = cJSON_GetArrayItem(codecs, 1);
+            assert_string_equal(cJSON_GetObjectItemCaseSensitive(c1, "codec")->valuestring, "pca:8");
+            assert_true(isfinite(num(c1, "kl")) && num(c1, "kl") > kl[0]);
+        }
+        cJSON_Delete(j);
+        free(out);
+        free(err);
+    }
+    printf("klt:1 KL: stored in the compressor %.9g, fitted on the same calibration tokens %.9g\n", kl[0], kl[1]);
+    assert_true(kl[0] == kl[1]);
+    /* only klt codecs are stored; a typo is refused before anything is fitted */
+    const char *fc[] = {"fit", "--rank", "8", "--kv", "pca:8", "-o", file, NULL};
+    assert_int_equal(test_run_cli(&out, &err, fc), 2);
+    printf("fit --kv pca:8: %s", err);
+    assert_non_null(strstr(err, "klt"));
+    free(out);
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eval_json),
@@ -251,6 +307,7 @@ int main(void) {
         cmocka_unit_test(test_eval_errors),
         cmocka_unit_test(test_bench_memory_json),
         cmocka_unit_test(test_generate_klt),
+        cmocka_unit_test(test_fit_kv_embedded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

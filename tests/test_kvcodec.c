@@ -807,6 +807,73 @@ static void test_quant_index(void **state) {
     assert_true(checked > 10000);
 }
 
+/* klt codecs embedded in a shared safetensors file (a compressor's, under "kv.<i>."): the one the
+ * list names loads and encodes exactly as the original; a spec not listed is absent (no error); a
+ * listed codec whose tensors are missing is refused, naming the file. */
+static void test_klt_embedded(void **state) {
+    ea_config c = small_cfg();
+    source s;
+    source_init(&s, &c, 41);
+    char *dir = test_tmpdir(), path[600], bad[600];
+    snprintf(path, sizeof path, "%s/compressor.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    ea_kv_codec *a = make_ex("klt:2", &c, &s.st, NULL), *b = make_ex("klt:1:h", &c, &s.st, NULL), *got = NULL;
+    float one = 1;
+    int64_t s1[1] = {1};
+    ea_st_writer *w = NULL;
+    assert_int_equal(ea_st_writer_init(&w), EA_OK);
+    assert_int_equal(ea_st_writer_add(w, "layer.0.k.mean", EA_DTYPE_F32, 1, s1, &one), EA_OK); /* other content */
+    assert_int_equal(ea_kv_klt_write(a, w, "kv.0."), EA_OK);
+    assert_int_equal(ea_kv_klt_write(b, w, "kv.1."), EA_OK);
+    assert_int_equal(ea_st_writer_meta(w, "kv_codecs", "klt:2,klt:1:h"), EA_OK);
+    assert_int_equal(ea_st_writer_save(w, path), EA_OK);
+    ea_st_writer_free(w);
+    const ea_kv_codec *want[2] = {a, b};
+    const char *specs[2] = {"klt:2", "klt:1:h"};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ea_kv_codec_load_embedded(path, specs[i], &c, &got), EA_OK);
+        assert_non_null(got);
+        assert_string_equal(got->name, specs[i]);
+        assert_true(ea_kv_codec_overhead(got) == ea_kv_codec_overhead(want[i]));
+        ea_rng r;
+        ea_rng_seed(&r, 6);
+        float x[256];
+        for (int layer = 0; layer < c.n_layer; layer++)
+            for (int kind = 0; kind < 2; kind++) {
+                size_t rb = got->ops->row_bytes(got, layer, (ea_kv_kind)kind), sb = ea_kv_codec_seq_bytes(got, layer, (ea_kv_kind)kind);
+                size_t nb = ea_kv_codec_buffer_bytes(got, layer, (ea_kv_kind)kind, 20);
+                assert_true(nb == ea_kv_codec_buffer_bytes(want[i], layer, (ea_kv_kind)kind, 20));
+                unsigned char *m1 = calloc(1, nb), *m2 = calloc(1, nb);
+                for (int t = 0; t < 20; t++) {
+                    source_sample(&s, &r, layer, kind, x);
+                    want[i]->ops->encode(want[i], layer, (ea_kv_kind)kind, t, x, m1 + sb + rb * t);
+                    got->ops->encode(got, layer, (ea_kv_kind)kind, t, x, m2 + sb + rb * t);
+                }
+                assert_memory_equal(m1, m2, nb);
+                free(m1);
+                free(m2);
+            }
+        ea_kv_codec_free(got);
+    }
+    assert_int_equal(ea_kv_codec_load_embedded(path, "klt:3", &c, &got), EA_OK);
+    assert_null(got);
+    /* listed, but nothing stored under kv.0. */
+    assert_int_equal(ea_st_writer_init(&w), EA_OK);
+    assert_int_equal(ea_st_writer_add(w, "layer.0.k.mean", EA_DTYPE_F32, 1, s1, &one), EA_OK);
+    assert_int_equal(ea_st_writer_meta(w, "kv_codecs", "klt:2"), EA_OK);
+    assert_int_equal(ea_st_writer_save(w, bad), EA_OK);
+    ea_st_writer_free(w);
+    assert_int_equal(ea_kv_codec_load_embedded(bad, "klt:2", &c, &got), EA_ERR_FORMAT);
+    assert_null(got);
+    printf("embedded codec missing: %s\n", ea_last_error());
+    assert_non_null(strstr(ea_last_error(), "bad.safetensors"));
+    ea_kv_codec_free(a);
+    ea_kv_codec_free(b);
+    test_rmdir(dir);
+    free(dir);
+    source_free(&s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f32_exact),
@@ -821,6 +888,7 @@ int main(void) {
         cmocka_unit_test(test_klt_weighted_distortion),
         cmocka_unit_test(test_hist_lloyd),
         cmocka_unit_test(test_klt_file_roundtrip),
+        cmocka_unit_test(test_klt_embedded),
         cmocka_unit_test(test_klt_encode_rows),
         cmocka_unit_test(test_f32_codec_matches_engine),
         cmocka_unit_test(test_spec_errors),

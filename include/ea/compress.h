@@ -133,6 +133,13 @@ const ea_projector *ea_compressor_find(const ea_compressor *c, ea_site site, int
 /* File: safetensors with layer.{i}.{site}[.head{h}].{mean,basis,eigenvalues} (F32) and
  * __metadata__ (see compressor.c). Written atomically. Loading validates every tensor. */
 ea_status ea_compressor_save(const ea_compressor *c, const char *path);
+/* The same file with fitted klt KV codecs inside (tensors and metadata under "kv.<i>.", their
+ * specs listed in the metadata key "kv_codecs"), so a compressor carries the codecs fitted with
+ * it; ea_compressor_load ignores them. Other codecs are rebuilt from statistics: EA_ERR_ARG. */
+ea_status ea_compressor_save_with_kv(const ea_compressor *c, const ea_kv_codec *const *kv, int n_kv, const char *path);
+/* The klt codec `spec` embedded in the compressor file at path, for a model of shape cfg; EA_OK
+ * with *out NULL when the file holds no codec of that spec. */
+ea_status ea_kv_codec_load_embedded(const char *path, const char *spec, const ea_config *cfg, ea_kv_codec **out);
 ea_status ea_compressor_load(const char *path, ea_compressor **out);
 /* Does the compressor fit this model? EA_ERR_MISMATCH with the reason (width, layers, heads,
  * fingerprint) otherwise. what names the compressor in messages (its path). */

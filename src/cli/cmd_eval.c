@@ -23,8 +23,9 @@ static const char *usage =
     "  klt flags after a second ':' change one choice each: h per-head bases, u uniform levels, m plain squared\n"
     "  error (no metric), b fixed budget per layer and kind, f float32 bases, s per-row gain, r<x> metric\n"
     "  regularisation, z<x> position-0 step gain (e.g. klt:2:umbf is the simple KLT coder).\n"
-    "  Basis codecs take K/V statistics from --compressor (a full-rank k,v compressor from 'fit'; it holds\n"
-    "  no query statistics, so klt runs without its metric and pooling), or fit them on --calib text\n"
+    "  Basis codecs take K/V statistics from --compressor (a full-rank k,v compressor from 'fit'; klt codecs\n"
+    "  that 'fit --kv' stored in it are used as stored; others are built from its statistics, without the\n"
+    "  query metric and pooling, which need calibration text), or fit them on --calib text\n"
     "  (default the bundled calibration text; --calib-max-tokens caps it), leaving out the first\n"
     "  --calib-skip positions of each window (default 0); sensitivities use its first --sens-tokens\n"
     "  (default 4096).\n"
@@ -39,6 +40,7 @@ typedef struct {
     ea_kv_score sc;
     double prefill_s, decode_tok_s;
     size_t prefill_tok;
+    int embedded; /* the codec came fitted in the --compressor file */
 } codec_run;
 
 static int needs_stats(const char *spec) { return !strncmp(spec, "pca", 3) || !strncmp(spec, "klt", 3); }
@@ -257,7 +259,18 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     int want_stats = 0;
-    for (int i = 1; i < nr; i++) want_stats |= needs_stats(runs[i].spec);
+    for (int i = 1; i < nr; i++) {
+        /* klt codecs fitted with the compressor (fit --kv) are stored in it */
+        if (compressor && !strncmp(runs[i].spec, "klt", 3)) {
+            if ((st = ea_kv_codec_load_embedded(compressor, runs[i].spec, cfg, &runs[i].codec))) {
+                cli_fail_status("eval", st);
+                goto done;
+            }
+            if ((runs[i].embedded = runs[i].codec != NULL))
+                fprintf(stderr, "eval: %s: the codec stored in %s\n", runs[i].spec, compressor);
+        }
+        want_stats |= needs_stats(runs[i].spec) && !runs[i].codec;
+    }
     if (want_stats) {
         if (!compressor && !calib) calib = cli_default_calib();
         fprintf(stderr, "eval: fitting K/V statistics from %s\n", compressor ? compressor : calib);
@@ -270,6 +283,7 @@ int cmd_eval(int argc, char **argv) {
     }
     for (int i = 1; i < nr; i++) {
         cli_progress("codecs", (size_t)i - 1, (size_t)nr - 1);
+        if (runs[i].codec) continue; /* stored in the compressor */
         if ((st = ea_kv_codec_fit(m, runs[i].spec, have_stats ? &stats : NULL, metric.m[0] ? &metric : NULL, cids, cn,
                                   (int)ctx, (size_t)sens_tokens, &sens, &runs[i].codec))) {
             cli_fail_status("eval", st);
@@ -372,6 +386,7 @@ int cmd_eval(int argc, char **argv) {
             cli_add_number(c, "bits_per_value", bits_at(r->codec, ctx));
             cJSON_AddNumberToObject(c, "overhead_bytes", (double)ea_kv_codec_overhead(r->codec));
             cJSON_AddNumberToObject(c, "resident_bytes", (double)ea_kv_codec_resident(r->codec));
+            cJSON_AddBoolToObject(c, "stored_in_compressor", r->embedded);
             cJSON_AddNumberToObject(c, "cache_bytes", (double)ea_kvcache_bytes_for(r->cache, (int)ctx));
             cli_add_number(c, "ppl", exp(r->sc.nll / (double)r->sc.scored));
             cli_add_number(c, "dppl_pct", dppl_pct(r, base_ppl));

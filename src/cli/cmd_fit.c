@@ -8,11 +8,12 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "compress/kv_internal.h"
 
 static const char *usage =
     "usage: eigenalign fit [--model DIR] [--text PATH] (--variance X | --rank K) -o FILE\n"
     "                      [--sites hidden,q,k,v] [--per-head] [--ctx N] [--max-tokens N]\n"
-    "                      [--exclude-first] [--json]\n"
+    "                      [--exclude-first] [--kv klt:B[,klt:B...]] [--json]\n"
     "  Runs the model over --text (default: the bundled calibration text) in non-overlapping\n"
     "  windows of --ctx tokens (default min(512, n_positions), as analyze), each from an empty\n"
     "  cache, and accumulates the covariance of every chosen site: hidden = residual stream\n"
@@ -21,7 +22,10 @@ static const char *usage =
     "  Each site keeps its mean, all eigenvalues and the top k eigenvectors: the smallest k\n"
     "  reaching --variance (0 < X <= 1) or --rank K (clamped to the site width).\n"
     "  --exclude-first leaves position 0 of every window (the attention sink) out of the\n"
-    "  statistics. For the KV-cache codecs (eval --compressor): fit --sites k,v --rank n_embd.\n";
+    "  statistics. For the KV-cache codecs (eval --compressor): fit --sites k,v --rank n_embd.\n"
+    "  --kv klt:B,... also fits those KV-cache codecs on the same text (as eval fits them, in\n"
+    "  windows of --ctx, default min(1024, n_positions)) and stores them in the file, where\n"
+    "  eval --compressor FILE --kv klt:B finds them.\n";
 
 static int parse_sites(const char *s, unsigned *out) {
     static const char *const names[4] = {"hidden", "q", "k", "v"};
@@ -97,10 +101,27 @@ int cmd_fit(int argc, char **argv) {
     const char *out = cli_str(&a, "-o", NULL);
     if (!out) out = cli_str(&a, "--output", NULL);
     int json = cli_has(&a, "--json");
+    const char *kv_s = cli_str(&a, "--kv", NULL);
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
     if (!out) return cli_error("fit", "-o FILE is required (see --help)"), 2;
+    if (kv_s) { /* check the codec list before anything is loaded or fitted */
+        char *l = strdup(kv_s);
+        int bad = !l || !*kv_s, count = 0;
+        for (char *sv = NULL, *spec = l ? strtok_r(l, ",", &sv) : NULL; spec && !bad; spec = strtok_r(NULL, ",", &sv)) {
+            if (strncmp(spec, "klt:", 4) || ++count > 16) {
+                cli_error("fit", "--kv: '%s': give up to 16 klt codecs (pca is rebuilt from the k,v statistics)", spec);
+                bad = 2;
+            } else if (ea_kv_codec_check_spec(spec)) {
+                cli_fail_status("fit", EA_ERR_ARG);
+                bad = 2;
+            }
+        }
+        if (bad == 1) cli_error("fit", "--kv: empty codec list");
+        free(l);
+        if (bad) return 2;
+    }
     if ((var_s != NULL) == (rank > 0)) return cli_error("fit", "give exactly one of --variance X or --rank K"), 2;
     ea_fit_params fp = ea_fit_params_default();
     if (parse_sites(sites_s, &fp.sites)) return 2;
@@ -115,6 +136,8 @@ int cmd_fit(int argc, char **argv) {
     ea_model *m = NULL;
     ea_tokenizer *tok = NULL;
     ea_compressor *c = NULL;
+    ea_kv_codec *kv[16] = {NULL};
+    int n_kv = 0;
     int *ids = NULL;
     size_t n = 0;
     rc = 1;
@@ -144,7 +167,19 @@ int cmd_fit(int argc, char **argv) {
         goto done;
     }
     double secs = ea_time_now() - t0;
-    if ((st = ea_compressor_save(c, out))) {
+    /* KV-cache codecs fitted on the same text, stored in the same file */
+    char *kv_list = kv_s ? strdup(kv_s) : NULL;
+    for (char *sv = NULL, *spec = kv_list ? strtok_r(kv_list, ",", &sv) : NULL; spec; spec = strtok_r(NULL, ",", &sv)) {
+        int kctx = ctx > 0 ? (int)ctx : (cfg->n_positions < 1024 ? cfg->n_positions : 1024);
+        if ((st = ea_kv_codec_fit_model(m, spec, ids, n, kctx, 1, &kv[n_kv]))) {
+            cli_fail_status("fit", st);
+            free(kv_list);
+            goto done;
+        }
+        n_kv++;
+    }
+    free(kv_list);
+    if ((st = ea_compressor_save_with_kv(c, (const ea_kv_codec *const *)kv, n_kv, out))) {
         cli_fail_status("fit", st);
         goto done;
     }
@@ -165,6 +200,15 @@ int cmd_fit(int argc, char **argv) {
         else cJSON_AddNumberToObject(j, "variance", in->rule.variance);
         cJSON_AddNumberToObject(j, "bytes", bytes);
         cJSON_AddNumberToObject(j, "seconds", secs);
+        cJSON *kva = cJSON_AddArrayToObject(j, "kv_codecs");
+        for (int i = 0; i < n_kv; i++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "codec", kv[i]->name);
+            cJSON_AddNumberToObject(o, "bits_per_value", ea_kv_codec_bits_per_value(kv[i]));
+            cJSON_AddNumberToObject(o, "overhead_bytes", (double)ea_kv_codec_overhead(kv[i]));
+            cJSON_AddNumberToObject(o, "resident_bytes", (double)ea_kv_codec_resident(kv[i]));
+            cJSON_AddItemToArray(kva, o);
+        }
         cJSON *arr = cJSON_AddArrayToObject(j, "sites");
         for (int i = 0; i < ea_compressor_count(c); i++) cJSON_AddItemToArray(arr, site_json(ea_compressor_get(c, i)));
         cli_print_json(j);
@@ -184,10 +228,14 @@ int cmd_fit(int argc, char **argv) {
                    ea_projector_rank(p), (double)ea_projector_dim(p) / ea_projector_rank(p),
                    ea_projector_variance_kept(p));
         }
+        for (int i = 0; i < n_kv; i++)
+            printf("kv codec %s: %.3f bits/value, overhead %zu bytes (stored inside)\n", kv[i]->name,
+                   ea_kv_codec_bits_per_value(kv[i]), ea_kv_codec_overhead(kv[i]));
         printf("\nwrote %s (%.0f bytes)\n", out, bytes);
     }
     rc = 0;
 done:
+    for (int i = 0; i < n_kv; i++) ea_kv_codec_free(kv[i]);
     ea_compressor_free(c);
     free(ids);
     ea_tokenizer_free(tok);

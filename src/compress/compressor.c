@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress/kv_internal.h"
 #include "ea/compress.h"
 
 /* A float32 basis written from float64 eigenvectors is orthonormal to ~1e-6 at d = 768;
@@ -151,7 +152,13 @@ static ea_status meta_int(ea_st_writer *w, const char *key, long long v) {
     return ea_st_writer_meta(w, key, buf);
 }
 
-ea_status ea_compressor_save(const ea_compressor *c, const char *path) {
+ea_status ea_compressor_save(const ea_compressor *c, const char *path) { return ea_compressor_save_with_kv(c, NULL, 0, path); }
+
+ea_status ea_compressor_save_with_kv(const ea_compressor *c, const ea_kv_codec *const *kv, int n_kv, const char *path) {
+    for (int i = 0; i < n_kv; i++)
+        if (!ea_kv_is_klt(kv[i]))
+            return ea_error(EA_ERR_ARG, "%s: only klt codecs are embedded in a compressor ('%s' is rebuilt from its k,v "
+                            "statistics)", path, kv[i]->name);
     ea_st_writer *w;
     ea_status st = ea_st_writer_init(&w);
     if (st) return st;
@@ -192,6 +199,16 @@ ea_status ea_compressor_save(const ea_compressor *c, const char *path) {
         tensor_name(name, sizeof name, r, "eigenvalues");
         if (!st) st = ea_st_writer_add(w, name, EA_DTYPE_F32, 1, &d, ea_projector_eigenvalues(p));
     }
+    char *list = n_kv > 0 ? calloc((size_t)n_kv, sizeof kv[0]->name + 1) : NULL;
+    if (n_kv > 0 && !list && !st) st = ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+    for (int i = 0; i < n_kv && !st; i++) {
+        snprintf(name, sizeof name, EA_KV_EMBED_PREFIX "%d.", i);
+        st = ea_kv_klt_write(kv[i], w, name);
+        if (i) strcat(list, ",");
+        strcat(list, kv[i]->name);
+    }
+    if (n_kv > 0 && !st) st = ea_st_writer_meta(w, "kv_codecs", list);
+    free(list);
     if (!st) st = ea_st_writer_save(w, path);
     ea_st_writer_free(w);
     return st;
@@ -378,6 +395,7 @@ ea_status ea_compressor_load(const char *path, ea_compressor **out) {
         const ea_st_tensor *t = ea_st_get(f, i);
         ea_site_ref r;
         int part, j;
+        if (!strncmp(t->name, EA_KV_EMBED_PREFIX, strlen(EA_KV_EMBED_PREFIX))) continue; /* embedded KV codecs */
         if (parse_name(t->name, &r, &part)) {
             st = ea_error(EA_ERR_FORMAT, "%s: unexpected tensor '%s' (expected layer.N.SITE[.headH].{mean,basis,eigenvalues})",
                           path, t->name);

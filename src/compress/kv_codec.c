@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "compress/kv_internal.h"
+#include "ea/compress.h"
 #include "compress/kv_quant.h"
 
 static ea_status check_stats(const char *spec, const ea_config *cfg, const ea_kv_stats *s) {
@@ -99,6 +100,37 @@ ea_status ea_kv_codec_save(const ea_kv_codec *c, const char *path) {
 }
 
 ea_status ea_kv_codec_load(const char *path, const ea_config *cfg, ea_kv_codec **out) { return ea_kv_klt_load(path, cfg, out); }
+
+ea_status ea_kv_codec_load_embedded(const char *path, const char *spec, const ea_config *cfg, ea_kv_codec **out) {
+    *out = NULL;
+    ea_st_file *f = NULL;
+    ea_status st = ea_st_open(path, &f);
+    if (st) return st;
+    const char *list = ea_st_metadata(f, "kv_codecs");
+    int idx = -1, i = 0;
+    for (const char *p = list; p && *p; i++) { /* "klt:1,klt:2": the i-th is under kv.<i>. */
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == strlen(spec) && !strncmp(p, spec, len)) {
+            idx = i;
+            break;
+        }
+        if (!e) break;
+        p = e + 1;
+    }
+    if (idx >= 0) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, EA_KV_EMBED_PREFIX "%d.", idx);
+        st = ea_kv_klt_read(f, prefix, cfg, out);
+        if (!st && strcmp((*out)->name, spec)) {
+            st = ea_error(EA_ERR_FORMAT, "%s: embedded kv codec %d is '%s', the list says '%s'", path, idx, (*out)->name, spec);
+            ea_kv_codec_free(*out);
+            *out = NULL;
+        }
+    }
+    ea_st_close(f);
+    return st;
+}
 
 ea_status ea_kv_codec_check_spec(const char *spec) {
     /* the parsers are the real ones; bounds that depend on the model are checked at creation */

@@ -55,6 +55,12 @@ void ea_kv_klt_default(ea_kv_klt_opts *o, double bits);
 int ea_kv_is_klt(const ea_kv_codec *c);
 ea_status ea_kv_klt_save(const ea_kv_codec *c, const char *path);
 ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **out);
+/* The same under a name prefix in a safetensors file shared with other content ("" for a codec
+ * file of its own): metadata keys and tensor names all start with prefix. */
+ea_status ea_kv_klt_write(const ea_kv_codec *c, ea_st_writer *w, const char *prefix);
+ea_status ea_kv_klt_read(const ea_st_file *f, const char *prefix, const ea_config *cfg, ea_kv_codec **out);
+/* Tensors of KV codecs embedded in a compressor file start with this (ea_compressor_save_with_kv). */
+#define EA_KV_EMBED_PREFIX "kv."
 /* Options of a "klt:B[:flags]" spec. */
 ea_status ea_kv_klt_opts_from_spec(const char *spec, ea_kv_klt_opts *o);
 ea_status ea_kv_klt_setup(ea_kv_codec *c, const ea_kv_stats *s, const ea_kv_metric *mt, const ea_kv_klt_opts *o);

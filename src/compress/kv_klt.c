@@ -788,25 +788,31 @@ done:
  * overhead the codec reports; the values are identical. */
 int ea_kv_is_klt(const ea_kv_codec *c) { return c && c->ops == &klt_ops; }
 
-#define PART_TENSOR(buf, p, what) snprintf(buf, sizeof buf, "part.%d.%s", p, what)
+#define PART_TENSOR(buf, p, what) snprintf(buf, sizeof buf, "%spart.%d.%s", prefix, p, what)
 
-ea_status ea_kv_klt_save(const ea_kv_codec *c, const char *path) {
+/* Metadata key or tensor name under a prefix ("" for a codec file of its own). */
+static const char *prefixed(char *buf, size_t cap, const char *prefix, const char *key) {
+    snprintf(buf, cap, "%s%s", prefix, key);
+    return buf;
+}
+
+ea_status ea_kv_klt_write(const ea_kv_codec *c, ea_st_writer *w, const char *prefix) {
     const klt_state *ks = c->state;
     int d = c->d, H = c->n_head, hd = d / H, P = 2 * c->n_layer;
-    ea_st_writer *w = NULL;
-    ea_status st = ea_st_writer_init(&w);
-    char key[64], val[64];
-    if (!st) st = ea_st_writer_meta(w, "format", "eigenalign-kv-codec");
-    if (!st) st = ea_st_writer_meta(w, "version", "1");
-    if (!st) st = ea_st_writer_meta(w, "spec", c->name);
+    ea_status st = EA_OK;
+    char key[96], val[64];
+    if (strlen(prefix) > 32) return ea_error(EA_ERR_ARG, "kv codec '%s': tensor prefix too long", c->name);
+    if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "format"), "eigenalign-kv-codec");
+    if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "version"), "1");
+    if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "spec"), c->name);
     int dims[4] = {c->n_layer, H, d, c->n_ctx};
     const char *dn[4] = {"n_layer", "n_head", "n_embd", "n_ctx"};
     for (int i = 0; i < 4 && !st; i++) {
         snprintf(val, sizeof val, "%d", dims[i]);
-        st = ea_st_writer_meta(w, dn[i], val);
+        st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, dn[i]), val);
     }
     snprintf(val, sizeof val, "%zu", ks->overhead);
-    if (!st) st = ea_st_writer_meta(w, "overhead_bytes", val);
+    if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "overhead_bytes"), val);
     float *buf = NULL;
     for (int p = 0; p < P && !st; p++) {
         const klt_part *kp = &ks->p[p];
@@ -851,12 +857,19 @@ ea_status ea_kv_klt_save(const ea_kv_codec *c, const char *path) {
             for (int j = 0; j < n && !q; j++)
                 if (kp->bits[j] == b) q = kp->qz[j];
             if (!q) continue;
-            snprintf(key, sizeof key, "part.%d.q%d", p, b);
+            snprintf(key, sizeof key, "%spart.%d.q%d", prefix, p, b);
             int64_t sq[1] = {q->uniform ? 1 : q->n};
             st = ea_st_writer_add(w, key, EA_DTYPE_F32, 1, sq, q->uniform ? &q->step : q->level);
         }
     }
     free(buf);
+    return st;
+}
+
+ea_status ea_kv_klt_save(const ea_kv_codec *c, const char *path) {
+    ea_st_writer *w = NULL;
+    ea_status st = ea_st_writer_init(&w);
+    if (!st) st = ea_kv_klt_write(c, w, "");
     if (!st) st = ea_st_writer_save(w, path);
     ea_st_writer_free(w);
     return st;
@@ -884,11 +897,11 @@ static int all_finite(const float *x, size_t n) {
     return 1;
 }
 
-static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, int p) {
+static ea_status load_part(const ea_st_file *f, const char *prefix, ea_kv_codec *c, klt_state *ks, int p) {
     const char *path = ea_st_path(f);
     int d = c->d, H = c->n_head, hd = d / H;
     klt_part *kp = &ks->p[p];
-    char key[64];
+    char key[96];
     const ea_st_tensor *t;
     int64_t s6[1] = {6}, s2[1] = {2}, slh[2] = {2, H}, sd[1] = {d};
     ea_status st;
@@ -975,7 +988,7 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
         for (int j = 0; j < n; j++) used |= kp->bits[j] == bw;
         if (!used) continue;
         ea_kv_quant *q = &ks->pq[(size_t)p * (EA_KV_QBITS + 1) + bw];
-        snprintf(key, sizeof key, "part.%d.q%d", p, bw);
+        snprintf(key, sizeof key, "%spart.%d.q%d", prefix, p, bw);
         t = ea_st_find(f, key);
         int nl = 1 << bw;
         if (!t || t->dtype != EA_DTYPE_F32 || t->ndim != 1 || !(t->shape[0] == 1 || (t->shape[0] == nl && bw <= EA_KV_QTAB_BITS)))
@@ -1000,34 +1013,32 @@ static ea_status load_part(const ea_st_file *f, ea_kv_codec *c, klt_state *ks, i
     return part_finish(kp, c->name);
 }
 
-ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **out) {
+ea_status ea_kv_klt_read(const ea_st_file *f, const char *prefix, const ea_config *cfg, ea_kv_codec **out) {
     *out = NULL;
-    ea_st_file *f = NULL;
-    ea_status st = ea_st_open(path, &f);
-    if (st) return st;
-    const char *fmt = ea_st_metadata(f, "format"), *ver = ea_st_metadata(f, "version"), *spec = ea_st_metadata(f, "spec");
+    const char *path = ea_st_path(f);
+    char key[96];
+    ea_status st = EA_OK;
+    if (strlen(prefix) > 32) return ea_error(EA_ERR_ARG, "%s: kv codec tensor prefix too long", path);
+    const char *fmt = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "format"));
+    const char *ver = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "version"));
+    const char *spec = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "spec"));
     if (!fmt || strcmp(fmt, "eigenalign-kv-codec") || !ver || strcmp(ver, "1") || !spec || strncmp(spec, "klt:", 4) ||
-        strlen(spec) >= sizeof(((ea_kv_codec *)0)->name)) {
-        ea_st_close(f);
-        return ea_error(EA_ERR_FORMAT, "%s: not an eigenalign kv codec file (version 1, klt)", path);
-    }
+        strlen(spec) >= sizeof(((ea_kv_codec *)0)->name))
+        return ea_error(EA_ERR_FORMAT, "%s: not an eigenalign kv codec%s%s (version 1, klt)", path, *prefix ? " under " : " file",
+                        prefix);
     int dims[4] = {cfg->n_layer, cfg->n_head, cfg->n_embd, cfg->n_positions};
     const char *dn[4] = {"n_layer", "n_head", "n_embd", "n_ctx"};
     for (int i = 0; i < 4; i++) {
-        const char *v = ea_st_metadata(f, dn[i]);
-        if (!v || atol(v) != dims[i]) {
-            st = ea_error(EA_ERR_MISMATCH, "%s: codec was fitted for %s = %s, the model has %d", path, dn[i], v ? v : "?", dims[i]);
-            ea_st_close(f); /* after the message: v points into the file */
-            return st;
-        }
+        const char *v = ea_st_metadata(f, prefixed(key, sizeof key, prefix, dn[i]));
+        if (!v || atol(v) != dims[i])
+            return ea_error(EA_ERR_MISMATCH, "%s: codec was fitted for %s = %s, the model has %d", path, dn[i], v ? v : "?", dims[i]);
     }
-    const char *ov = ea_st_metadata(f, "overhead_bytes");
+    const char *ov = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "overhead_bytes"));
     ea_kv_codec *c = calloc(1, sizeof *c);
     klt_state *ks = calloc(1, sizeof *ks);
     if (!c || !ks) {
         free(c);
         free(ks);
-        ea_st_close(f);
         return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
     }
     snprintf(c->name, sizeof c->name, "%s", spec);
@@ -1049,14 +1060,22 @@ ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **o
     ks->pq = calloc((size_t)P * (EA_KV_QBITS + 1), sizeof *ks->pq);
     if (!st && (!ks->p || !ks->pq)) st = ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
     for (int b = 1; b <= EA_KV_QBITS && !st; b++) ks->q[b] = *ea_kv_quant_get(b, ks->o.lloyd);
-    for (int p = 0; p < P && !st; p++) st = load_part(f, c, ks, p);
+    for (int p = 0; p < P && !st; p++) st = load_part(f, prefix, c, ks, p);
     for (int p = 1; p < P && !st; p++) /* attention reads K's and V's sink rows together */
         if (ks->p[p].sink != ks->p[0].sink) st = ea_error(EA_ERR_FORMAT, "%s: part %d: sink flag differs from part 0", path, p);
-    ea_st_close(f);
     if (st) {
         ea_kv_codec_free(c);
         return st;
     }
     *out = c;
     return EA_OK;
+}
+
+ea_status ea_kv_klt_load(const char *path, const ea_config *cfg, ea_kv_codec **out) {
+    *out = NULL;
+    ea_st_file *f = NULL;
+    ea_status st = ea_st_open(path, &f);
+    if (!st) st = ea_kv_klt_read(f, "", cfg, out);
+    ea_st_close(f); /* after the message: it may quote the file's metadata */
+    return st;
 }
