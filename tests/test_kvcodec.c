@@ -483,6 +483,30 @@ static void test_hist_lloyd(void **state) {
 
 /* A saved klt codec loads back identical: same row bytes for every row, same attention output; a
  * damaged or mismatched file is refused with its path in the message and nothing is built. */
+/* Codecs a and b (one loaded from what the other saved) encode 20 sampled rows of every part into
+ * identical bytes, sequence bytes included, after every row. */
+static void assert_same_encoding(const ea_kv_codec *a, const ea_kv_codec *b, const source *s, uint64_t seed) {
+    ea_rng r;
+    ea_rng_seed(&r, seed);
+    float x[256];
+    for (int layer = 0; layer < a->n_layer; layer++)
+        for (int kind = 0; kind < 2; kind++) {
+            size_t rb = a->ops->row_bytes(a, layer, (ea_kv_kind)kind), sb = ea_kv_codec_seq_bytes(a, layer, (ea_kv_kind)kind);
+            assert_true(rb == b->ops->row_bytes(b, layer, (ea_kv_kind)kind));
+            size_t nb = ea_kv_codec_buffer_bytes(a, layer, (ea_kv_kind)kind, 20);
+            assert_true(nb == ea_kv_codec_buffer_bytes(b, layer, (ea_kv_kind)kind, 20));
+            unsigned char *m1 = calloc(1, nb), *m2 = calloc(1, nb);
+            for (int t = 0; t < 20; t++) {
+                source_sample(s, &r, layer, kind, x);
+                a->ops->encode(a, layer, (ea_kv_kind)kind, t, x, m1 + sb + rb * t);
+                b->ops->encode(b, layer, (ea_kv_kind)kind, t, x, m2 + sb + rb * t);
+                assert_memory_equal(m1, m2, nb);
+            }
+            free(m1);
+            free(m2);
+        }
+}
+
 static void test_klt_file_roundtrip(void **state) {
     ea_config c = small_cfg();
     source s;
@@ -499,24 +523,7 @@ static void test_klt_file_roundtrip(void **state) {
         assert_int_equal(ea_kv_codec_create(spec, &c, NULL, &b), EA_OK);
         assert_string_equal(a->name, b->name);
         assert_true(ea_kv_codec_overhead(a) == ea_kv_codec_overhead(b));
-        ea_rng r;
-        ea_rng_seed(&r, 5);
-        float x[256];
-        for (int layer = 0; layer < c.n_layer; layer++)
-            for (int kind = 0; kind < 2; kind++) {
-                size_t rb = a->ops->row_bytes(a, layer, (ea_kv_kind)kind), sb = ea_kv_codec_seq_bytes(a, layer, (ea_kv_kind)kind);
-                assert_true(rb == b->ops->row_bytes(b, layer, (ea_kv_kind)kind));
-                size_t nb = ea_kv_codec_buffer_bytes(a, layer, (ea_kv_kind)kind, 20);
-                unsigned char *m1 = calloc(1, nb), *m2 = calloc(1, nb);
-                for (int t = 0; t < 20; t++) {
-                    source_sample(&s, &r, layer, kind, x);
-                    a->ops->encode(a, layer, (ea_kv_kind)kind, t, x, m1 + sb + rb * t);
-                    b->ops->encode(b, layer, (ea_kv_kind)kind, t, x, m2 + sb + rb * t);
-                    assert_memory_equal(m1, m2, nb);
-                }
-                free(m1);
-                free(m2);
-            }
+        assert_same_encoding(a, b, &s, 5);
         double e1 = attend_vs_ref(a, &s, 1, 100, 3), e2 = attend_vs_ref(b, &s, 1, 100, 3);
         printf("%-10s saved and loaded: rows identical, attention error %.2g / %.2g\n", specs[i], e1, e2);
         assert_true(e1 == e2);
@@ -835,24 +842,7 @@ static void test_klt_embedded(void **state) {
         assert_non_null(got);
         assert_string_equal(got->name, specs[i]);
         assert_true(ea_kv_codec_overhead(got) == ea_kv_codec_overhead(want[i]));
-        ea_rng r;
-        ea_rng_seed(&r, 6);
-        float x[256];
-        for (int layer = 0; layer < c.n_layer; layer++)
-            for (int kind = 0; kind < 2; kind++) {
-                size_t rb = got->ops->row_bytes(got, layer, (ea_kv_kind)kind), sb = ea_kv_codec_seq_bytes(got, layer, (ea_kv_kind)kind);
-                size_t nb = ea_kv_codec_buffer_bytes(got, layer, (ea_kv_kind)kind, 20);
-                assert_true(nb == ea_kv_codec_buffer_bytes(want[i], layer, (ea_kv_kind)kind, 20));
-                unsigned char *m1 = calloc(1, nb), *m2 = calloc(1, nb);
-                for (int t = 0; t < 20; t++) {
-                    source_sample(&s, &r, layer, kind, x);
-                    want[i]->ops->encode(want[i], layer, (ea_kv_kind)kind, t, x, m1 + sb + rb * t);
-                    got->ops->encode(got, layer, (ea_kv_kind)kind, t, x, m2 + sb + rb * t);
-                }
-                assert_memory_equal(m1, m2, nb);
-                free(m1);
-                free(m2);
-            }
+        assert_same_encoding(want[i], got, &s, 6);
         ea_kv_codec_free(got);
     }
     assert_int_equal(ea_kv_codec_load_embedded(path, "klt:3", &c, &got), EA_OK);
