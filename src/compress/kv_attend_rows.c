@@ -25,6 +25,11 @@
 
 #if defined(__AVX512F__)
 #define ROWS_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define ROWS_AVX2 1
+#endif
+#if defined(ROWS_AVX512) || defined(ROWS_AVX2)
+#define ROWS_VEC 1 /* a vector kernel per (format, number of queries): scores_table, values_table */
 #define ROWS_INLINE static inline __attribute__((always_inline))
 #endif
 
@@ -305,6 +310,156 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
     }
 }
 
+#endif /* ROWS_AVX512 */
+
+/* ---- AVX2 path (x86-64-v3): the same item structure on 8-lane registers; a 16-value segment is
+ * a pair of them, so the formats' block handling stays that of the AVX-512 path. ---- */
+#ifdef ROWS_AVX2
+
+typedef struct {
+    __m256 lo, hi; /* values s..s+7, s+8..s+15 */
+} seg8x2;
+
+/* Values s..s+15 of a row (s a multiple of 16; within one q block), as the decoder gives them. */
+ROWS_INLINE seg8x2 seg_load(const int fmt, const unsigned char *row, int s) {
+    seg8x2 r;
+    switch (fmt) {
+    case EA_KV_ROWS_F32: {
+        const float *p = (const float *)(const void *)(row + sizeof(float) * (size_t)s);
+        r.lo = _mm256_loadu_ps(p);
+        r.hi = _mm256_loadu_ps(p + 8);
+        return r;
+    }
+    case EA_KV_ROWS_F16: {
+        const unsigned char *p = row + 2 * (size_t)s;
+        r.lo = _mm256_cvtph_ps(_mm_loadu_si128((const void *)p));
+        r.hi = _mm256_cvtph_ps(_mm_loadu_si128((const void *)(p + 16)));
+        return r;
+    }
+    case EA_KV_ROWS_Q8_0: {
+        const unsigned char *b = row + (size_t)(s / QK) * (2 + QK);
+        __m128i raw = _mm_loadu_si128((const void *)(b + 2 + s % QK));
+        __m256 d = _mm256_set1_ps(half_at(b));
+        r.lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw)), d);
+        r.hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(raw, 8))), d);
+        return r;
+    }
+    default: { /* q4_0: low nibbles are values 0..15 of the block, high ones 16..31; (q - 8)·d as q·d - 8d */
+        const unsigned char *b = row + (size_t)(s / QK) * (2 + QK / 2);
+        __m128i raw = _mm_loadu_si128((const void *)(b + 2));
+        if (s % QK) raw = _mm_srli_epi16(raw, 4);
+        raw = _mm_and_si128(raw, _mm_set1_epi8(15));
+        __m256 d = _mm256_set1_ps(half_at(b)), d8 = _mm256_mul_ps(d, _mm256_set1_ps(8.0f));
+        r.lo = _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), d, d8);
+        r.hi = _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))), d, d8);
+        return r;
+    }
+    }
+}
+
+/* {Σa, Σb, Σc, Σd} */
+ROWS_INLINE __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d)); /* per 128 bits: a b c d */
+    return _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+}
+
+ROWS_INLINE float reduce1(__m256 a) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+
+ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
+                            float (*s)[CHUNK]) {
+    const int hd = j->hd, base = h * hd, d = j->d;
+    const size_t rb = j->rb;
+    const float *q = j->q + (size_t)i0 * d + base;
+    const unsigned char *kr = j->k + (size_t)c0 * rb;
+    int r = 0;
+    /* four keys at a time: their sums are reduced together, and four chains hide FMA latency */
+    for (; r + 4 <= n; r += 4, kr += 4 * rb) {
+        __m256 a[NQ_MAX][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) a[i][u] = _mm256_setzero_ps();
+        for (int x = 0; x < hd; x += 16) {
+            seg8x2 kx[4];
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) kx[u] = seg_load(fmt, kr + u * rb, base + x);
+#pragma GCC unroll 4
+            for (int i = 0; i < NQ; i++) {
+                __m256 ql = _mm256_loadu_ps(q + (size_t)i * d + x), qh = _mm256_loadu_ps(q + (size_t)i * d + x + 8);
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) a[i][u] = _mm256_fmadd_ps(kx[u].hi, qh, _mm256_fmadd_ps(kx[u].lo, ql, a[i][u]));
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++)
+            _mm_storeu_ps(&s[i0 + i][r], _mm_mul_ps(reduce4(a[i][0], a[i][1], a[i][2], a[i][3]), _mm_set1_ps(j->scale)));
+    }
+    for (; r < n; r++, kr += rb) {
+        __m256 a[NQ_MAX];
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++) a[i] = _mm256_setzero_ps();
+        for (int x = 0; x < hd; x += 16) {
+            seg8x2 kx = seg_load(fmt, kr, base + x);
+#pragma GCC unroll 4
+            for (int i = 0; i < NQ; i++)
+                a[i] = _mm256_fmadd_ps(kx.hi, _mm256_loadu_ps(q + (size_t)i * d + x + 8),
+                                       _mm256_fmadd_ps(kx.lo, _mm256_loadu_ps(q + (size_t)i * d + x), a[i]));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++) s[i0 + i][r] = reduce1(a[i]) * j->scale;
+    }
+}
+
+ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
+                            float (*s)[CHUNK], float *const *acc) {
+    const int hd = j->hd, base = h * hd;
+    const size_t rb = j->rb;
+    const unsigned char *v0 = j->v + (size_t)c0 * rb;
+    for (int x = 0; x < hd; x += 16) {
+        /* [query][key parity][half]: two keys per step give each query four independent chains */
+        __m256 a[NQ_MAX][2][2];
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++) {
+            a[i][0][0] = _mm256_loadu_ps(acc[i0 + i] + x);
+            a[i][0][1] = _mm256_loadu_ps(acc[i0 + i] + x + 8);
+            a[i][1][0] = a[i][1][1] = _mm256_setzero_ps();
+        }
+        const unsigned char *vr = v0;
+        int r = 0;
+        for (; r + 2 <= n; r += 2, vr += 2 * rb) {
+            seg8x2 v0x = seg_load(fmt, vr, base + x), v1x = seg_load(fmt, vr + rb, base + x);
+#pragma GCC unroll 4
+            for (int i = 0; i < NQ; i++) {
+                __m256 p0 = _mm256_set1_ps(s[i0 + i][r]), p1 = _mm256_set1_ps(s[i0 + i][r + 1]);
+                a[i][0][0] = _mm256_fmadd_ps(p0, v0x.lo, a[i][0][0]);
+                a[i][0][1] = _mm256_fmadd_ps(p0, v0x.hi, a[i][0][1]);
+                a[i][1][0] = _mm256_fmadd_ps(p1, v1x.lo, a[i][1][0]);
+                a[i][1][1] = _mm256_fmadd_ps(p1, v1x.hi, a[i][1][1]);
+            }
+        }
+        if (r < n) {
+            seg8x2 v0x = seg_load(fmt, vr, base + x);
+#pragma GCC unroll 4
+            for (int i = 0; i < NQ; i++) {
+                __m256 p0 = _mm256_set1_ps(s[i0 + i][r]);
+                a[i][0][0] = _mm256_fmadd_ps(p0, v0x.lo, a[i][0][0]);
+                a[i][0][1] = _mm256_fmadd_ps(p0, v0x.hi, a[i][0][1]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++) {
+            _mm256_storeu_ps(acc[i0 + i] + x, _mm256_add_ps(a[i][0][0], a[i][1][0]));
+            _mm256_storeu_ps(acc[i0 + i] + x + 8, _mm256_add_ps(a[i][0][1], a[i][1][1]));
+        }
+    }
+}
+#endif /* ROWS_AVX2 */
+
+#ifdef ROWS_VEC
 /* One instance per (format, number of queries). */
 #define ROWS_INSTANCE(name, F, N)                                                                                    \
     static void scores_##name##_##N(const rows_job *j, int h, int c0, int n, int i0, float (*s)[CHUNK]) {          \
@@ -329,7 +484,7 @@ static const scores_fn scores_table[4][NQ_MAX] = {ROWS_ROW(scores_f32), ROWS_ROW
 static const values_fn values_table[4][NQ_MAX] = {ROWS_ROW(values_f32), ROWS_ROW(values_f16), ROWS_ROW(values_q8),
                                                   ROWS_ROW(values_q4)};
 
-#endif /* ROWS_AVX512 */
+#endif /* ROWS_VEC */
 
 /* max of s[0..n) */
 static float chunk_max(const float *s, int n) {
@@ -339,6 +494,12 @@ static float chunk_max(const float *s, int n) {
     __m512 m = _mm512_set1_ps(-INFINITY);
     for (; r + 16 <= n; r += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + r));
     mx = _mm512_reduce_max_ps(m);
+#elif defined(ROWS_AVX2)
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    for (; r + 8 <= n; r += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + r));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    mx = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
 #endif
     for (; r < n; r++) mx = max_f(mx, s[r]);
     return mx;
@@ -357,6 +518,14 @@ static float chunk_exp(float *s, int n, float m) {
         acc = _mm512_mask_add_ps(acc, k, acc, e);
     }
     sum = _mm512_reduce_add_ps(acc);
+#elif defined(ROWS_AVX2)
+    __m256 vm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+    for (; r + 8 <= n; r += 8) {
+        __m256 e = ea_kv_exp8_ps(_mm256_sub_ps(_mm256_loadu_ps(s + r), vm));
+        _mm256_storeu_ps(s + r, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    sum = reduce1(acc);
 #endif
     for (; r < n; r++) sum += (s[r] = expf(s[r] - m));
     return sum;
@@ -367,7 +536,7 @@ static void range_attend(const rows_job *j, int h, int t0, int t1, int i0, float
     float s[NQ_MAX][CHUNK];
     for (int c0 = t0; c0 < t1; c0 += CHUNK) {
         int n = t1 - c0 < CHUNK ? t1 - c0 : CHUNK;
-#ifdef ROWS_AVX512
+#ifdef ROWS_VEC
         if (j->fast) scores_table[j->fmt][j->nq - i0 - 1](j, h, c0, n, i0, s);
         else
 #endif
@@ -384,7 +553,7 @@ static void range_attend(const rows_job *j, int h, int t0, int t1, int i0, float
             }
             l[i] += chunk_exp(s[i], n, m[i]);
         }
-#ifdef ROWS_AVX512
+#ifdef ROWS_VEC
         if (j->fast) values_table[j->fmt][j->nq - i0 - 1](j, h, c0, n, i0, s, acc);
         else
 #endif
