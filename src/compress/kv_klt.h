@@ -18,6 +18,14 @@
 
 #define EA_KV_KLT_BLOCK 16
 
+/* Which decode kernel this build has: kv_klt_attend.c (AVX-512 with VBMI's byte permutes) or
+ * kv_klt_attend_avx2.c (x86-64-v3); other builds take the generic coefficient-space attention. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#define EA_KV_KLT_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define EA_KV_KLT_AVX2 1
+#endif
+
 /* Consecutive coefficients with the same code width. */
 typedef struct {
     int j0, n, b;

@@ -19,7 +19,7 @@
 #include "compress/kv_klt.h"
 #include "compress/kv_simd.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#ifdef EA_KV_KLT_AVX512
 
 #define BLK EA_KV_KLT_BLOCK
 #define BLOCKS_PER_THREAD 8 /* fewer blocks than this per thread: fewer threads */
@@ -416,7 +416,7 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
     return 1;
 }
 
-#else
+#elif !defined(EA_KV_KLT_AVX2)
 
 size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T) {
     (void)k, (void)v, (void)T;

@@ -21,7 +21,9 @@ static inline __attribute__((always_inline)) __m512 ea_kv_exp_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
-#elif defined(__AVX2__) && defined(__FMA__)
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
 /* The same polynomial on 8 lanes. Without scalef, 2^n is built in the exponent bits, so x is
