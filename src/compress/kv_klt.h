@@ -53,6 +53,12 @@ typedef struct {
     float *post;            /* n_coef: factor of a decoded level (σ for tables, 1 for uniform levels) */
 } klt_part;
 
+/* Threads one-token attention uses over nblk blocks (fewer than 8 blocks a thread: fewer threads). */
+#define EA_KV_KLT_BLOCKS_PER_THREAD 8
+int ea_kv_klt_threads(int nblk);
+/* Heads h0..h1-1 of the query q in k's coefficient space, σ and the softmax scale folded in:
+ * per-layer bases coefficient-major (qt[j·H + h]), per-head bases head-major (qt[h·n_coef + j]). */
+void ea_kv_klt_query(const klt_part *k, const float *q, float scale, int h0, int h1, float *qt);
 /* Floats of work memory ea_kv_klt_attend_one needs for T rows. */
 size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T);
 /* One query at position T-1 attending to rows 0..T-1 of parts k and v (rows: row 0 of each, the

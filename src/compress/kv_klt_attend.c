@@ -19,10 +19,35 @@
 #include "compress/kv_klt.h"
 #include "compress/kv_simd.h"
 
+/* Shared by both kernels (AVX-512 here, AVX2 in kv_klt_attend_avx2.c). */
+
+int ea_kv_klt_threads(int nblk) {
+    int nth = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel()) nth = omp_get_max_threads();
+#endif
+    if (nth > nblk / EA_KV_KLT_BLOCKS_PER_THREAD)
+        nth = nblk / EA_KV_KLT_BLOCKS_PER_THREAD > 0 ? nblk / EA_KV_KLT_BLOCKS_PER_THREAD : 1;
+    return nth;
+}
+
+void ea_kv_klt_query(const klt_part *k, const float *q, float scale, int h0, int h1, float *qt) {
+    const ea_kv_basis *bk = &k->b;
+    int H = bk->n_head, hd = bk->hd, nk = bk->n_coef;
+    for (int h = h0; h < h1; h++) {
+        const float *w = bk->w[h], *qh = q + h * hd, *post = k->post + bk->lo[h];
+        for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++) {
+            float a = 0;
+#pragma omp simd reduction(+ : a)
+            for (int i = 0; i < hd; i++) a += w[(size_t)j * hd + i] * qh[i];
+            qt[bk->shared ? (size_t)j * H + h : (size_t)h * nk + j] = a * scale * post[j];
+        }
+    }
+}
+
 #ifdef EA_KV_KLT_AVX512
 
 #define BLK EA_KV_KLT_BLOCK
-#define BLOCKS_PER_THREAD 8 /* fewer blocks than this per thread: fewer threads */
 #define KLT_MAX_HEADS 256   /* heads the kernel takes (sink scores on the stack) */
 #define TILE_BYTES 24576    /* blocks the value pass keeps in L1 at a time */
 #define INL static inline __attribute__((always_inline))
@@ -353,22 +378,13 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
     values_any(v, vr, b0, b1, s, lm, A, part);
 }
 
-static int threads_for(int nblk) {
-    int nth = 1;
-#ifdef _OPENMP
-    if (!omp_in_parallel()) nth = omp_get_max_threads();
-#endif
-    if (nth > nblk / BLOCKS_PER_THREAD) nth = nblk / BLOCKS_PER_THREAD > 0 ? nblk / BLOCKS_PER_THREAD : 1;
-    return nth;
-}
-
 /* Work: the query in coefficient space (H × nk), each thread's softmax state (2H + H·nv) and
  * scratch (scores of its blocks, then the value pass's partial sums). */
 static size_t per_state(int H, int nv) { return (size_t)2 * H + (size_t)H * nv; }
 static size_t per_scratch(int H, int nv, int nblk, int nth) { return (size_t)H * BLK * ((nblk + nth - 1) / nth + (size_t)nv); }
 
 size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T) {
-    int H = k->b.n_head, nv = v->b.n_coef, nblk = (T + BLK - 1) / BLK, nth = threads_for(nblk);
+    int H = k->b.n_head, nv = v->b.n_coef, nblk = (T + BLK - 1) / BLK, nth = ea_kv_klt_threads(nblk);
     return (size_t)H * k->b.n_coef + (per_state(H, nv) + per_scratch(H, nv, nblk, nth)) * nth + 1;
 }
 
@@ -379,7 +395,7 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
     if (bk->shared != bv->shared || (bk->shared && !shared_ok(H)) || H > KLT_MAX_HEADS || !ksink != !vsink || T < 1)
         return 0;
     pthread_once(&lanes_once, lanes_init);
-    int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK, nth = threads_for(nblk);
+    int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK, nth = ea_kv_klt_threads(nblk);
     size_t per = per_state(H, nv), chunk = per_scratch(H, nv, nblk, nth);
     float *qt = work, *states = qt + (size_t)H * nk, *scratch = states + per * nth;
     float scale = 1.0f / sqrtf((float)hd), s0[KLT_MAX_HEADS]; /* fixed size: no VLA captured by the region */
@@ -394,17 +410,7 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
         tid = omp_get_thread_num();
 #endif
         int h0 = H * tid / nth, h1 = H * (tid + 1) / nth;
-        /* σ and the softmax scale folded in: per-layer bases coefficient-major (qt[j·H + h]),
-         * per-head bases head-major (qt[h·nk + j]) */
-        for (int h = h0; h < h1; h++) {
-            const float *w = bk->w[h], *qh = q + h * hd, *post = k->post + bk->lo[h];
-            for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++) {
-                float a = 0;
-#pragma omp simd reduction(+ : a)
-                for (int i = 0; i < hd; i++) a += w[(size_t)j * hd + i] * qh[i];
-                qt[bk->shared ? (size_t)j * H + h : (size_t)h * nk + j] = a * scale * post[j];
-            }
-        }
+        ea_kv_klt_query(k, q, scale, h0, h1, qt);
 #pragma omp barrier
         int b0 = (int)((long)nblk * tid / nth), b1 = (int)((long)nblk * (tid + 1) / nth);
         float *st = states + per * tid, *sc = scratch + chunk * tid;

@@ -21,7 +21,6 @@
 
 #define BLK EA_KV_KLT_BLOCK
 #define HALF 8
-#define BLOCKS_PER_THREAD 8 /* fewer blocks than this per thread: fewer threads */
 #define KLT_MAX_HEADS 256   /* heads the kernel takes (sink scores on the stack) */
 #define INL static inline __attribute__((always_inline))
 
@@ -353,22 +352,13 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
     values_any(v, vr, b0, b1, s, A);
 }
 
-static int threads_for(int nblk) {
-    int nth = 1;
-#ifdef _OPENMP
-    if (!omp_in_parallel()) nth = omp_get_max_threads();
-#endif
-    if (nth > nblk / BLOCKS_PER_THREAD) nth = nblk / BLOCKS_PER_THREAD > 0 ? nblk / BLOCKS_PER_THREAD : 1;
-    return nth;
-}
-
 /* Work: the query in coefficient space (H × nk), each thread's softmax state (2H + H·nv) and
  * scores scratch. */
 static size_t per_state(int H, int nv) { return (size_t)2 * H + (size_t)H * nv; }
 static size_t per_scratch(int H, int nblk, int nth) { return (size_t)H * BLK * (size_t)((nblk + nth - 1) / nth); }
 
 size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T) {
-    int H = k->b.n_head, nv = v->b.n_coef, nblk = (T + BLK - 1) / BLK, nth = threads_for(nblk);
+    int H = k->b.n_head, nv = v->b.n_coef, nblk = (T + BLK - 1) / BLK, nth = ea_kv_klt_threads(nblk);
     return (size_t)H * k->b.n_coef + (per_state(H, nv) + per_scratch(H, nblk, nth)) * nth + 1;
 }
 
@@ -379,7 +369,7 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
     if (bk->shared != bv->shared || (bk->shared && !shared_ok(H)) || H > KLT_MAX_HEADS || !ksink != !vsink || T < 1)
         return 0;
     pthread_once(&lanes_once, lanes_init);
-    int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK, nth = threads_for(nblk);
+    int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK, nth = ea_kv_klt_threads(nblk);
     size_t per = per_state(H, nv), chunk = per_scratch(H, nblk, nth);
     float *qt = work, *states = qt + (size_t)H * nk, *scratch = states + per * nth;
     float scale = 1.0f / sqrtf((float)hd), s0[KLT_MAX_HEADS]; /* fixed size: no VLA captured by the region */
@@ -393,17 +383,7 @@ int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows
         tid = omp_get_thread_num();
 #endif
         int h0 = H * tid / nth, h1 = H * (tid + 1) / nth;
-        /* σ and the softmax scale folded in: per-layer bases coefficient-major (qt[j·H + h]),
-         * per-head bases head-major (qt[h·nk + j]) */
-        for (int h = h0; h < h1; h++) {
-            const float *w = bk->w[h], *qh = q + h * hd, *post = k->post + bk->lo[h];
-            for (int j = 0; j < bk->hi[h] - bk->lo[h]; j++) {
-                float a = 0;
-#pragma omp simd reduction(+ : a)
-                for (int i = 0; i < hd; i++) a += w[(size_t)j * hd + i] * qh[i];
-                qt[bk->shared ? (size_t)j * H + h : (size_t)h * nk + j] = a * scale * post[j];
-            }
-        }
+        ea_kv_klt_query(k, q, scale, h0, h1, qt);
 #pragma omp barrier
         int b0 = (int)((long)nblk * tid / nth), b1 = (int)((long)nblk * (tid + 1) / nth);
         float *st = states + per * tid;
