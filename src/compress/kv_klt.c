@@ -215,20 +215,6 @@ static void klt_encode_rows(const ea_kv_codec *c, int layer, ea_kv_kind kind, in
     free(y);
 }
 
-/* Coefficients of the row in lane `lane` of block blk (position pos). */
-static void unpack_row(const klt_part *p, const unsigned char *blk, int lane, int pos, float *cr) {
-    float g = pos == 0 ? p->pos0_gain : 1.0f;
-    if (p->hdr) {
-        uint16_t h;
-        memcpy(&h, blk + (size_t)lane * p->hdr, 2);
-        g *= ea_f16_to_f32(h);
-    }
-    for (int j = 0; j < p->b.n_coef; j++) {
-        unsigned code = get_bits(blk + p->off[j], (size_t)lane * p->bits[j], p->bits[j]);
-        cr[j] = (p->tab[j] ? p->tab[j][code] * p->sig[j] : (float)code * p->lv_a[j] + p->lv_c[j]) * g;
-    }
-}
-
 /* The 16 codes of a coefficient (its 2·b bytes at seg). Eight codes fill b bytes exactly, so up to
  * 8 bits each half is one little-endian word read byte by byte (no read past the segment). */
 static void block_codes(const unsigned char *seg, int b, unsigned *code) {
@@ -246,8 +232,7 @@ static void block_codes(const unsigned char *seg, int b, unsigned *code) {
 
 /* Coefficients of lanes l0..l1-1 of block bk into coef (row r = lane - l0 at coef + r·n_coef):
  * coefficient by coefficient, so the code width, table and scale are looked up once per 16 rows
- * (the per-row unpack spent half of a portable build's decode time in bit extraction). Values are
- * unpack_row's, bit for bit. */
+ * (a per-row unpack spent half of a portable build's decode time in bit extraction). */
 static void unpack_block(const klt_part *p, const unsigned char *blk, int bk, int l0, int l1, float *coef) {
     int n = p->b.n_coef;
     float g[EA_KV_KLT_BLOCK];
@@ -288,15 +273,17 @@ static void klt_unpack(const void *self, const void *rows, int t0, int n, float 
 
 static void klt_decode(const ea_kv_codec *c, int layer, ea_kv_kind kind, int pos0, int n, const void *src, float *x) {
     const klt_part *p = part_of(c, layer, kind);
-    float coef[p->b.n_coef + 1];
-    for (int r = 0; r < n; r++) {
-        if (pos0 + r == 0 && p->sink) {
-            ea_f16_to_f32_array(sink_row(c, src), x, (size_t)c->d);
-            continue;
+    int nc = p->b.n_coef;
+    float coef[(size_t)EA_KV_KLT_BLOCK * (size_t)nc + 1];
+    for (int pos = pos0; pos < pos0 + n;) {
+        int bk = pos / EA_KV_KLT_BLOCK, l0 = pos % EA_KV_KLT_BLOCK;
+        int l1 = pos0 + n - bk * EA_KV_KLT_BLOCK < EA_KV_KLT_BLOCK ? pos0 + n - bk * EA_KV_KLT_BLOCK : EA_KV_KLT_BLOCK;
+        unpack_block(p, block_of(p, (const unsigned char *)src + (size_t)(pos - pos0) * p->row_bytes, pos), bk, l0, l1, coef);
+        for (int i = l0; i < l1; i++, pos++) {
+            float *xr = x + (size_t)(pos - pos0) * c->d;
+            if (pos == 0 && p->sink) ea_f16_to_f32_array(sink_row(c, src), xr, (size_t)c->d);
+            else ea_kv_basis_expand(&p->b, coef + (size_t)(i - l0) * nc, xr);
         }
-        int pos = pos0 + r;
-        unpack_row(p, block_of(p, (const unsigned char *)src + (size_t)r * p->row_bytes, pos), pos % EA_KV_KLT_BLOCK, pos, coef);
-        ea_kv_basis_expand(&p->b, coef, x + (size_t)r * c->d);
     }
 }
 
