@@ -363,12 +363,6 @@ ROWS_INLINE __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
     return _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
 }
 
-ROWS_INLINE float reduce1(__m256 a) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
-}
-
 ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
                             float (*s)[CHUNK]) {
     const int hd = j->hd, base = h * hd, d = j->d;
@@ -410,7 +404,7 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
                                        _mm256_fmadd_ps(kx.lo, _mm256_loadu_ps(q + (size_t)i * d + x), a[i]));
         }
 #pragma GCC unroll 4
-        for (int i = 0; i < NQ; i++) s[i0 + i][r] = reduce1(a[i]) * j->scale;
+        for (int i = 0; i < NQ; i++) s[i0 + i][r] = ea_kv_hsum8(a[i]) * j->scale;
     }
 }
 
@@ -497,9 +491,7 @@ static float chunk_max(const float *s, int n) {
 #elif defined(ROWS_AVX2)
     __m256 m = _mm256_set1_ps(-INFINITY);
     for (; r + 8 <= n; r += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + r));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    mx = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    mx = ea_kv_hmax8(m);
 #endif
     for (; r < n; r++) mx = max_f(mx, s[r]);
     return mx;
@@ -525,7 +517,7 @@ static float chunk_exp(float *s, int n, float m) {
         _mm256_storeu_ps(s + r, e);
         acc = _mm256_add_ps(acc, e);
     }
-    sum = reduce1(acc);
+    sum = ea_kv_hsum8(acc);
 #endif
     for (; r < n; r++) sum += (s[r] = expf(s[r] - m));
     return sum;

@@ -8,7 +8,7 @@
  *   3. Quantize each kept coefficient with the Gaussian-optimal scalar quantizer of its width,
  *      scaled by its standard deviation (optionally also by a per-row f16 gain).
  * Rows are stored in blocks of 16 tokens, coefficient-major (layout in kv_klt.h). One-token
- * attention reads the codes directly in coefficient space (kv_klt_attend.c); nothing is rebuilt
+ * attention reads the codes directly in coefficient space (kv_klt_attend*.c); nothing is rebuilt
  * in d dimensions. */
 #include <cblas.h>
 #include <math.h>

@@ -1,5 +1,5 @@
 /* The klt codec's coded parts and their storage layout, shared by the codec (kv_klt.c) and its
- * decode attention (kv_klt_attend.c). Not public API.
+ * decode attention (kv_klt_attend*.c). Not public API.
  *
  * Layout: rows come in blocks of EA_KV_KLT_BLOCK tokens. A block holds the tokens' f16 gains (hdr
  * bytes each, when the part has them), then, per coefficient j in order, the codes of its 16
@@ -18,8 +18,8 @@
 
 #define EA_KV_KLT_BLOCK 16
 
-/* Which decode kernel this build has: kv_klt_attend.c (AVX-512 with VBMI's byte permutes) or
- * kv_klt_attend_avx2.c (x86-64-v3); other builds take the generic coefficient-space attention. */
+/* Which decode kernel this build has: kv_klt_attend_avx512.c (AVX-512 with VBMI's byte permutes)
+ * or kv_klt_attend_avx2.c (x86-64-v3); other builds take the generic coefficient-space attention. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
 #define EA_KV_KLT_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -53,12 +53,16 @@ typedef struct {
     float *post;            /* n_coef: factor of a decoded level (σ for tables, 1 for uniform levels) */
 } klt_part;
 
-/* Threads one-token attention uses over nblk blocks (fewer than 8 blocks a thread: fewer threads). */
-#define EA_KV_KLT_BLOCKS_PER_THREAD 8
-int ea_kv_klt_threads(int nblk);
-/* Heads h0..h1-1 of the query q in k's coefficient space, σ and the softmax scale folded in:
- * per-layer bases coefficient-major (qt[j·H + h]), per-head bases head-major (qt[h·n_coef + j]). */
-void ea_kv_klt_query(const klt_part *k, const float *q, float scale, int h0, int h1, float *qt);
+#if defined(EA_KV_KLT_AVX512) || defined(EA_KV_KLT_AVX2)
+/* What a decode kernel provides to kv_klt_attend.c, which splits the blocks over threads: */
+/* floats of scratch one thread needs for nb blocks (H heads, nv value coefficients); */
+size_t ea_kv_klt_kernel_scratch(int H, int nv, int nb);
+/* one thread's blocks [b0, b1) of keys first..T-1 (qt: the query in coefficient space, σ and the
+ * softmax scale folded in: per-layer bases qt[j·H + h], per-head bases qt[h·n_coef + j]): its
+ * softmax state st = max m[H], sum l[H], weighted value coefficients A[H × nv]. */
+void ea_kv_klt_kernel_range(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
+                            int first, int T, int b0, int b1, const float *qt, float *scratch, float *st);
+#endif
 /* Floats of work memory ea_kv_klt_attend_one needs for T rows. */
 size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T);
 /* One query at position T-1 attending to rows 0..T-1 of parts k and v (rows: row 0 of each, the

@@ -1,7 +1,7 @@
-/* One-token attention on a klt cache for AVX2 builds (x86-64-v3: AVX2, FMA, F16C), read in its
- * block layout (kv_klt.h). The passes are those of the AVX-512 kernel (kv_klt_attend.c): scores
- * coefficient by coefficient, softmax weights, value sums coefficient by coefficient, merged and
- * projected by ea_kv_attend_merge. Registers hold 8 lanes, so a block's 16 rows are two halves of
+/* The AVX2 thread pass (x86-64-v3: AVX2, FMA, F16C) of one-token attention on a klt cache
+ * (kv_klt_attend.c runs it), read in its block layout (kv_klt.h). The passes are those of the
+ * AVX-512 kernel (kv_klt_attend_avx512.c): scores coefficient by coefficient, softmax weights,
+ * value sums coefficient by coefficient. Registers hold 8 lanes, so a block's 16 rows are two halves of
  * 8: eight codes of b bits fill b bytes exactly, so a half's codes are one 64-bit word, spread to
  * lanes by a byte shuffle and a per-lane shift; levels come from register tables (vpermps) up to
  * 5 bits, a gather above, arithmetic for uniform levels. */
@@ -13,15 +13,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "compress/kv_simd.h"
 
 #define BLK EA_KV_KLT_BLOCK
 #define HALF 8
-#define KLT_MAX_HEADS 256   /* heads the kernel takes (sink scores on the stack) */
 #define INL static inline __attribute__((always_inline))
 
 /* Per code width b <= 8: the bytes of a half's word that hold lane i's code (byte i·b/8 and the
@@ -124,18 +120,6 @@ INL __m256 half_gain(const klt_part *p, const unsigned char *blk, int bk, int hf
 
 INL int has_gain(const klt_part *p, int bk) { return p->hdr || (bk == 0 && p->pos0_gain != 1.0f); }
 
-INL float hsum(__m256 a) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
-}
-
-INL float hmax(__m256 a) {
-    __m128 x = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
-}
-
 /* Scratch layout: scores and weights of block bk, head h at s[(bk - b0)·H·16 + h·16]. */
 #define SIDX(bk, h) ((size_t)(bk) * H * BLK + (size_t)(h) * BLK)
 
@@ -202,7 +186,7 @@ INL void run_values(const int cls, const int H, const klt_part *p, const klt_run
                 for (int h = 0; h < H; h++) acc[h] = _mm256_fmadd_ps(x, _mm256_loadu_ps(wb + h * BLK + HALF * hf), acc[h]);
             }
 #pragma GCC unroll 16
-        for (int h = 0; h < H; h++) A[(size_t)h * n + j] = hsum(acc[h]) * p->post[j];
+        for (int h = 0; h < H; h++) A[(size_t)h * n + j] = ea_kv_hsum8(acc[h]) * p->post[j];
     }
 }
 
@@ -243,7 +227,7 @@ INL void run_values1(const int cls, const klt_part *p, const klt_run *r, const u
             a0 = _mm256_fmadd_ps(half_vals(cls, &d, p, j, blk, 0), _mm256_loadu_ps(wb), a0);
             a1 = _mm256_fmadd_ps(half_vals(cls, &d, p, j, blk, 1), _mm256_loadu_ps(wb + HALF), a1);
         }
-        Ah[j] = hsum(_mm256_add_ps(a0, a1)) * p->post[j];
+        Ah[j] = ea_kv_hsum8(_mm256_add_ps(a0, a1)) * p->post[j];
     }
 }
 
@@ -283,8 +267,6 @@ static void values_heads(const klt_part *p, const unsigned char *rows, int b0, i
         RUN_DISPATCH(run_values1, p, r, rows, b0, b1, w + SIDX(0, h), (size_t)H * BLK, A + (size_t)h * b->n_coef - b->lo[h])
     }
 }
-
-static int shared_ok(int H) { return H == 4 || H == 8 || H == 12 || H == 16; }
 
 static void scores_any(const klt_part *p, const unsigned char *rows, int b0, int b1, const float *qt, float *s) {
     if (!p->b.shared) {
@@ -327,7 +309,7 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
         __m256 mx = ninf;
         for (int bk = 0; bk < b1 - b0; bk++)
             mx = _mm256_max_ps(mx, _mm256_max_ps(_mm256_loadu_ps(s + SIDX(bk, h)), _mm256_loadu_ps(s + SIDX(bk, h) + HALF)));
-        m[h] = hmax(mx);
+        m[h] = ea_kv_hmax8(mx);
         __m256 vm = _mm256_set1_ps(m[h]), sum = _mm256_setzero_ps();
         for (int bk = 0; bk < b1 - b0; bk++)
             for (int hf = 0; hf < 2; hf++) {
@@ -337,7 +319,7 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
                 sum = _mm256_add_ps(sum, e);
                 _mm256_storeu_ps(sh, e);
             }
-        l[h] = m[h] == -INFINITY ? 0.0f : hsum(sum);
+        l[h] = m[h] == -INFINITY ? 0.0f : ea_kv_hsum8(sum);
     }
     size_t bb = BLK * v->row_bytes;
     for (int bk = b0; bk < b1; bk++) /* the value rows' gains scale their weights */
@@ -352,46 +334,16 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
     values_any(v, vr, b0, b1, s, A);
 }
 
-/* Work: the query in coefficient space (H × nk), each thread's softmax state (2H + H·nv) and
- * scores scratch. */
-static size_t per_state(int H, int nv) { return (size_t)2 * H + (size_t)H * nv; }
-static size_t per_scratch(int H, int nblk, int nth) { return (size_t)H * BLK * (size_t)((nblk + nth - 1) / nth); }
-
-size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T) {
-    int H = k->b.n_head, nv = v->b.n_coef, nblk = (T + BLK - 1) / BLK, nth = ea_kv_klt_threads(nblk);
-    return (size_t)H * k->b.n_coef + (per_state(H, nv) + per_scratch(H, nblk, nth)) * nth + 1;
+size_t ea_kv_klt_kernel_scratch(int H, int nv, int nb) {
+    (void)nv;
+    return (size_t)H * BLK * (size_t)nb; /* the scores of the thread's blocks */
 }
 
-int ea_kv_klt_attend_one(const klt_part *k, const klt_part *v, const void *krows, const void *vrows,
-                         const uint16_t *ksink, const uint16_t *vsink, const float *q, int T, float *out, float *work) {
-    const ea_kv_basis *bk = &k->b, *bv = &v->b;
-    int H = bk->n_head, hd = bk->hd, nk = bk->n_coef, nv = bv->n_coef;
-    if (bk->shared != bv->shared || (bk->shared && !shared_ok(H)) || H > KLT_MAX_HEADS || !ksink != !vsink || T < 1)
-        return 0;
+void ea_kv_klt_kernel_range(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
+                            int first, int T, int b0, int b1, const float *qt, float *scratch, float *st) {
     pthread_once(&lanes_once, lanes_init);
-    int first = ksink ? 1 : 0, nblk = (T + BLK - 1) / BLK, nth = ea_kv_klt_threads(nblk);
-    size_t per = per_state(H, nv), chunk = per_scratch(H, nblk, nth);
-    float *qt = work, *states = qt + (size_t)H * nk, *scratch = states + per * nth;
-    float scale = 1.0f / sqrtf((float)hd), s0[KLT_MAX_HEADS]; /* fixed size: no VLA captured by the region */
-    if (first) ea_kv_sink_scores(bk, ksink, q, scale, s0);
-    /* one region, three phases: the query in coefficient space (heads split), the thread's blocks,
-     * the merge and projection (heads split) */
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        int h0 = H * tid / nth, h1 = H * (tid + 1) / nth;
-        ea_kv_klt_query(k, q, scale, h0, h1, qt);
-#pragma omp barrier
-        int b0 = (int)((long)nblk * tid / nth), b1 = (int)((long)nblk * (tid + 1) / nth);
-        float *st = states + per * tid;
-        thread_range(k, v, krows, vrows, first, T, b0, b1, qt, scratch + chunk * tid, st, st + H, st + 2 * H);
-#pragma omp barrier
-        ea_kv_attend_merge(bv, vsink, states, per, nth, first ? s0 : NULL, h0, h1, out);
-    }
-    return 1;
+    int H = k->b.n_head;
+    thread_range(k, v, kr, vr, first, T, b0, b1, qt, scratch, st, st + H, st + 2 * H);
 }
 
 #endif

@@ -47,6 +47,19 @@ static inline __attribute__((always_inline)) __m256 ea_kv_exp8_ps(__m256 x) {
     __m256 two_n = _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
     return _mm256_mul_ps(p, two_n);
 }
+
+/* Σ and max of the 8 lanes */
+static inline __attribute__((always_inline)) float ea_kv_hsum8(__m256 a) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+
+static inline __attribute__((always_inline)) float ea_kv_hmax8(__m256 a) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+}
 #endif
 
 #endif
