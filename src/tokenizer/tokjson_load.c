@@ -119,7 +119,7 @@ static ea_status compile_pattern(const loader *L, const char *where, const cJSON
     } else {
         src = strdup(lit->valuestring);
         if (!src) return ea_error(EA_ERR_NOMEM, "%s: cannot allocate a pattern", L->path);
-        opts |= PCRE2_LITERAL;
+        opts = PCRE2_UTF | PCRE2_LITERAL; /* PCRE2 refuses UCP beside LITERAL */
     }
     int err;
     PCRE2_SIZE at;
