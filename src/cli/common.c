@@ -134,6 +134,13 @@ ea_status cli_load_model(const char *dir, ea_model **m, ea_tokenizer **t) {
         ea_model_free(*m);
         *m = NULL;
     }
+    /* A tokenizer with ids past the embedding belongs to another model: refuse before any work. */
+    if (t && !st && (st = ea_tokenizer_check_vocab(*t, ea_model_config(*m)->vocab_size, dir))) {
+        ea_tokenizer_free(*t);
+        *t = NULL;
+        ea_model_free(*m);
+        *m = NULL;
+    }
     return st;
 }
 

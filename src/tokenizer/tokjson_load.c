@@ -281,7 +281,9 @@ static ea_status parse_pretok(loader *L, const cJSON *o, int depth) {
             return st;
         if (!repl) repl = "\xe2\x96\x81";
         size_t nr = strlen(repl);
-        if (nr == 0 || nr > 4 || ea_tok_utf8_valid_prefix((const unsigned char *)repl, nr) != nr)
+        unsigned char r0 = (unsigned char)repl[0];
+        size_t one = r0 < 0x80 ? 1 : r0 >= 0xF0 ? 4 : r0 >= 0xE0 ? 3 : 2; /* bytes of one character */
+        if (nr != one || ea_tok_utf8_valid_prefix((const unsigned char *)repl, nr) != nr)
             return ea_error(EA_ERR_FORMAT, "%s: pre_tokenizer Metaspace replacement must be one character", L->path);
         if ((st = add_pre(L, &p))) return st;
         p->kind = TJ_METASPACE;
