@@ -407,6 +407,55 @@ static void test_qwen3_nfc_and_added(void **state) {
     assert_int_equal(bos, -1);
 }
 
+/* Llama 2 cuts its one piece before each "▁" that follows another character (no token spans
+ * such a place). The same file with one unreachable token "x▁y" added cannot cut: both must
+ * give the same ids on every text. */
+static void test_sentencepiece_cut_is_exact(void **state) {
+    (void)state;
+    char *json = NULL;
+    size_t len = 0;
+    assert_int_equal(ea_read_file(TOK_DIR "/llama2/tokenizer.json", (size_t)1 << 28, &json, &len), EA_OK);
+    const char *at = strstr(json, "\"vocab\": {");
+    assert_non_null(at);
+    static const char extra[] = "\"x\\u2581y\": 32000, ";
+    size_t a = (size_t)(at - json) + strlen("\"vocab\": {");
+    char *mod = malloc(len + sizeof extra);
+    memcpy(mod, json, a);
+    memcpy(mod + a, extra, sizeof extra - 1);
+    memcpy(mod + a + sizeof extra - 1, json + a, len - a);
+    char *dir = test_tmpdir(), path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    assert_int_equal(test_write_file(path, mod, len + sizeof extra - 1), 0);
+    ea_tokenizer *whole = NULL;
+    assert_int_equal(ea_tokenizer_load_json(path, NULL, &whole), EA_OK);
+    test_rmdir(dir);
+    free(dir);
+    free(mod);
+    free(json);
+    cJSON *texts = read_json(TOK_DIR "/texts.json"), *c;
+    int bad = 0, total = 0;
+    ea_rng r;
+    ea_rng_seed(&r, 2);
+    char buf[2048];
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(texts, "cases")) {
+        size_t n;
+        char *s = case_text(c, &n);
+        for (int rep = 0; rep < 2; rep++, total++) {
+            const char *x = rep ? buf : s;
+            size_t xn = rep ? random_text(&r, buf, sizeof buf) : n, na = 0, nb = 0;
+            int *ia = enc(toks[1], x, xn, 1, &na), *ib = enc(whole, x, xn, 1, &nb);
+            if (!same_ids(ia, na, ib, nb) && bad++ < 5) printf("cut and uncut differ on \"%.60s\"\n", x);
+            free(ia);
+            free(ib);
+        }
+        free(s);
+    }
+    printf("llama2: cut and uncut pieces agree on %d/%d texts\n", total - bad, total);
+    cJSON_Delete(texts);
+    ea_tokenizer_free(whole);
+    assert_int_equal(bad, 0);
+}
+
 /* decode(encode(x)) == x for the byte-level tokenizers on every text (raw bytes included), and
  * for Llama 2 on texts without "▁" or literal special tokens (its normalizer is lossy there, as
  * in Hugging Face). */
@@ -576,6 +625,7 @@ int main(void) {
         cmocka_unit_test(test_llama2_sentencepiece),
         cmocka_unit_test(test_llama3_byte_level),
         cmocka_unit_test(test_qwen3_nfc_and_added),
+        cmocka_unit_test(test_sentencepiece_cut_is_exact),
         cmocka_unit_test(test_roundtrips),
         cmocka_unit_test(test_handmade_options),
         cmocka_unit_test(test_check_vocab),

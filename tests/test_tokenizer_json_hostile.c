@@ -108,6 +108,7 @@ static const struct {
     {"{\"Regex\":", "{\"Regexp\":", "pattern must be"},
     {"\"a\": 0,", "\"a\": -1,", "id -1"},
     {"\"a\": 0,", "\"a\": 1e12,", "id 1e+12"},
+    {"\"a\": 0,", "\"a\": 16000000,", "sparse ids are refused"},
     {"\"a\": 0,", "\"a\": 0.5,", "id 0.5"},
     {"\"a\": 0,", "\"a\": \"0\",", "non-numeric id"},
     {"\"a\": 0,", "\"a\": 1,", "gives id 1 to two tokens"},

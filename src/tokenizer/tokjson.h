@@ -74,6 +74,8 @@ typedef struct ea_tok_json {
     int bos_add;             /* callers should put bos_id first */
     int32_t bos_id;          /* -1 when none is known */
     int strip_lead;          /* decoding drops this many leading spaces (Strip / Metaspace decoder) */
+    int sp_split;            /* SentencePiece flavour where no token has "▁" right after another
+                                character: pieces may be cut before such a "▁" (see tokjson_encode.c) */
 } ea_tok_json;
 
 /* Load PATH (tokenizer.json) and, when config_path is not NULL and exists, tokenizer_config.json. */

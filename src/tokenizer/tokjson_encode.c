@@ -335,7 +335,22 @@ static ea_status pretok_and_model(enc *e, size_t off, size_t len, int first) {
         e->cb = tc;
         e->na = e->nb;
     }
-    for (size_t i = 0; !st && i < e->na; i++) st = model_piece(e, e->arena + e->pa[i].off, e->pa[i].len);
+    for (size_t i = 0; !st && i < e->na; i++) {
+        const unsigned char *p = e->arena + e->pa[i].off;
+        size_t n = e->pa[i].len, from = 0;
+        /* SentencePiece without a pre-tokenizer sees the whole text as one piece; where no
+         * token can span a "▁" that follows another character, cutting there gives the same
+         * ids and lets the word cache work (sp_split, checked at load). */
+        if (e->j->sp_split) {
+            for (size_t k = 1; !st && k + 3 <= n; k++)
+                if (p[k] == 0xE2 && p[k + 1] == 0x96 && p[k + 2] == 0x81 &&
+                    !(k >= 3 && p[k - 3] == 0xE2 && p[k - 2] == 0x96 && p[k - 1] == 0x81)) {
+                    st = model_piece(e, p + from, k - from);
+                    from = k;
+                }
+        }
+        if (!st) st = model_piece(e, p + from, n - from);
+    }
     return st;
 }
 

@@ -369,7 +369,12 @@ static ea_status load_vocab(loader *L, const cJSON *vocab, const cJSON *added) {
         text_bytes += strlen(content->valuestring) + 1;
     }
     if (n_model == 0) return ea_error(EA_ERR_FORMAT, "%s: model.vocab is empty", L->path);
-    size_t n = (size_t)max_id + 1;
+    size_t n = (size_t)max_id + 1, n_tokens = n_model + (size_t)cJSON_GetArraySize(added);
+    /* Real vocabularies are dense (holes at most in the padding of added tokens); sparse ids
+     * would let a small file claim gigabytes of tables. */
+    if (n > 4 * n_tokens + 4096)
+        return ea_error(EA_ERR_FORMAT, "%s: ids go up to %d for only %zu tokens (sparse ids are refused)", L->path,
+                        (int)max_id, n_tokens);
     t->n_vocab = (int)n;
     j->n_model = (int)n;
     t->pool = malloc(text_bytes + 1);
@@ -539,6 +544,20 @@ static ea_status load_model(loader *L, const cJSON *model, const cJSON *added) {
             }
             L->t->byte_id[b] = model_id(j, ch, n);
         }
+    }
+    /* Can a piece be cut before each "▁" that follows another character? Only when no token
+     * spans such a place (then no merge crosses it, and unk runs cannot: "▁" is known) and
+     * whole-piece lookups (ignore_merges) are off. */
+    int32_t meta = model_id(j, "\xe2\x96\x81", 3);
+    j->sp_split = !j->byte_level && !j->ignore_merges && meta >= 0;
+    for (int32_t id = 0; j->sp_split && id < L->t->n_vocab; id++) {
+        if (j->moff[id] == SIZE_MAX) continue;
+        const char *s = j->mpool + j->moff[id];
+        for (size_t i = 1; i + 3 <= j->mlen[id]; i++)
+            if (!memcmp(s + i, "\xe2\x96\x81", 3) && !(i >= 3 && !memcmp(s + i - 3, "\xe2\x96\x81", 3))) {
+                j->sp_split = 0;
+                break;
+            }
     }
     for (int c = 0; c < 128; c++) {
         char ch = (char)c;
