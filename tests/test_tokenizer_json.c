@@ -129,7 +129,9 @@ static int expect(int tok, const char *s, int special, const int *want) {
 
 /* HF reference ids of the fixture run: tests/fixtures/tokenizers/NAME.cases.json, cases with
  * "ids" and their text (inline or by "id" in texts.json); "special" says whether special tokens
- * were parsed (default: yes, as tokenizers' encode does). Returns failures, -1 when absent. */
+ * were parsed (default: yes, as tokenizers' encode does). ea_tokenizer_bos must agree with
+ * ids_add_special (the post-processor) and with the first id transformers gives. Returns
+ * failures, -1 when the file is absent. */
 static int check_reference(int tok, int *total) {
     char path[512];
     snprintf(path, sizeof path, "%s/%s.cases.json", TOK_DIR, names[tok]);
@@ -157,6 +159,21 @@ static int check_reference(int tok, int *total) {
         for (size_t i = 0; i < nw; i++) w[i] = cJSON_GetArrayItem(want, (int)i)->valueint;
         int *got = enc(toks[tok], s, len, special, &n);
         (*total)++;
+        /* BOS as reported: what the post-processor adds (ids_add_special) and what transformers
+         * puts first after reading tokenizer_config.json (ids_transformers_auto). */
+        int bos = -1, add = ea_tokenizer_bos(toks[tok], &bos);
+        const cJSON *with = cJSON_GetObjectItem(c, "ids_add_special"), *autos = cJSON_GetObjectItem(c, "ids_transformers_auto");
+        if (cJSON_IsArray(with)) {
+            int ok = (size_t)cJSON_GetArraySize(with) == nw + (size_t)add &&
+                     (!add || cJSON_GetArrayItem(with, 0)->valueint == bos);
+            for (size_t i = 0; ok && i < nw; i++) ok = cJSON_GetArrayItem(with, (int)(i + (size_t)add))->valueint == w[i];
+            if (!ok && bad++ < 10) printf("BOS %d (add %d) disagrees with ids_add_special of %s\n", bos, add, names[tok]);
+        }
+        if (cJSON_IsArray(autos) && cJSON_GetArraySize(autos) > 0 && nw > 0) {
+            int first = cJSON_GetArrayItem(autos, 0)->valueint;
+            if ((add ? first != bos : first != w[0] && first == bos) && bad++ < 10)
+                printf("BOS %d (add %d) disagrees with transformers (first id %d) on %s\n", bos, add, first, names[tok]);
+        }
         if (!same_ids(got, n, w, nw)) {
             if (bad++ < 10) {
                 printf("MISMATCH %s case %s (special %d): \"%.80s\"\n", names[tok],
