@@ -635,6 +635,33 @@ static void test_check_vocab(void **state) {
     assert_non_null(strstr(ea_last_error(), "32000"));
 }
 
+/* The CLI loads tokenizer.json from --model and reports BOS beside the ids. */
+static void test_cli_tokenize_json(void **state) {
+    (void)state;
+    if (access(EA_CLI_PATH, X_OK) != 0) TEST_SKIP("%s not built", EA_CLI_PATH);
+    char *out = NULL, *err = NULL;
+    int rc = test_run_cli(&out, &err, (const char *[]){"tokenize", "--model", TOK_DIR "/llama2", "--text", "Hello world",
+                                                        "--json", NULL});
+    printf("tokenize llama2: rc %d, %s%s", rc, out, err);
+    assert_int_equal(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    cJSON *ids = cJSON_GetObjectItem(j, "ids");
+    assert_int_equal(cJSON_GetArraySize(ids), 2);
+    assert_int_equal(cJSON_GetArrayItem(ids, 0)->valueint, vid(1, "\xe2\x96\x81Hello"));
+    assert_int_equal(cJSON_GetObjectItem(j, "bos")->valueint, 1);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+    rc = test_run_cli(&out, &err, (const char *[]){"tokenize", "--model", TOK_DIR "/qwen3", "--text", "hi", "--json", NULL});
+    assert_int_equal(rc, 0);
+    j = cJSON_Parse(out);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "bos")));
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpt2_json_fixture),
@@ -647,6 +674,7 @@ int main(void) {
         cmocka_unit_test(test_handmade_options),
         cmocka_unit_test(test_check_vocab),
         cmocka_unit_test(test_reference_ids),
+        cmocka_unit_test(test_cli_tokenize_json),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
