@@ -5,6 +5,7 @@
  * vocabulary of the file itself (byte fallback, ignore_merges, NFC, added tokens, BOS);
  * round trips; hand-made tokenizers for the options the real files do not use. */
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -635,6 +636,48 @@ static void test_check_vocab(void **state) {
     assert_non_null(strstr(ea_last_error(), "32000"));
 }
 
+/* Threads share one tokenizer: every encoding equals the single-threaded one. */
+typedef struct {
+    const ea_tokenizer *t;
+    const char *text;
+    size_t len;
+    int *ids;
+    size_t n;
+    ea_status st;
+} job;
+
+static void *encode_job(void *arg) {
+    job *j = arg;
+    j->st = ea_tokenizer_encode(j->t, j->text, j->len, 1, &j->ids, &j->n);
+    return NULL;
+}
+
+static void test_threads_share(void **state) {
+    (void)state;
+    char *text;
+    size_t len;
+    assert_int_equal(ea_read_file(EA_SOURCE_DIR "/data/eval.txt", (size_t)1 << 26, &text, &len), EA_OK);
+    enum { NT = 8 };
+    pthread_t th[NT];
+    job jobs[NT];
+    size_t nref[N_TOK];
+    int *ref[N_TOK];
+    for (int k = 0; k < N_TOK; k++) ref[k] = enc(toks[k], text, len, 1, &nref[k]);
+    for (int i = 0; i < NT; i++) {
+        jobs[i] = (job){toks[i % N_TOK], text, len, NULL, 0, EA_OK};
+        assert_int_equal(pthread_create(&th[i], NULL, encode_job, &jobs[i]), 0);
+    }
+    for (int i = 0; i < NT; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(jobs[i].st, EA_OK);
+        assert_true(same_ids(jobs[i].ids, jobs[i].n, ref[i % N_TOK], nref[i % N_TOK]));
+        free(jobs[i].ids);
+    }
+    printf("%d threads (2 per tokenizer) encoded eval.txt identically\n", NT);
+    for (int k = 0; k < N_TOK; k++) free(ref[k]);
+    free(text);
+}
+
 /* The CLI loads tokenizer.json from --model and reports BOS beside the ids. */
 static void test_cli_tokenize_json(void **state) {
     (void)state;
@@ -675,6 +718,7 @@ int main(void) {
         cmocka_unit_test(test_check_vocab),
         cmocka_unit_test(test_reference_ids),
         cmocka_unit_test(test_cli_tokenize_json),
+        cmocka_unit_test(test_threads_share),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
