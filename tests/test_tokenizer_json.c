@@ -605,6 +605,20 @@ static void test_handmade_options(void **state) {
         expect_t(t, "abab", 0, splits[i].want);
         ea_tokenizer_free(t);
     }
+    /* Digits (SmolLM's pre-tokenizer): each digit alone, or each run of digits, as Rust's
+     * char::is_numeric sees them (the Arabic-Indic digit U+0661 too). */
+    static const char digits_vocab[] =
+        "\"model\": {\"type\": \"BPE\", \"vocab\": {\"1\": 0, \"2\": 1, \"12\": 2, \"x\": 3, \"x1\": 4, "
+        "\"\\u0661\": 5, \"\\u06612\": 6}, \"merges\": [\"1 2\", \"x 1\", \"\\u0661 2\"]}}";
+    char dj[1024];
+    snprintf(dj, sizeof dj, "{\"pre_tokenizer\": {\"type\": \"Digits\", \"individual_digits\": true}, %s", digits_vocab);
+    t = load_text(dj, NULL);
+    expect_t(t, "x12\xd9\xa1" "2", 0, (int[]){3, 0, 1, 5, 1, -2});
+    ea_tokenizer_free(t);
+    snprintf(dj, sizeof dj, "{\"pre_tokenizer\": {\"type\": \"Digits\", \"individual_digits\": false}, %s", digits_vocab);
+    t = load_text(dj, NULL);
+    expect_t(t, "x12\xd9\xa1" "2", 0, (int[]){3, 2, 6, -2}); /* "x" | "12\u06612": "12", then "\u06612" */
+    ea_tokenizer_free(t);
     /* BOS from a TemplateProcessing template, overridden by tokenizer_config.json. */
     const char *tmpl = "{\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": "
                        "\"<unk>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"special_tokens\": "

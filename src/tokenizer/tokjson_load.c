@@ -270,6 +270,21 @@ static ea_status parse_pretok(loader *L, const cJSON *o, int depth) {
         p->invert = invert;
         return compile_pattern(L, "pre_tokenizer Split", field(o, "pattern"), &p->re, &p->jit);
     }
+    if (!strcmp(type, "Digits")) { /* Rust's char::is_numeric (N*): one piece per digit, or per run */
+        int individual = 0;
+        if ((st = get_bool(L, o, "pre_tokenizer Digits", "individual_digits", 0, &individual))) return st;
+        if ((st = add_pre(L, &p))) return st;
+        p->kind = TJ_SPLIT;
+        p->behavior = individual ? TJ_ISOLATED : TJ_CONTIGUOUS;
+        cJSON *pat = cJSON_CreateObject();
+        if (!pat || !cJSON_AddStringToObject(pat, "Regex", "\\p{N}")) {
+            cJSON_Delete(pat);
+            return ea_error(EA_ERR_NOMEM, "%s: cannot allocate a pattern", L->path);
+        }
+        st = compile_pattern(L, "pre_tokenizer Digits", pat, &p->re, &p->jit);
+        cJSON_Delete(pat);
+        return st;
+    }
     if (!strcmp(type, "Metaspace")) {
         const char *repl = NULL, *scheme = NULL;
         int aps = 1, split = 1;
@@ -304,7 +319,8 @@ static ea_status parse_pretok(loader *L, const cJSON *o, int depth) {
         return EA_OK;
     }
     return ea_error(EA_ERR_UNSUPPORTED,
-                    "%s: pre_tokenizer type \"%.60s\" is not supported (supported: ByteLevel, Split, Metaspace, Sequence)",
+                    "%s: pre_tokenizer type \"%.60s\" is not supported (supported: ByteLevel, Split, Digits, Metaspace, "
+                    "Sequence)",
                     L->path, type);
 }
 
