@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     static const char text[] = "Hello world, it's 2024! \xff\xfe caf\xc3\xa9 e\xcc\x81 <s> <|endoftext|>  \n\tx "
-                               "\xe2\x96\x81ab xy 12345 \xf0\x9f\xa6\x99";
+                               "\xe2\x96\x81" "ab xy 12345 \xf0\x9f\xa6\x99";
     int n_vocab = ea_tokenizer_vocab_size(t);
     for (int special = 0; special < 2; special++) {
         int *ids = NULL;
