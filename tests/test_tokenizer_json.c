@@ -563,6 +563,14 @@ static void test_handmade_options(void **state) {
     t = load_text("{\"normalizer\": null, \"pre_tokenizer\": null, " TINY_MODEL("\"fuse_unk\": true,") "}", NULL);
     expect_t(t, "abxyc", 0, (int[]){3, 6, 2, -2});
     ea_tokenizer_free(t);
+    /* No unk token: unknown characters are dropped (as in HF); a text of only those gives no ids
+     * (found by fuzz_tokenizer_json: the piece's empty result was cached from a NULL array). */
+    t = load_text("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}}",
+                  NULL);
+    expect_t(t, "xyz", 0, (int[]){-2});
+    expect_t(t, "axb", 0, (int[]){2, -2}); /* x is dropped, so a and b meet and merge (as in HF) */
+    expect_t(t, "xy ab xy", 0, (int[]){2, -2});
+    ea_tokenizer_free(t);
     /* Metaspace (legacy add_prefix_space): spaces become ▁, split before each ▁. */
     t = load_text("{\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", \"add_prefix_space\": true}, "
                   TINY_MODEL("") "}",

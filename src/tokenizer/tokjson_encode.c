@@ -173,7 +173,9 @@ static ea_status model_piece(enc *e, const unsigned char *p, size_t n) {
     }
     unk_flush(j, w, &count, &u);
     if ((st = ea_tok_bpe_merge(&e->t->merges, w, count, &e->ids, &e->n, &e->cap))) return st;
-    ea_tok_cache_put(&e->cache, h, p, n, e->ids + before, e->n - before);
+    /* A piece can give no ids (unknown characters and no unk token): nothing to remember, and
+     * e->ids may still be NULL. */
+    if (e->n > before) ea_tok_cache_put(&e->cache, h, p, n, e->ids + before, e->n - before);
     return EA_OK;
 }
 
