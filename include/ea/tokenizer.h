@@ -29,8 +29,10 @@ ea_status ea_tokenizer_load_json(const char *tokenizer_json, const char *tokeniz
  * vocab.json + merges.txt (GPT-2 adds none). */
 int ea_tokenizer_bos(const ea_tokenizer *t, int *id);
 /* Refuse (EA_ERR_MISMATCH, message naming model_what) a tokenizer whose ids do not all fit an
- * embedding of n_embd_rows rows; loaders call it before any work. */
+ * embedding of n_embd_rows rows; loaders call it before any work (the CLI does for tokenizer.json). */
 ea_status ea_tokenizer_check_vocab(const ea_tokenizer *t, int n_embd_rows, const char *model_what);
+/* 1 when t was loaded from a tokenizer.json, 0 for vocab.json + merges.txt (or NULL). */
+int ea_tokenizer_is_json(const ea_tokenizer *t);
 void ea_tokenizer_free(ea_tokenizer *t);
 int ea_tokenizer_vocab_size(const ea_tokenizer *t);
 

@@ -66,3 +66,5 @@ ea_status ea_tokenizer_check_vocab(const ea_tokenizer *t, int n_embd_rows, const
                         model_what ? model_what : "model", t->n_vocab - 1, n_embd_rows);
     return EA_OK;
 }
+
+int ea_tokenizer_is_json(const ea_tokenizer *t) { return t && t->tj; }
