@@ -11,6 +11,9 @@ only; each seed < 100 KB). Rerun after the inputs change:  python3 fuzz/make_see
   data/eval.txt, invalid UTF-8, special-token text.
 - fuzz_tokenizer_load: vocab.json restricted to ids < 600 (all 256 byte tokens included), NUL,
   the merges.txt lines that stay inside it.
+- fuzz_tokenizer_json: tokenizer.json NUL tokenizer_config.json: each real file of
+  tests/fixtures/tokenizers cut to its ids < 600 (merges inside them kept, added tokens
+  renumbered after them), and the small hand-made file of tests/test_tokenizer_json_hostile.c.
 - fuzz_esap_message: spectrum messages (power law, flat, d = 1) in the format of
   src/esap/spectrum_json.c.
 - fuzz_compressor: compressors fitted by the CLI on gpt2-micro (small ranks so each is < 100 KB);
@@ -114,6 +117,58 @@ def compressor_seeds(cli):
                        check=True, stdout=subprocess.DEVNULL)
 
 
+def tokenizer_json_seeds():
+    base = os.path.join(ROOT, "tests", "fixtures", "tokenizers")
+    for name in ("gpt2", "llama2", "llama3", "qwen3"):
+        j = json.loads(read(os.path.join(base, name, "tokenizer.json")))
+        cfg = read(os.path.join(base, name, "tokenizer_config.json"))
+        m = j["model"]
+        keep = {k: v for k, v in m["vocab"].items() if v < 600}
+        merges = []
+        for mg in m["merges"]:
+            a, b = mg.split(" ") if isinstance(mg, str) else mg
+            if a in keep and b in keep and a + b in keep:
+                merges.append(mg)
+        m["vocab"], m["merges"] = keep, merges
+        added = []
+        for i, t in enumerate(j["added_tokens"][:8]):
+            t = dict(t)
+            if t["id"] >= 600:
+                t["id"] = 600 + i
+            added.append(t)
+        j["added_tokens"] = added
+        ids = {t["content"]: t["id"] for t in added}
+        pp = j.get("post_processor") or {}
+        for st in (pp.get("special_tokens") or {}).values():
+            st["ids"] = [ids.get(st["id"], 0)]
+        cfg = json.loads(cfg)
+        cfg.pop("chat_template", None)
+        cfg.pop("added_tokens_decoder", None)
+        data = json.dumps(j, ensure_ascii=False).encode() + b"\0" + json.dumps(cfg).encode()
+        assert len(data) < LIMIT, (name, len(data))
+        put("fuzz_tokenizer_json", name + "600", data)
+    hand = {"added_tokens": [{"id": 5, "content": "<s>", "single_word": False, "lstrip": True, "rstrip": False,
+                              "normalized": False, "special": True},
+                             {"id": 6, "content": "xy", "single_word": True, "lstrip": False, "rstrip": True,
+                              "normalized": True, "special": False}],
+            "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Prepend", "prepend": "\u2581"},
+                                                                {"type": "Replace", "pattern": {"Regex": " +"},
+                                                                 "content": "\u2581"}]},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": "\\s+|\\p{L}+"}, "behavior": "MergedWithNext", "invert": True},
+                {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True}]},
+            "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                                        {"Sequence": {"id": "A", "type_id": 0}}],
+                               "special_tokens": {"<s>": {"id": "<s>", "ids": [5], "tokens": ["<s>"]}}},
+            "decoder": {"type": "Sequence", "decoders": [{"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+            "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": True, "byte_fallback": True,
+                      "ignore_merges": True, "vocab": {"a": 0, "b": 1, "ab": 2, "\u2581": 3, "<unk>": 4,
+                                                        "<0x41>": 7, "\u2581a": 8},
+                      "merges": ["a b", ["\u2581", "a"]]}}
+    text = json.dumps(hand).encode()
+    put("fuzz_tokenizer_json", "handmade", text + b"\0" + b'{"add_bos_token": true, "bos_token": "<s>"}')
+
+
 def main():
     for target in os.listdir(OUT) if os.path.isdir(OUT) else []:
         if target != "fuzz_compressor":
@@ -167,6 +222,7 @@ def main():
         "\n".join(merges).encode() + b"\n")
     for case, data in hostile_files("tok_", "vocab.json"):
         put("fuzz_tokenizer_load", case, data + b"\0" + b"#version: 0.2\n")
+    tokenizer_json_seeds()
     for d in sorted(os.listdir(OUT)):
         files = os.listdir(os.path.join(OUT, d))
         print("%-22s %3d seeds, %6d bytes" % (d, len(files), sum(os.path.getsize(os.path.join(OUT, d, f)) for f in files)))

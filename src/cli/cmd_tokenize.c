@@ -1,4 +1,4 @@
-/* eigenalign tokenize: GPT-2 token ids of a text (loads only the tokenizer, not the weights). */
+/* eigenalign tokenize: token ids of a text (loads only the tokenizer, not the weights). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -6,9 +6,12 @@
 
 static const char *usage =
     "usage: eigenalign tokenize [--model DIR] (--text STR | --file PATH) [--special] [--json]\n"
-    "  Prints the GPT-2 token ids of the text, space-separated (--json: {\"ids\": [...]}).\n"
-    "  --model DIR  directory with vocab.json and merges.txt (default: the bundled gpt2-micro)\n"
-    "  --special    turn the literal <|endoftext|> into its token (50256); otherwise it is plain text\n"
+    "  Prints the token ids of the text, space-separated (--json: {\"ids\": [...], \"bos\": ID or null}).\n"
+    "  --model DIR  directory with tokenizer.json (+ tokenizer_config.json), or vocab.json and\n"
+    "               merges.txt (default: the bundled gpt2-micro); tokenizer.json wins when both exist\n"
+    "  --special    turn special tokens written in the text (<|endoftext|>, <s>, ...) into their ids;\n"
+    "               otherwise they are plain text\n"
+    "  The ids never include BOS; \"bos\" is the id a model expects first (null: none).\n"
     "  Any bytes are accepted: invalid UTF-8 is encoded byte by byte. Empty text gives no ids.\n";
 
 /* Text files above this are refused (the CLI reads them whole). */
@@ -16,10 +19,11 @@ static const char *usage =
 
 /* The ids are streamed rather than built as a cJSON tree: a cJSON node per id would take ~20x
  * the memory of the text for large files, and a list of integers needs no escaping. */
-static int print_ids(const int *ids, size_t n, int json) {
+static int print_ids(const int *ids, size_t n, int json, int bos) {
     if (json) fputs("{\"ids\": [", stdout);
     for (size_t i = 0; i < n; i++) printf(i ? (json ? ", %d" : " %d") : "%d", ids[i]);
-    fputs(json ? "]}\n" : "\n", stdout);
+    if (json && bos >= 0) printf("], \"bos\": %d}\n", bos);
+    else fputs(json ? "], \"bos\": null}\n" : "\n", stdout);
     return fflush(stdout) != 0 || ferror(stdout) ? -1 : 0;
 }
 
@@ -52,7 +56,9 @@ int cmd_tokenize(int argc, char **argv) {
     }
     if ((st = ea_tokenizer_load_dir(model_dir, &tok))) goto fail;
     if ((st = ea_tokenizer_encode(tok, text, len, special, &ids, &n))) goto fail;
-    if (print_ids(ids, n, json)) {
+    int bos = -1;
+    ea_tokenizer_bos(tok, &bos);
+    if (print_ids(ids, n, json, bos)) {
         cli_error("tokenize", "cannot write the ids to standard output");
         goto done;
     }

@@ -134,6 +134,16 @@ ea_status cli_load_model(const char *dir, ea_model **m, ea_tokenizer **t) {
         ea_model_free(*m);
         *m = NULL;
     }
+    /* A tokenizer.json with ids past the embedding belongs to another model: refuse before any
+     * work. (GPT-2's vocab.json keeps its old contract: the tiny test models pair it with a
+     * 256-row embedding, and an id outside the model is refused when it occurs.) */
+    if (t && !st && ea_tokenizer_is_json(*t) &&
+        (st = ea_tokenizer_check_vocab(*t, ea_model_config(*m)->vocab_size, dir))) {
+        ea_tokenizer_free(*t);
+        *t = NULL;
+        ea_model_free(*m);
+        *m = NULL;
+    }
     return st;
 }
 

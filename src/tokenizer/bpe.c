@@ -15,7 +15,7 @@ void ea_tok_bpe_work_free(ea_tok_bpe_work *w) {
     *w = (ea_tok_bpe_work){0};
 }
 
-static ea_status work_reserve(ea_tok_bpe_work *w, size_t n) {
+ea_status ea_tok_bpe_reserve(ea_tok_bpe_work *w, size_t n) {
     if (n <= w->cap) return EA_OK;
     size_t cap = w->cap ? w->cap : 64;
     while (cap < n) cap *= 2;
@@ -65,11 +65,11 @@ static ea_tok_heap_item heap_pop(ea_tok_heap_item *h, size_t *n) {
 }
 
 /* Push the pair starting at symbol i, if it has a merge. */
-static void push_pair(const ea_tokenizer *t, ea_tok_bpe_work *w, size_t *nh, int32_t i) {
+static void push_pair(const ea_tok_pair_map *merges, ea_tok_bpe_work *w, size_t *nh, int32_t i) {
     if (i < 0) return;
     int32_t j = w->next[i];
     if (j < 0) return;
-    const ea_tok_pair_slot *s = ea_tok_pair_map_get(&t->merges, w->sym[i], w->sym[j]);
+    const ea_tok_pair_slot *s = ea_tok_pair_map_get(merges, w->sym[i], w->sym[j]);
     if (s) heap_push(w->heap, nh, (ea_tok_heap_item){s->rank, i});
 }
 
@@ -87,6 +87,36 @@ static ea_status out_reserve(int **out, size_t *cap, size_t need) {
     return EA_OK;
 }
 
+ea_status ea_tok_bpe_merge(const ea_tok_pair_map *merges, ea_tok_bpe_work *w, int32_t n, int **out, size_t *n_out,
+                           size_t *cap_out) {
+    if (n <= 0) return EA_OK;
+    ea_status st = out_reserve(out, cap_out, *n_out + (size_t)n);
+    if (st) return st;
+    for (int32_t i = 0; i < n; i++) {
+        w->prev[i] = i - 1;
+        w->next[i] = i + 1 < n ? i + 1 : -1;
+    }
+    size_t nh = 0;
+    for (int32_t i = 0; i + 1 < n; i++) push_pair(merges, w, &nh, i);
+    while (nh > 0) {
+        ea_tok_heap_item it = heap_pop(w->heap, &nh);
+        int32_t i = it.pos, j = w->next[i];
+        /* Stale entries: i was merged away (sym < 0) or its pair changed. Ranks are unique per
+         * pair, so an equal rank means the very same pair. */
+        if (w->sym[i] < 0 || j < 0) continue;
+        const ea_tok_pair_slot *s = ea_tok_pair_map_get(merges, w->sym[i], w->sym[j]);
+        if (!s || s->rank != it.rank) continue;
+        w->sym[i] = s->id;
+        w->sym[j] = -1;
+        w->next[i] = w->next[j];
+        if (w->next[j] >= 0) w->prev[w->next[j]] = i;
+        push_pair(merges, w, &nh, w->prev[i]);
+        push_pair(merges, w, &nh, i);
+    }
+    for (int32_t i = 0; i >= 0; i = w->next[i]) (*out)[(*n_out)++] = w->sym[i];
+    return EA_OK;
+}
+
 ea_status ea_tok_bpe_word(const ea_tokenizer *t, ea_tok_bpe_work *w, const unsigned char *piece, size_t len,
                           int **out, size_t *n_out, size_t *cap_out) {
     if (len == 0) return EA_OK;
@@ -96,30 +126,7 @@ ea_status ea_tok_bpe_word(const ea_tokenizer *t, ea_tok_bpe_work *w, const unsig
         (*out)[(*n_out)++] = t->byte_id[piece[0]];
         return EA_OK;
     }
-    if ((st = work_reserve(w, len))) return st;
-    int32_t n = (int32_t)len;
-    for (int32_t i = 0; i < n; i++) {
-        w->sym[i] = t->byte_id[piece[i]];
-        w->prev[i] = i - 1;
-        w->next[i] = i + 1 < n ? i + 1 : -1;
-    }
-    size_t nh = 0;
-    for (int32_t i = 0; i + 1 < n; i++) push_pair(t, w, &nh, i);
-    while (nh > 0) {
-        ea_tok_heap_item it = heap_pop(w->heap, &nh);
-        int32_t i = it.pos, j = w->next[i];
-        /* Stale entries: i was merged away (sym < 0) or its pair changed. Ranks are unique per
-         * pair, so an equal rank means the very same pair. */
-        if (w->sym[i] < 0 || j < 0) continue;
-        const ea_tok_pair_slot *s = ea_tok_pair_map_get(&t->merges, w->sym[i], w->sym[j]);
-        if (!s || s->rank != it.rank) continue;
-        w->sym[i] = s->id;
-        w->sym[j] = -1;
-        w->next[i] = w->next[j];
-        if (w->next[j] >= 0) w->prev[w->next[j]] = i;
-        push_pair(t, w, &nh, w->prev[i]);
-        push_pair(t, w, &nh, i);
-    }
-    for (int32_t i = 0; i >= 0; i = w->next[i]) (*out)[(*n_out)++] = w->sym[i];
-    return EA_OK;
+    if ((st = ea_tok_bpe_reserve(w, len))) return st;
+    for (size_t i = 0; i < len; i++) w->sym[i] = t->byte_id[piece[i]];
+    return ea_tok_bpe_merge(&t->merges, w, (int32_t)len, out, n_out, cap_out);
 }

@@ -80,6 +80,7 @@ struct ea_tokenizer {
     ea_tok_pair_map merges;
     pcre2_code *re;        /* GPT-2 pre-tokenizer pattern */
     int jit;               /* re was JIT-compiled */
+    struct ea_tok_json *tj; /* set when loaded from tokenizer.json (see tokjson.h), else NULL */
 };
 
 /* Loaders fill the fields above; on failure they leave what they allocated for ea_tokenizer_free. */
@@ -93,6 +94,15 @@ typedef ea_status (*ea_tok_piece_fn)(void *ctx, const unsigned char *piece, size
 /* Split text into GPT-2 pre-tokens. md is the caller's match data (one per thread). */
 ea_status ea_tok_pretok_split(const ea_tokenizer *t, pcre2_match_data *md, const unsigned char *text, size_t len,
                               ea_tok_piece_fn fn, void *ctx);
+/* The GPT-2 pattern (ByteLevel's use_regex in tokenizer.json), for other callers to compile. */
+extern const char ea_tok_gpt2_pattern[];
+/* Called with each span of a regex split: [start, end) of the text, is_match 0 for the text
+ * between matches (and for each byte that is not valid UTF-8). */
+typedef ea_status (*ea_tok_span_fn)(void *ctx, size_t start, size_t end, int is_match);
+/* Every match of re in text, and the gaps between them, in order, covering the text. Invalid
+ * UTF-8 is cut out as in ea_tok_pretok_split: each such byte is a gap of its own. */
+ea_status ea_tok_regex_spans(const pcre2_code *re, int jit, pcre2_match_data *md, const unsigned char *text,
+                             size_t len, ea_tok_span_fn fn, void *ctx);
 
 /* ---- BPE on one pre-token ------------------------------------------------------------------- */
 typedef struct { int32_t rank, pos; } ea_tok_heap_item;
@@ -102,6 +112,12 @@ typedef struct {
     size_t cap;        /* symbols the buffers hold */
 } ea_tok_bpe_work;
 void ea_tok_bpe_work_free(ea_tok_bpe_work *w);
+/* Room for n symbols in w. */
+ea_status ea_tok_bpe_reserve(ea_tok_bpe_work *w, size_t n);
+/* Merge the n symbols already in w->sym[0..n) by the ranks of merges; appends the surviving ids
+ * to out (n_out updated, out grown). */
+ea_status ea_tok_bpe_merge(const ea_tok_pair_map *merges, ea_tok_bpe_work *w, int32_t n, int **out, size_t *n_out,
+                           size_t *cap_out);
 /* Merge the bytes of one pre-token; appends the ids to out (n_out updated, out grown). */
 ea_status ea_tok_bpe_word(const ea_tokenizer *t, ea_tok_bpe_work *w, const unsigned char *piece, size_t len,
                           int **out, size_t *n_out, size_t *cap_out);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tokenizer/internal.h"
+#include "tokenizer/tokjson.h"
 
 static const char eot_text[] = "<|endoftext|>";
 
@@ -32,6 +33,9 @@ ea_status ea_tokenizer_load_dir(const char *dir, ea_tokenizer **out) {
     if (!out) return ea_error(EA_ERR_ARG, "ea_tokenizer_load_dir: out is NULL");
     *out = NULL;
     if (!dir) return ea_error(EA_ERR_ARG, "ea_tokenizer_load_dir: dir is NULL");
+    int has_json = 0;
+    ea_status jst = ea_tok_json_load_dir(dir, out, &has_json); /* tokenizer.json wins when present */
+    if (has_json) return jst;
     size_t n = strlen(dir) + sizeof "/merges.txt" + 1;
     char *vocab = malloc(n), *merges = malloc(n);
     ea_status st;
@@ -54,13 +58,14 @@ void ea_tokenizer_free(ea_tokenizer *t) {
     free(t->tok_len);
     ea_tok_pair_map_free(&t->merges);
     pcre2_code_free(t->re);
+    ea_tok_json_free(t->tj);
     free(t);
 }
 
 int ea_tokenizer_vocab_size(const ea_tokenizer *t) { return t ? t->n_vocab : 0; }
 
 const char *ea_tokenizer_token_bytes(const ea_tokenizer *t, int id, size_t *len) {
-    if (!t || id < 0 || id >= t->n_vocab) {
+    if (!t || id < 0 || id >= t->n_vocab || t->tok_off[id] == SIZE_MAX) { /* SIZE_MAX: an id no token has */
         if (len) *len = 0;
         return NULL;
     }
@@ -121,6 +126,7 @@ ea_status ea_tokenizer_encode(const ea_tokenizer *t, const char *text, size_t le
     *n = 0;
     if (!t || (!text && len > 0)) return ea_error(EA_ERR_ARG, "ea_tokenizer_encode: tokenizer or text is NULL");
     if (len == 0) return EA_OK;
+    if (t->tj) return ea_tok_json_encode(t, text, len, parse_special, ids, n);
     encoder e = {.t = t};
     ea_status st = EA_OK;
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(t->re, NULL);
@@ -162,6 +168,8 @@ ea_status ea_tokenizer_decode(const ea_tokenizer *t, const int *ids, size_t n, c
         if (ids[i] < 0 || ids[i] >= t->n_vocab)
             return ea_error(EA_ERR_ARG, "token id %d at position %zu is outside the vocabulary [0, %d)", ids[i], i,
                             t->n_vocab);
+        if (t->tok_off[ids[i]] == SIZE_MAX)
+            return ea_error(EA_ERR_ARG, "token id %d at position %zu belongs to no token", ids[i], i);
         if (ea_add_size(total, t->tok_len[ids[i]], &total) || total == SIZE_MAX)
             return ea_error(EA_ERR_NOMEM, "decoded text of %zu ids is too large", n);
     }
@@ -173,6 +181,7 @@ ea_status ea_tokenizer_decode(const ea_tokenizer *t, const int *ids, size_t n, c
         k += t->tok_len[ids[i]];
     }
     out[k] = 0;
+    if (t->tj) k = ea_tok_json_decode_strip(t->tj, out, k);
     *text = out;
     if (len) *len = k;
     return EA_OK;
