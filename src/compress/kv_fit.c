@@ -148,9 +148,13 @@ static ea_status metric_finish(ea_model *m, const fit_acc *a, ea_kv_metric *mt) 
 ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
                                 ea_kv_metric *metric) {
     const ea_config *cfg = ea_model_config(m);
-    int L = cfg->n_layer, d = cfg->n_embd;
+    int L = cfg->n_layer, d = ea_config_kv_dim(cfg); /* cached K/V rows: n_embd without GQA */
     memset(out, 0, sizeof *out);
     if (metric) memset(metric, 0, sizeof *metric);
+    /* the metric reads GPT-2's Conv1D c_proj and assumes one query head per KV head */
+    if (metric && (cfg->arch != EA_ARCH_GPT2 || ea_config_kv_heads(cfg) != cfg->n_head))
+        return ea_error(EA_ERR_UNSUPPORTED, "kv stats: the attention-weighted klt metric is implemented for GPT-2 only (model is %s)",
+                        ea_arch_name(cfg->arch));
     if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv stats: window %d outside [2, %d]", ctx, cfg->n_positions);
     fit_acc a = {L, d, skip, {0}, {0}, {0}, NULL, NULL, 0, NULL, 0, EA_OK};
     ea_status st = ea_kvfit_stats_alloc(out, L, d);
