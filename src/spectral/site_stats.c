@@ -37,18 +37,20 @@ void ea_site_stats_free(ea_site_stats *s) {
 
 ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned kinds_mask, int per_head) {
     *out = NULL;
-    int L = cfg->n_layer, H = cfg->n_head, C = cfg->n_embd;
-    if (L < 1 || H < 1 || C < 1 || C % H)
+    int L = cfg->n_layer, H = cfg->n_head, C = cfg->n_embd, HD = ea_config_head_dim(cfg), KVH = ea_config_kv_heads(cfg);
+    if (L < 1 || H < 1 || C < 1 || HD < 1 || H % KVH)
         return ea_error(EA_ERR_ARG, "site stats: unusable shape (n_layer %d, n_head %d, n_embd %d)", L, H, C);
     ea_site_stats *s = calloc(1, sizeof *s);
     if (!s) return ea_error(EA_ERR_NOMEM, "site stats: out of memory");
     s->n_layer = L;
     s->n_head = H;
     s->n_embd = C;
+    s->n_kv_head = KVH;
+    s->head_dim = HD;
     s->per_head = per_head;
     int total = 0;
     for (int k = 0; k < EA_SITE_KINDS; k++) {
-        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? H : 0;
+        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? (k == EA_SITE_Q ? H : KVH) : 0;
         if (kinds_mask & (1u << k)) total += layers_of(k, L) * (1 + heads);
     }
     s->acc = calloc((size_t)(total ? total : 1), sizeof *s->acc);
@@ -60,7 +62,9 @@ ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned
     for (int i = 0; i < EA_SITE_KINDS * (L + 1); i++) s->index[i] = -1;
     for (int k = 0; k < EA_SITE_KINDS; k++) {
         if (!(kinds_mask & (1u << k))) continue;
-        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? H : 0;
+        /* q: n_head heads; k, v: n_kv_head heads (fewer with GQA); all of head_dim */
+        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? (k == EA_SITE_Q ? H : KVH) : 0;
+        int width = k == EA_SITE_Q ? H * HD : k == EA_SITE_K || k == EA_SITE_V ? KVH * HD : C;
         for (int l = 0; l < layers_of(k, L); l++) {
             s->index[k * (L + 1) + l] = s->n_acc;
             for (int h = -1; h < heads; h++) {
@@ -68,7 +72,7 @@ ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned
                 a->kind = k;
                 a->layer = k == EA_SITE_KIND_WTE ? -1 : l;
                 a->head = h;
-                a->d = h < 0 ? C : C / H;
+                a->d = h < 0 ? width : HD;
                 ea_status st = ea_cov_init(&a->first, a->d);
                 if (!st) st = ea_cov_init(&a->rest, a->d);
                 if (st) {
@@ -103,8 +107,8 @@ int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, 
         st = ea_error(EA_ERR_MISMATCH, "capture gave %d columns, expected %d", d, g->d);
     if (!st) st = acc_add(g, x, pos0, n, ld);
     if (s->per_head && site != EA_SITE_HIDDEN) {
-        int hd = d / s->n_head;
-        for (int h = 0; h < s->n_head && !st; h++) st = acc_add(&s->acc[gi + 1 + h], x + (size_t)h * hd, pos0, n, ld);
+        int hd = s->head_dim, nh = site == EA_SITE_Q ? s->n_head : s->n_kv_head;
+        for (int h = 0; h < nh && !st; h++) st = acc_add(&s->acc[gi + 1 + h], x + (size_t)h * hd, pos0, n, ld);
     }
     s->accumulate_s += ea_time_now() - t0;
     if (st) {

@@ -32,6 +32,7 @@ typedef struct {
     int n_acc;
     int *index;                 /* [kind * (n_layer + 1) + layer]: first acc of that group, or -1 */
     int n_layer, n_head, n_embd;
+    int n_kv_head, head_dim; /* k and v have n_kv_head heads (GQA) */
     int per_head;
     double accumulate_s; /* time spent inside the capture hook */
     ea_status err;       /* first failure inside the hook (the forward pass only says "aborted") */
