@@ -149,6 +149,57 @@ static void test_llama_long_matches_reference(void **state) {
     check_model(dir, fx, 1e-4);
 }
 
+/* Per-layer q (rotated), k_pre, k and v of llama-long against transformers in float64
+ * (tests/fixtures/llama-long.qkv.reference.safetensors, 48 tokens of calib.txt). */
+typedef struct { int T, L, w[4]; float *x[4]; } qkv_ctx; /* q, k_pre, k, v */
+
+static int capture_qkv(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+    qkv_ctx *c = user;
+    int s = site == EA_SITE_Q ? 0 : site == EA_SITE_K_PRE ? 1 : site == EA_SITE_K ? 2 : site == EA_SITE_V ? 3 : -1;
+    if (s < 0) return 0;
+    assert_int_equal(d, c->w[s]);
+    for (int i = 0; i < n; i++)
+        memcpy(c->x[s] + ((size_t)layer * c->T + pos0 + i) * d, x + (size_t)i * ld, sizeof(float) * (size_t)d);
+    return 0;
+}
+
+static void test_llama_long_qkv_reference(void **state) {
+    (void)state;
+    const char *dir = llama_long_dir(), *fxp = TEST_FIXTURE_DIR "/llama-long.qkv.reference.safetensors";
+    if (!dir || access(fxp, R_OK) != 0) TEST_SKIP("models/llama-long or %s is absent: per-layer q/k/v test skipped", fxp);
+    ea_model *m;
+    ea_st_file *fx;
+    if (ea_model_load(dir, &m) != EA_OK) fail_msg("load %s: %s", dir, ea_last_error());
+    if (ea_st_open(fxp, &fx) != EA_OK) fail_msg("open %s: %s", fxp, ea_last_error());
+    const ea_config *cfg = ea_model_config(m);
+    const ea_st_tensor *ti = ea_st_find(fx, "input_ids");
+    assert_non_null(ti);
+    int T = (int)ti->numel, L = cfg->n_layer, QD = ea_config_q_dim(cfg), KVD = ea_config_kv_dim(cfg);
+    float *idf = fixture_f32(fx, "input_ids", (size_t)T);
+    int *ids = malloc(sizeof(int) * (size_t)T);
+    for (int i = 0; i < T; i++) ids[i] = (int)idf[i];
+    qkv_ctx cc = {T, L, {QD, KVD, KVD, KVD}, {NULL}};
+    for (int s = 0; s < 4; s++) cc.x[s] = calloc((size_t)L * T * cc.w[s], sizeof(float));
+    ea_model_set_capture(m, capture_qkv, &cc);
+    ea_model_set_capture_prerot(m, 1);
+    ea_kvcache *cache;
+    assert_int_equal(ea_kvcache_init(&cache, cfg, T, NULL), EA_OK);
+    assert_int_equal(ea_model_forward(m, cache, ids, T, NULL, 0), EA_OK);
+    const char *names[4] = {"q", "k_pre", "k", "v"};
+    for (int s = 0; s < 4; s++) {
+        float *ref = fixture_f32(fx, names[s], (size_t)L * T * cc.w[s]);
+        double d = test_max_abs_diff(cc.x[s], ref, (size_t)L * T * cc.w[s]);
+        printf("  llama-long %s (%d layers x %d tokens): max |diff| = %.3g\n", names[s], L, T, d);
+        assert_true(d <= TOL);
+        free(ref);
+        free(cc.x[s]);
+    }
+    ea_kvcache_free(cache);
+    free(ids); free(idf);
+    ea_st_close(fx);
+    ea_model_free(m);
+}
+
 /* The GQA cache through every row codec: "f32" is bit-identical to the plain cache; f16/q8/q4
  * stay close to it (prefill and decode), over a 300-token context. */
 static void test_llama_long_gqa_codecs(void **state) {
@@ -228,6 +279,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama_config_refusals),
         cmocka_unit_test(test_llama_long_matches_reference),
+        cmocka_unit_test(test_llama_long_qkv_reference),
         cmocka_unit_test(test_llama_long_gqa_codecs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
