@@ -7,7 +7,7 @@
 #include <string.h>
 
 const char *ea_site_kind_name(int kind) {
-    static const char *names[EA_SITE_KINDS] = {"hidden", "q", "k", "v", "wte"};
+    static const char *names[EA_SITE_KINDS] = {"hidden", "q", "k", "v", "q_pre", "k_pre", "wte"};
     return kind >= 0 && kind < EA_SITE_KINDS ? names[kind] : "?";
 }
 
@@ -50,7 +50,7 @@ ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned
     s->per_head = per_head;
     int total = 0;
     for (int k = 0; k < EA_SITE_KINDS; k++) {
-        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? (k == EA_SITE_Q ? H : KVH) : 0;
+        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_K_PRE ? (k == EA_SITE_Q || k == EA_SITE_Q_PRE ? H : KVH) : 0;
         if (kinds_mask & (1u << k)) total += layers_of(k, L) * (1 + heads);
     }
     s->acc = calloc((size_t)(total ? total : 1), sizeof *s->acc);
@@ -63,8 +63,9 @@ ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned
     for (int k = 0; k < EA_SITE_KINDS; k++) {
         if (!(kinds_mask & (1u << k))) continue;
         /* q: n_head heads; k, v: n_kv_head heads (fewer with GQA); all of head_dim */
-        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? (k == EA_SITE_Q ? H : KVH) : 0;
-        int width = k == EA_SITE_Q ? H * HD : k == EA_SITE_K || k == EA_SITE_V ? KVH * HD : C;
+        int q_like = k == EA_SITE_Q || k == EA_SITE_Q_PRE, kv_like = k == EA_SITE_K || k == EA_SITE_V || k == EA_SITE_K_PRE;
+        int heads = per_head && (q_like || kv_like) ? (q_like ? H : KVH) : 0;
+        int width = q_like ? H * HD : kv_like ? KVH * HD : C;
         for (int l = 0; l < layers_of(k, L); l++) {
             s->index[k * (L + 1) + l] = s->n_acc;
             for (int h = -1; h < heads; h++) {
@@ -97,7 +98,7 @@ static ea_status acc_add(ea_site_acc *a, const float *x, int pos0, int n, int ld
 int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     ea_site_stats *s = user;
     if (s->err) return 1;
-    if ((int)site < 0 || (int)site > EA_SITE_V || layer < 0 || layer > s->n_layer || n < 1) return 0;
+    if ((int)site < 0 || (int)site > EA_SITE_K_PRE || layer < 0 || layer > s->n_layer || n < 1) return 0;
     int gi = s->index[(int)site * (s->n_layer + 1) + layer];
     if (gi < 0) return 0; /* not asked for */
     double t0 = ea_time_now();
@@ -107,7 +108,7 @@ int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, 
         st = ea_error(EA_ERR_MISMATCH, "capture gave %d columns, expected %d", d, g->d);
     if (!st) st = acc_add(g, x, pos0, n, ld);
     if (s->per_head && site != EA_SITE_HIDDEN) {
-        int hd = s->head_dim, nh = site == EA_SITE_Q ? s->n_head : s->n_kv_head;
+        int hd = s->head_dim, nh = site == EA_SITE_Q || site == EA_SITE_Q_PRE ? s->n_head : s->n_kv_head;
         for (int h = 0; h < nh && !st; h++) st = acc_add(&s->acc[gi + 1 + h], x + (size_t)h * hd, pos0, n, ld);
     }
     s->accumulate_s += ea_time_now() - t0;

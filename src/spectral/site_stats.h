@@ -10,10 +10,11 @@
 #include "ea/model.h"
 #include "ea/spectral.h"
 
-/* Site kinds: the model's ea_site values, plus the token-embedding matrix itself. */
-#define EA_SITE_KIND_WTE 4
-#define EA_SITE_KINDS 5
-const char *ea_site_kind_name(int kind); /* "hidden", "q", "k", "v", "wte" */
+/* Site kinds: the model's ea_site values (q_pre/k_pre: RoPE models, before the rotation), plus the
+ * token-embedding matrix itself. */
+#define EA_SITE_KIND_WTE 6
+#define EA_SITE_KINDS 7
+const char *ea_site_kind_name(int kind); /* "hidden", "q", "k", "v", "q_pre", "k_pre", "wte" */
 
 typedef enum { EA_VARIANT_ALL = 0, EA_VARIANT_EXCLUDE_FIRST = 1, EA_VARIANT_STANDARDIZED = 2 } ea_variant;
 #define EA_VARIANTS 3
