@@ -200,8 +200,9 @@ static void test_llama_long_qkv_reference(void **state) {
     ea_model_free(m);
 }
 
-/* The GQA cache through every row codec: "f32" is bit-identical to the plain cache; f16/q8/q4
- * stay close to it (prefill and decode), over a 300-token context. */
+/* The GQA cache through every codec: "f32" is bit-identical to the plain cache; f16/q8/q4 stay
+ * close to it (prefill and decode), over a 300-token context; full-rank pca is lossless and klt:4
+ * beats q4. */
 static void test_llama_long_gqa_codecs(void **state) {
     (void)state;
     const char *dir = llama_long_dir();
@@ -233,6 +234,27 @@ static void test_llama_long_gqa_codecs(void **state) {
         ea_kvcache_free(cache);
         ea_kv_codec_free(codec);
     }
+    /* Basis codecs per KV head: full-rank pca is lossless up to rounding; klt:4 must beat q4. The
+     * bases are fitted on other token ids than those evaluated. */
+    int nc = 1200;
+    int *calib = malloc(sizeof(int) * (size_t)nc);
+    for (int i = 0; i < nc; i++) calib[i] = (int)((i * 104729u + 7u) % 30000u);
+    const char *bspecs[] = {"pca:128", "pca-head:64", "klt:4"};
+    const double btol[] = {1e-3, 1e-3, 0.474};
+    for (int s = 0; s < 3; s++) {
+        ea_kv_codec *codec;
+        if (ea_kv_codec_fit_model(m, bspecs[s], calib, (size_t)nc, 300, 0, &codec) != EA_OK)
+            fail_msg("codec %s: %s", bspecs[s], ea_last_error());
+        assert_int_equal(ea_kvcache_init(&cache, cfg, T + 1, codec), EA_OK);
+        assert_int_equal(ea_model_forward(m, cache, ids, T, NULL, 0), EA_OK);
+        assert_int_equal(ea_model_forward(m, cache, ids, 1, got, 0), EA_OK);
+        double d = test_max_abs_diff(got, ref, (size_t)V);
+        printf("  codec %s: decode logits after %d tokens, max |diff| vs float cache = %.3g\n", bspecs[s], T, d);
+        assert_true(d <= btol[s]);
+        ea_kvcache_free(cache);
+        ea_kv_codec_free(codec);
+    }
+    free(calib);
     free(ids); free(ref); free(got);
     ea_model_free(m);
 }
