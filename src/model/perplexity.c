@@ -44,12 +44,14 @@ ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n
         if (len < 2) break;
         ea_kvcache_reset(cache);
         int first = ea_ppl_first_scored(proto, len);
-        for (int c0 = 0; c0 < len - 1; c0 += chunk) {
-            int cl = len - 1 - c0 < chunk ? len - 1 - c0 : chunk; /* the last token predicts nothing */
+        /* the window's last token predicts nothing but is run too: a window of at most one chunk is
+         * then the same single forward pass as evaluate's, bit for bit */
+        for (int c0 = 0; c0 < len; c0 += chunk) {
+            int cl = len - c0 < chunk ? len - c0 : chunk;
             if ((st = ea_model_forward(m, cache, ids + start + c0, cl, logits, 1))) break;
             for (int i = 0; i < cl; i++) {
                 int t = c0 + i + 1; /* target position, predicted by row i */
-                if (t < first) continue;
+                if (t < first || t >= len) continue;
                 const float *row = logits + (size_t)i * V;
                 nll += ea_log_softmax(row, V, NULL) - row[ids[start + t]];
                 scored++;
