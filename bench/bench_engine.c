@@ -33,9 +33,9 @@ static void bench_model(const char *dir) {
     ea_rng_seed(&rng, 7);
     for (int i = 0; i < c->n_positions; i++) ids[i] = (int)ea_rng_below(&rng, 50000);
     const char *name = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
-    int ctxs[] = {128, 512, 1024};
+    int ctxs[] = {128, 512, 1024, 4096}; /* 4096: long-context models (llama-long) */
     ea_model_forward(m, cache, ids, 64, logits, 0); /* warm-up */
-    for (int ci = 0; ci < 3; ci++) {
+    for (int ci = 0; ci < 4; ci++) {
         int n = ctxs[ci];
         if (n > c->n_positions) continue;
         double pre[5], dec[5];

@@ -193,6 +193,10 @@ def main():
     # config
     put("fuzz_config", "micro", read(os.path.join(MICRO, "config.json")))
     put("fuzz_config", "tiny", read(os.path.join(HOSTILE, "_base", "config.json")))
+    # Llama family (both rope layouts, Qwen2 biases, Qwen3 q/k norm)
+    put("fuzz_config", "llama_long", read(os.path.join(ROOT, "models", "llama-long", "config.json")))
+    for name, fam in (("qwen3", "tiny-qwen3"), ("llama3rope_classic", "tiny-llama3rope"), ("qwen2", "tiny-qwen2")):
+        put("fuzz_config", name, read(os.path.join(ROOT, "tests", "fixtures", fam, "config.json")))
     for case, data in hostile_files("cfg_", "config.json"):
         put("fuzz_config", case, data)
     # index

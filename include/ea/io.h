@@ -48,13 +48,35 @@ ea_status ea_st_writer_add(ea_st_writer *w, const char *name, ea_dtype dtype, in
 ea_status ea_st_writer_meta(ea_st_writer *w, const char *key, const char *value);
 ea_status ea_st_writer_save(ea_st_writer *w, const char *path);
 
-/* GPT-2 hyper-parameters from config.json. */
+/* Model families, chosen by config.json "architectures" (else "model_type"). */
+typedef enum { EA_ARCH_GPT2 = 0, EA_ARCH_LLAMA, EA_ARCH_QWEN2, EA_ARCH_QWEN3 } ea_arch;
+/* Rotary position embedding variants (Hugging Face rope_type); NONE: learned positions (GPT-2). */
+typedef enum { EA_ROPE_NONE = 0, EA_ROPE_DEFAULT, EA_ROPE_LINEAR, EA_ROPE_LLAMA3 } ea_rope_type;
+
+/* Hyper-parameters from config.json. The first fields keep GPT-2's names for every family:
+ * n_embd = hidden_size, n_head = num_attention_heads, n_positions = max_position_embeddings,
+ * n_inner = intermediate_size, layer_norm_epsilon = rms_norm_eps for RMSNorm families. */
 typedef struct {
     int n_layer, n_head, n_embd, n_positions, vocab_size, n_inner;
     float layer_norm_epsilon;
+    ea_arch arch;
+    int n_kv_head;       /* num_key_value_heads (GQA); 0 means n_head (read it via ea_config_kv_heads) */
+    int head_dim;        /* 0 means n_embd / n_head (read it via ea_config_head_dim) */
+    int tie_word_embeddings;
+    int qkv_bias, o_bias; /* Qwen2: q/k/v biases; Llama/Qwen3 attention_bias: q/k/v and o */
+    int qk_norm;          /* Qwen3: per-head RMSNorm of q and k before the rotation */
+    ea_rope_type rope_type;
+    double rope_theta, rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_positions;
 } ea_config;
 ea_status ea_config_load(const char *path, ea_config *cfg);
 ea_status ea_config_parse(const char *json, size_t len, const char *path_for_errors, ea_config *cfg);
+/* Shape helpers that also accept a hand-filled GPT-2-style config (n_kv_head, head_dim 0). */
+int ea_config_kv_heads(const ea_config *cfg);
+int ea_config_head_dim(const ea_config *cfg);
+int ea_config_kv_dim(const ea_config *cfg); /* kv heads × head_dim: the width of a cached K or V row */
+int ea_config_q_dim(const ea_config *cfg);  /* n_head × head_dim */
+const char *ea_arch_name(ea_arch a);
 
 #ifdef __cplusplus
 }

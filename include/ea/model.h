@@ -26,8 +26,9 @@ const float *ea_model_wte(const ea_model *m);
 
 /* Activation sites. Hidden layer i (0..n_layer): the residual stream entering block i;
  * i = n_layer is the final output after ln_f (as Hugging Face's hidden_states).
- * Q/K/V layer i (0..n_layer-1): the c_attn output of block i before the head split. */
-typedef enum { EA_SITE_HIDDEN = 0, EA_SITE_Q = 1, EA_SITE_K = 2, EA_SITE_V = 3 } ea_site;
+ * Q/K/V layer i (0..n_layer-1): the c_attn output of block i before the head split (RoPE
+ * families: q/k/v projections, q and k rotated; K and V are n_kv_head·head_dim wide). */
+typedef enum { EA_SITE_HIDDEN = 0, EA_SITE_Q = 1, EA_SITE_K = 2, EA_SITE_V = 3, EA_SITE_Q_PRE = 4, EA_SITE_K_PRE = 5 } ea_site;
 const char *ea_site_name(ea_site s);
 ea_status ea_site_parse(const char *name, ea_site *out);
 
@@ -37,6 +38,10 @@ ea_status ea_site_parse(const char *name, ea_site *out);
  * the forward pass with EA_ERR_ARG. */
 typedef int (*ea_capture_fn)(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
 void ea_model_set_capture(ea_model *m, ea_capture_fn fn, void *user);
+/* RoPE models: Q and K are captured after the rotation (sites q, k: what the cache stores); with
+ * this on (default off, so hooks written for the four sites never see more), also before it, after
+ * Qwen3's q/k norm (sites q_pre, k_pre; n_head·head_dim and n_kv_head·head_dim wide). */
+void ea_model_set_capture_prerot(ea_model *m, int on);
 
 /* When on (default), every block's output is checked for NaN/Inf and the forward pass fails
  * naming the layer. */

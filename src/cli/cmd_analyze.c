@@ -13,14 +13,15 @@
 
 static const char *usage =
     "usage: eigenalign analyze [--model DIR] [--text PATH] [--ctx N] [--max-tokens N]\n"
-    "                          [--sites hidden,q,k,v,wte] [--exclude-first] [--standardize]\n"
+    "                          [--sites hidden,q,k,v,q_pre,k_pre,wte] [--exclude-first] [--standardize]\n"
     "                          [--variants all,exclude_first,standardized] [--variance X[,X...]]\n"
     "                          [--samples N [--sample-len T] [--seed S]] [--no-heads]\n"
     "                          [--threads N] [--json] [--svg PATH] [--time-reference]\n"
     "  Covariance spectra of activations over calibration text (default: the bundled data/calib.txt).\n"
     "  Sites: hidden = residual stream entering each block (0 = embeddings, n_layer = after ln_f);\n"
     "  q, k, v = attention inputs of each block, whole and per head (head h = columns h*hd..(h+1)*hd);\n"
-    "  wte = the token-embedding matrix itself (layer -1). Default: all five.\n"
+    "  wte = the token-embedding matrix itself (layer -1). Default: hidden,q,k,v,wte. RoPE models (Llama,\n"
+    "  Qwen): q and k are after the rotation; q_pre, k_pre before it (k/v have n_kv_head heads with GQA).\n"
     "  Variants (default all three, side by side): all tokens; exclude_first = position 0 of every\n"
     "  window dropped; standardized = every dimension z-scored (correlation-matrix spectrum).\n"
     "  --exclude-first / --standardize report only the variants they name; --variants lists them.\n"
@@ -349,6 +350,12 @@ int cmd_analyze(int argc, char **argv) {
         goto done;
     }
     unsigned fwd_kinds = o.kinds & ~(1u << EA_SITE_KIND_WTE);
+    unsigned pre_kinds = (1u << EA_SITE_Q_PRE) | (1u << EA_SITE_K_PRE);
+    if ((o.kinds & pre_kinds) && cfg->rope_type == EA_ROPE_NONE) {
+        cli_error("analyze", "--sites q_pre/k_pre: %s has no rotary embedding (%s)", o.model_dir, ea_arch_name(cfg->arch));
+        goto done;
+    }
+    ea_model_set_capture_prerot(m, (o.kinds & pre_kinds) != 0);
     int len = o.samples ? (int)(o.sample_len ? o.sample_len : ctx) : ctx; /* window length */
     if (fwd_kinds) {
         if ((st = cli_load_text_ids(tok, o.text, (size_t)o.max_tokens, &ids, &n))) goto fail;

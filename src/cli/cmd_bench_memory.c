@@ -1,5 +1,6 @@
 /* eigenalign bench-memory: the memory table by sequence length, with correct accounting.
- *   KV cache         = 2 × layers × seq × d values × bits per value (the codec's own row sizes)
+ *   KV cache         = 2 × layers × seq × d values × bits per value (the codec's own row sizes;
+ *                      d = n_kv_head × head_dim, which GQA makes smaller than n_embd)
  *   codec overhead   = fixed bytes the codec stores besides the cache (bases, means, tables); the
  *                      JSON adds codec_resident_bytes, what the codec object holds in memory
  *   attention scores = heads × seq² floats of one layer during a prefill (transient)
@@ -160,6 +161,12 @@ static int spawn_measure(const char *model_dir, const char *spec, int seq, const
 
 static double weights_bytes(const ea_config *c) {
     double d = c->n_embd, f = c->n_inner > 0 ? c->n_inner : 4.0 * c->n_embd;
+    if (c->arch != EA_ARCH_GPT2) { /* Llama family: RMSNorm, q/k/v/o, SwiGLU, no learned positions */
+        double qd = ea_config_q_dim(c), kvd = ea_config_kv_dim(c), hd = ea_config_head_dim(c);
+        double layer = 2 * d + (qd + 2 * kvd) * d + d * qd + 3 * f * d + (c->qkv_bias ? qd + 2 * kvd : 0) +
+                       (c->o_bias ? d : 0) + (c->qk_norm ? 2 * hd : 0);
+        return 4.0 * ((double)c->vocab_size * d * (c->tie_word_embeddings ? 1 : 2) + c->n_layer * layer + d);
+    }
     double layer = 4 * d /* two layer norms */ + 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d;
     return 4.0 * ((double)c->vocab_size * d + (double)c->n_positions * d + c->n_layer * layer + 2 * d);
 }
@@ -239,7 +246,7 @@ int cmd_bench_memory(int argc, char **argv) {
         goto done;
     }
     const ea_config *cfg = ea_model_config(m);
-    int L = cfg->n_layer, d = cfg->n_embd, H = cfg->n_head;
+    int L = cfg->n_layer, d = ea_config_kv_dim(cfg), H = cfg->n_head; /* d: one cached K or V row */
     int want = 0;
     for (int i = 0; i < nc; i++) want |= !strncmp(cinfo[i].spec, "pca", 3) || !strncmp(cinfo[i].spec, "klt", 3);
     int fit_ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
@@ -297,14 +304,16 @@ int cmd_bench_memory(int argc, char **argv) {
     cJSON *root = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     cJSON_AddStringToObject(root, "model", model_dir);
     cJSON_AddNumberToObject(root, "n_layer", L);
-    cJSON_AddNumberToObject(root, "n_embd", d);
+    cJSON_AddNumberToObject(root, "n_embd", cfg->n_embd);
+    cJSON_AddNumberToObject(root, "kv_dim", d);
+    cJSON_AddNumberToObject(root, "n_kv_head", ea_config_kv_heads(cfg));
     cJSON_AddNumberToObject(root, "n_head", H);
     cJSON_AddNumberToObject(root, "n_positions", cfg->n_positions);
     cJSON_AddNumberToObject(root, "weights_bytes", wbytes);
     cJSON_AddNumberToObject(root, "claimed_ratio", claimed);
     if (!json) {
-        printf("Memory by sequence length: %s (%d layers, d = %d, %d heads; weights %.1f MiB as float32)\n\n", model_dir, L,
-               d, H, wbytes / 1048576.0);
+        printf("Memory by sequence length: %s (%d layers, KV row d = %d, %d heads, %d KV heads; weights %.1f MiB as float32)\n\n",
+               model_dir, L, d, H, ea_config_kv_heads(cfg), wbytes / 1048576.0);
         printf("KV cache = 2 x %d layers x seq x %d values x bits/value; scores = %d heads x seq^2 floats (one layer, "
                "transient); the note's claim = float32 KV / %g.\n\n", L, d, H, claimed);
         printf("| seq | codec | bits/value | KV cache | codec overhead | KV + overhead | vs f32 KV | note's claim | "

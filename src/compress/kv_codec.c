@@ -11,7 +11,7 @@
 
 static ea_status check_stats(const char *spec, const ea_config *cfg, const ea_kv_stats *s) {
     if (!s) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration statistics (a basis is fitted from them)", spec);
-    if (s->n_layer != cfg->n_layer || s->d != cfg->n_embd)
+    if (s->n_layer != cfg->n_layer || s->d != ea_config_kv_dim(cfg))
         return ea_error(EA_ERR_MISMATCH, "kv codec '%s': statistics are for %d layers x %d dims, the model has %d x %d",
                         spec, s->n_layer, s->d, cfg->n_layer, cfg->n_embd);
     if (!(s->n >= 2) || !s->mean[0] || !s->mean[1] || !s->cov[0] || !s->cov[1])
@@ -175,17 +175,18 @@ ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea
     if (!strncmp(spec, "file:", 5) && cfg) return ea_kv_codec_load(spec + 5, cfg, out);
     if (strlen(spec) >= sizeof(((ea_kv_codec *)0)->name))
         return ea_error(EA_ERR_ARG, "kv codec '%.32s...': spec too long", spec);
-    if (!cfg || cfg->n_layer < 1 || cfg->n_head < 1 || cfg->n_embd < 1 || cfg->n_embd % cfg->n_head)
+    if (!cfg || cfg->n_layer < 1 || cfg->n_head < 1 || cfg->n_embd < 1 || ea_config_head_dim(cfg) < 1 ||
+        ea_config_q_dim(cfg) % ea_config_head_dim(cfg) || cfg->n_head % ea_config_kv_heads(cfg))
         return ea_error(EA_ERR_ARG, "kv codec '%s': invalid model shape", spec);
-    if (metric && (metric->n_layer != cfg->n_layer || metric->d != cfg->n_embd))
+    if (metric && (metric->n_layer != cfg->n_layer || metric->d != ea_config_kv_dim(cfg)))
         return ea_error(EA_ERR_MISMATCH, "kv codec '%s': distortion metric is for %d layers x %d dims, the model has %d x %d",
-                        spec, metric->n_layer, metric->d, cfg->n_layer, cfg->n_embd);
+                        spec, metric->n_layer, metric->d, cfg->n_layer, ea_config_kv_dim(cfg));
     ea_kv_codec *c = calloc(1, sizeof *c);
     if (!c) return ea_error(EA_ERR_NOMEM, "kv codec '%s': out of memory", spec);
     snprintf(c->name, sizeof c->name, "%s", spec);
     c->n_layer = cfg->n_layer;
-    c->n_head = cfg->n_head;
-    c->d = cfg->n_embd;
+    c->n_head = ea_config_kv_heads(cfg); /* the cache holds KV heads (fewer than query heads with GQA) */
+    c->d = ea_config_kv_dim(cfg);
     c->n_ctx = cfg->n_positions > 0 ? cfg->n_positions : 1;
     int hd = c->d / c->n_head, r = 0;
     const char *colon = strchr(spec, ':');

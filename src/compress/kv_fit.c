@@ -18,23 +18,30 @@ typedef struct {
     double *buf;                      /* one batch as float64 */
     int buf_rows;
     ea_status err;
+    int g, hd; /* query heads per KV head, head dim: a query row folds into g rows of d (GQA) */
 } fit_acc;
 
 static int fit_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     fit_acc *a = user;
     if (site == EA_SITE_Q && a->q2) { /* queries of every position weigh K errors */
-        if (n > a->buf_rows) {
-            double *nb = realloc(a->buf, sizeof(double) * (size_t)n * d);
+        /* With GQA, member r of every group forms one KV-shaped row (query heads h·g + r), so q2 sums
+         * E[q_r q_rᵀ] over the g query heads that read each KV head. */
+        int g = a->g, kd = a->d, hd = a->hd, rows = n * g;
+        if (rows > a->buf_rows) {
+            double *nb = realloc(a->buf, sizeof(double) * (size_t)rows * kd);
             if (!nb) {
                 a->err = ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
                 return 1;
             }
             a->buf = nb;
-            a->buf_rows = n;
+            a->buf_rows = rows;
         }
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++) a->buf[(size_t)i * d + j] = x[(size_t)i * ld + j];
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, n, 1.0, a->buf, d, 1.0, a->q2 + (size_t)layer * d * d, d);
+            for (int r = 0; r < g; r++)
+                for (int j = 0; j < kd; j++)
+                    a->buf[((size_t)i * g + r) * kd + j] = x[(size_t)i * ld + (size_t)((j / hd) * g + r) * hd + j % hd];
+        (void)d;
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, kd, rows, 1.0, a->buf, kd, 1.0, a->q2 + (size_t)layer * kd * kd, kd);
         if (layer == 0) a->qn += n;
         return 0;
     }
@@ -117,15 +124,21 @@ ea_status ea_kvfit_stats(ea_model *m, const int *ids, size_t n, int ctx, int ski
     return ea_kvfit_stats_metric(m, ids, n, ctx, skip, out, NULL);
 }
 
-/* M_K: E[q qᵀ] on each head's diagonal block; M_V = W Wᵀ with W the c_proj weights ([in, out]). */
+/* M_K: E[q qᵀ] on each head's diagonal block; M_V = W Wᵀ with W the c_proj weights ([in, out]).
+ * With GQA, W row i (KV dim i of head h) is the sum of the o_proj input rows of the g query heads
+ * that read head h: exact when they attend alike, an approximation otherwise. */
 static ea_status metric_finish(ea_model *m, const fit_acc *a, ea_kv_metric *mt) {
     const ea_config *cfg = ea_model_config(m);
-    int L = cfg->n_layer, d = cfg->n_embd, hd = d / cfg->n_head;
+    int L = cfg->n_layer, d = ea_config_kv_dim(cfg), hd = ea_config_head_dim(cfg), C = cfg->n_embd;
+    int QD = ea_config_q_dim(cfg), g = cfg->n_head / ea_config_kv_heads(cfg);
+    float *W = malloc(sizeof(float) * (size_t)d * C);
+    if (!W) return ea_error(EA_ERR_NOMEM, "kv metric: out of memory");
     mt->n_layer = L;
     mt->d = d;
     for (int k = 0; k < 2; k++)
         if (!(mt->m[k] = calloc((size_t)L * d * d, sizeof(double)))) {
             ea_kv_metric_free(mt);
+            free(W);
             return ea_error(EA_ERR_NOMEM, "kv metric: out of memory");
         }
     for (int l = 0; l < L; l++) {
@@ -134,25 +147,36 @@ static ea_status metric_finish(ea_model *m, const fit_acc *a, ea_kv_metric *mt) 
         for (int i = 0; i < d; i++)
             for (int j = i; j < d; j++)
                 if (i / hd == j / hd) mk[(size_t)i * d + j] = mk[(size_t)j * d + i] = q2[(size_t)i * d + j] / a->qn;
-        const float *W = m->layers[l].proj_w;
+        const float *P = m->layers[l].proj_w; /* Conv1D [QD, C]; nn.Linear (m->linear) [C, QD] */
+        for (int i = 0; i < d; i++)
+            for (int o = 0; o < C; o++) {
+                float w = 0;
+                for (int r = 0; r < g; r++) {
+                    size_t qi = (size_t)((i / hd) * g + r) * hd + i % hd;
+                    w += m->linear ? P[(size_t)o * QD + qi] : P[qi * C + o];
+                }
+                W[(size_t)i * C + o] = w;
+            }
         for (int i = 0; i < d; i++)
             for (int j = i; j < d; j++) {
                 double s = 0;
-                for (int o = 0; o < d; o++) s += (double)W[(size_t)i * d + o] * W[(size_t)j * d + o];
+                for (int o = 0; o < C; o++) s += (double)W[(size_t)i * C + o] * W[(size_t)j * C + o];
                 mv[(size_t)i * d + j] = mv[(size_t)j * d + i] = s;
             }
     }
+    free(W);
     return EA_OK;
 }
 
 ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
                                 ea_kv_metric *metric) {
     const ea_config *cfg = ea_model_config(m);
-    int L = cfg->n_layer, d = cfg->n_embd;
+    int L = cfg->n_layer, d = ea_config_kv_dim(cfg); /* cached K/V rows: n_embd without GQA */
     memset(out, 0, sizeof *out);
     if (metric) memset(metric, 0, sizeof *metric);
     if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv stats: window %d outside [2, %d]", ctx, cfg->n_positions);
-    fit_acc a = {L, d, skip, {0}, {0}, {0}, NULL, NULL, 0, NULL, 0, EA_OK};
+    fit_acc a = {L, d, skip, {0}, {0}, {0}, NULL, NULL, 0, NULL, 0, EA_OK, cfg->n_head / ea_config_kv_heads(cfg),
+                 ea_config_head_dim(cfg)};
     ea_status st = ea_kvfit_stats_alloc(out, L, d);
     if (st) return st;
     size_t nm = (size_t)L * d;

@@ -1,10 +1,12 @@
-/* config.json of a GPT-2 checkpoint: the hyper-parameters we need, each checked. */
+/* config.json of a GPT-2 checkpoint: the hyper-parameters we need, each checked. Llama-family
+ * configs are handed to config_llama.c. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ea/io.h"
+#include "io/config_internal.h"
 
 #define EA_CONFIG_MAX_BYTES (1u << 20)
 
@@ -23,6 +25,12 @@ ea_status ea_config_parse(const char *json, size_t len, const char *path, ea_con
     if (!root) return ea_error(EA_ERR_FORMAT, "%s: not valid JSON", path);
     ea_status st = EA_OK;
     if (!cJSON_IsObject(root)) { st = ea_error(EA_ERR_FORMAT, "%s: not a JSON object", path); goto done; }
+    ea_arch arch;
+    if ((st = ea_config_family(root, path, &arch))) goto done;
+    if (arch != EA_ARCH_GPT2) {
+        st = ea_config_parse_llama(root, path, arch, cfg);
+        goto done;
+    }
     if ((st = get_int(root, "n_layer", path, 1, 256, &cfg->n_layer)) ||
         (st = get_int(root, "n_head", path, 1, 1024, &cfg->n_head)) ||
         (st = get_int(root, "n_embd", path, 1, 65536, &cfg->n_embd)) ||
@@ -53,11 +61,9 @@ ea_status ea_config_parse(const char *json, size_t len, const char *path, ea_con
                       cJSON_IsString(act) ? "\"" : "");
         goto done;
     }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2"))) {
-        st = ea_error(EA_ERR_UNSUPPORTED, "%s: model_type is not \"gpt2\"", path);
-        goto done;
-    }
+    cfg->n_kv_head = cfg->n_head;
+    cfg->head_dim = cfg->n_embd / cfg->n_head;
+    cfg->tie_word_embeddings = 1;
     /* Variants that change the arithmetic are refused rather than silently computed wrong. */
     const char *flags[] = {"scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"};
     for (size_t i = 0; i < 3; i++) {
@@ -73,6 +79,11 @@ done:
     cJSON_Delete(root);
     return st;
 }
+
+int ea_config_kv_heads(const ea_config *c) { return c->n_kv_head > 0 ? c->n_kv_head : c->n_head; }
+int ea_config_head_dim(const ea_config *c) { return c->head_dim > 0 ? c->head_dim : c->n_head > 0 ? c->n_embd / c->n_head : 0; }
+int ea_config_kv_dim(const ea_config *c) { return ea_config_kv_heads(c) * ea_config_head_dim(c); }
+int ea_config_q_dim(const ea_config *c) { return c->n_head * ea_config_head_dim(c); }
 
 ea_status ea_config_load(const char *path, ea_config *cfg) {
     char *buf;

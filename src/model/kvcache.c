@@ -10,9 +10,10 @@ ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, 
     *out = NULL;
     if (capacity < 1 || capacity > cfg->n_positions)
         return ea_error(EA_ERR_ARG, "kv cache capacity %d outside [1, n_positions=%d]", capacity, cfg->n_positions);
-    if (codec && (codec->n_layer != cfg->n_layer || codec->d != cfg->n_embd))
-        return ea_error(EA_ERR_MISMATCH, "kv codec '%s' was built for %d layers x %d dims, the model has %d x %d",
-                        codec->name, codec->n_layer, codec->d, cfg->n_layer, cfg->n_embd);
+    int kvd = ea_config_kv_dim(cfg); /* K and V rows: n_kv_head × head_dim (n_embd without GQA) */
+    if (codec && (codec->n_layer != cfg->n_layer || codec->d != kvd || codec->n_head != ea_config_kv_heads(cfg)))
+        return ea_error(EA_ERR_MISMATCH, "kv codec '%s' was built for %d layers x %d dims (%d heads), the model's cache has %d x %d (%d heads)",
+                        codec->name, codec->n_layer, codec->d, codec->n_head, cfg->n_layer, kvd, ea_config_kv_heads(cfg));
     ea_kvcache *c = calloc(1, sizeof *c);
     if (!c) return ea_error(EA_ERR_NOMEM, "kv cache: out of memory");
     c->cfg = *cfg;
@@ -25,7 +26,7 @@ ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, 
     c->seq_bytes = calloc((size_t)nb, sizeof *c->seq_bytes);
     if (!c->row_bytes || !c->store || !c->rows || !c->seq_bytes) goto nomem;
     for (int i = 0; i < nb; i++) {
-        c->row_bytes[i] = codec ? codec->ops->row_bytes(codec, i / 2, (ea_kv_kind)(i % 2)) : sizeof(float) * (size_t)cfg->n_embd;
+        c->row_bytes[i] = codec ? codec->ops->row_bytes(codec, i / 2, (ea_kv_kind)(i % 2)) : sizeof(float) * (size_t)kvd;
         c->seq_bytes[i] = codec ? ea_kv_codec_seq_bytes(codec, i / 2, (ea_kv_kind)(i % 2)) : 0;
         size_t bytes;
         /* whole blocks of rows (codecs that store rows in blocks; 1 row otherwise) */
@@ -35,7 +36,7 @@ ea_status ea_kvcache_init(ea_kvcache **out, const ea_config *cfg, int capacity, 
         c->rows[i] = c->store[i] + c->seq_bytes[i];
     }
     if (codec && !codec->ops->attend) { /* decoded rows for the standard attention */
-        size_t n = (size_t)capacity * (size_t)cfg->n_embd;
+        size_t n = (size_t)capacity * (size_t)kvd;
         if (!(c->kdec = malloc(n * sizeof(float))) || !(c->vdec = malloc(n * sizeof(float)))) goto nomem;
     }
     *out = c;

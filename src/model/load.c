@@ -1,5 +1,6 @@
-/* Loading a Hugging Face GPT-2 checkpoint: config.json plus one safetensors file or the shards
- * of model.safetensors.index.json. All weights are converted to float32 into one allocation. */
+/* Loading a Hugging Face checkpoint: config.json plus one safetensors file or the shards of
+ * model.safetensors.index.json. All weights are converted to float32 into one allocation. GPT-2's
+ * tensors are named here; the Llama family's in load_llama.c. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,14 +15,14 @@
 #define EA_INDEX_MAX_BYTES (16u << 20)
 #define EA_MAX_SHARDS 256
 
-typedef struct {
+struct ea_checkpoint {
     int n;
     ea_st_file *files[EA_MAX_SHARDS];
     char *names[EA_MAX_SHARDS];
     cJSON *weight_map; /* NULL for a single file */
     cJSON *index_root;
     char index_path[4096];
-} ea_checkpoint;
+};
 
 static void checkpoint_close(ea_checkpoint *ck) {
     for (int i = 0; i < ck->n; i++) { ea_st_close(ck->files[i]); free(ck->names[i]); }
@@ -133,12 +134,42 @@ static ea_status load_tensor(const ea_checkpoint *ck, const char *dir, const cha
     return EA_OK;
 }
 
+ea_status ea_ckpt_load_tensor(const ea_checkpoint *ck, const char *name, int64_t d0, int64_t d1, float *dst,
+                              int *all_f16) {
+    return load_tensor(ck, NULL, name, d0, d1, dst, all_f16);
+}
+
+int ea_ckpt_has(const ea_checkpoint *ck, const char *name) {
+    if (ck->weight_map) return cJSON_GetObjectItemCaseSensitive(ck->weight_map, name) != NULL;
+    return ea_st_find(ck->files[0], name) != NULL;
+}
+
+ea_status ea_ckpt_check_unused(const ea_checkpoint *ck, int (*accounted)(const ea_model *, const char *),
+                               const ea_model *m) {
+    for (int f = 0; f < ck->n; f++)
+        for (int i = 0; i < ea_st_count(ck->files[f]); i++) {
+            const char *name = ea_st_get(ck->files[f], i)->name;
+            if (!accounted(m, name))
+                return ea_error(EA_ERR_FORMAT, "%s: tensor '%s' is not part of a %s with this config.json", ea_st_path(ck->files[f]),
+                                name, ea_arch_name(m->cfg.arch));
+        }
+    return EA_OK;
+}
+
 static void fingerprint(ea_model *m) {
     uint64_t h = 1469598103934665603ull;
     const unsigned char *p = (const unsigned char *)&m->cfg;
     int ints[6] = {m->cfg.n_layer, m->cfg.n_head, m->cfg.n_embd, m->cfg.n_positions, m->cfg.vocab_size, m->cfg.n_inner};
     p = (const unsigned char *)ints;
     for (size_t i = 0; i < sizeof ints; i++) h = (h ^ p[i]) * 1099511628211ull;
+    if (m->cfg.arch != EA_ARCH_GPT2) { /* GPT-2 fingerprints stay as they were */
+        const ea_config *c = &m->cfg;
+        double more[] = {c->arch, c->n_kv_head, c->head_dim, c->tie_word_embeddings, c->qkv_bias, c->o_bias, c->qk_norm,
+                         c->rope_type, c->rope_theta, c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                         c->rope_original_max_positions, c->layer_norm_epsilon};
+        p = (const unsigned char *)more;
+        for (size_t i = 0; i < sizeof more; i++) h = (h ^ p[i]) * 1099511628211ull;
+    }
     p = (const unsigned char *)m->params;
     for (size_t i = 0; i < m->n_params * sizeof(float); i++) h = (h ^ p[i]) * 1099511628211ull;
     snprintf(m->fingerprint, sizeof m->fingerprint, "%016llx", (unsigned long long)h);
@@ -151,7 +182,11 @@ typedef struct { ea_rowmat *dst; const float *src; size_t in, out; int transpose
 static ea_status build_decode_weights(ea_model *m) {
     const ea_config *c = &m->cfg;
     size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size;
-    size_t per_layer = 3 * C * C + C * C + F * C + C * F, total = per_layer * (size_t)c->n_layer + V * C;
+    size_t QD = (size_t)ea_config_q_dim(c), KVD = (size_t)ea_config_kv_dim(c);
+    /* Llama family: nn.Linear is already [out, in]; SwiGLU's gate and up are one [2F, C] matrix */
+    int tr = !m->linear;
+    size_t fc_out = m->linear ? 2 * F : F;
+    size_t per_layer = (QD + 2 * KVD) * C + C * QD + fc_out * C + C * F, total = per_layer * (size_t)c->n_layer + V * C;
     size_t esize = m->stored_f16 ? 2 : 4;
     m->decode_buf = malloc(total * esize);
     if (!m->decode_buf) return ea_error(EA_ERR_NOMEM, "%s: cannot allocate decode weights", m->dir);
@@ -160,12 +195,12 @@ static ea_status build_decode_weights(ea_model *m) {
     int nj = 0;
     for (int l = 0; l < c->n_layer && l < 256; l++) {
         ea_layer_weights *w = &m->layers[l];
-        jobs[nj++] = (decode_job){&w->attn_t, w->attn_w, C, 3 * C, 1};
-        jobs[nj++] = (decode_job){&w->proj_t, w->proj_w, C, C, 1};
-        jobs[nj++] = (decode_job){&w->fc_t, w->fc_w, C, F, 1};
-        jobs[nj++] = (decode_job){&w->fcproj_t, w->fcproj_w, F, C, 1};
+        jobs[nj++] = (decode_job){&w->attn_t, w->attn_w, C, QD + 2 * KVD, tr};
+        jobs[nj++] = (decode_job){&w->proj_t, w->proj_w, QD, C, tr};
+        jobs[nj++] = (decode_job){&w->fc_t, w->fc_w, C, fc_out, tr};
+        jobs[nj++] = (decode_job){&w->fcproj_t, w->fcproj_w, F, C, tr};
     }
-    jobs[nj++] = (decode_job){&m->lm_head, m->wte, C, V, 0};
+    jobs[nj++] = (decode_job){&m->lm_head, m->lm_w, C, V, 0};
     for (int j = 0; j < nj; j++) {
         ea_rowmat *r = jobs[j].dst;
         size_t in = jobs[j].in, outn = jobs[j].out;
@@ -241,16 +276,22 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
     size_t per_layer = 2 * C + C * 3 * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C;
     size_t total = V * C + P * C + 2 * C + per_layer * (size_t)c->n_layer;
+    int llama = c->arch != EA_ARCH_GPT2;
+    if (llama) total = ea_llama_param_count(c);
+    m->linear = llama;
     m->n_params = total;
     m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
     if (!m->layers) { st = ea_error(EA_ERR_NOMEM, "%s: out of memory", dir); goto fail; }
     if ((st = checkpoint_open(dir, &ck))) goto fail;
     /* Pass 0 checks every tensor's presence, shape and dtype against config.json; only then is
      * memory reserved for them (pass 1 converts): config.json alone cannot make us allocate. */
-    if ((st = load_weights(m, &ck, dir, NULL))) goto fail;
+    if ((st = llama ? ea_llama_load_weights(m, &ck, NULL) : load_weights(m, &ck, dir, NULL))) goto fail;
+    if (llama && ((st = ea_ckpt_check_unused(&ck, ea_llama_tensor_accounted, m)) || (st = ea_rope_init(c, &m->inv_freq))))
+        goto fail;
     m->params = malloc(total * sizeof(float));
     if (!m->params) { st = ea_error(EA_ERR_NOMEM, "%s: cannot allocate %zu parameters", dir, total); goto fail; }
-    if ((st = load_weights(m, &ck, dir, m->params))) goto fail;
+    if ((st = llama ? ea_llama_load_weights(m, &ck, m->params) : load_weights(m, &ck, dir, m->params))) goto fail;
+    if (!llama) m->lm_w = m->wte;
     checkpoint_close(&ck);
     if ((st = build_decode_weights(m))) goto fail;
     /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). */
@@ -268,6 +309,7 @@ void ea_model_free(ea_model *m) {
     if (!m) return;
     ea_run_state *r = &m->rs;
     free(r->x); free(r->xn); free(r->qkv); free(r->q); free(r->att); free(r->fc); free(r->tmp); free(r->scores);
+    free(r->rope); free(r->qg); free(r->og); free(m->inv_freq);
     free(m->params);
     free(m->decode_buf);
     free(m->layers);
@@ -281,6 +323,7 @@ const char *ea_model_fingerprint(const ea_model *m) { return m->fingerprint; }
 const float *ea_model_wte(const ea_model *m) { return m->wte; }
 void ea_model_set_capture(ea_model *m, ea_capture_fn fn, void *user) { m->capture = fn; m->capture_user = user; }
 void ea_model_set_check_finite(ea_model *m, int on) { m->check_finite = on; }
+void ea_model_set_capture_prerot(ea_model *m, int on) { m->capture_prerot = on; }
 
 const char *ea_site_name(ea_site s) {
     switch (s) {
@@ -288,6 +331,8 @@ const char *ea_site_name(ea_site s) {
     case EA_SITE_Q: return "q";
     case EA_SITE_K: return "k";
     case EA_SITE_V: return "v";
+    case EA_SITE_Q_PRE: return "q_pre";
+    case EA_SITE_K_PRE: return "k_pre";
     }
     return "?";
 }

@@ -4,6 +4,8 @@
 
 #include "model/internal.h"
 
+#define EA_PPL_CHUNK 512
+
 double ea_log_softmax(const float *logits, int n, float *out) {
     float mx = logits[0];
     for (int i = 1; i < n; i++)
@@ -29,20 +31,31 @@ ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n
         return ea_error(EA_ERR_ARG, "perplexity: window %d outside [2, cache capacity %d]", ctx, ea_kvcache_capacity(cache));
     if (n < 2) return ea_error(EA_ERR_ARG, "perplexity: need at least 2 tokens, got %zu", n);
     int V = m->cfg.vocab_size;
-    float *logits = malloc(sizeof(float) * (size_t)V * (size_t)ctx);
+    /* A window runs through the cache in chunks, so the logits held are chunk × vocab, not ctx × vocab
+     * (4,096 × 50,257 floats would be 823 MB). */
+    int chunk = ctx < EA_PPL_CHUNK ? ctx : EA_PPL_CHUNK;
+    float *logits = malloc(sizeof(float) * (size_t)V * (size_t)chunk);
     if (!logits) return ea_error(EA_ERR_NOMEM, "perplexity: out of memory");
     double nll = 0;
     size_t scored = 0;
     ea_status st = EA_OK;
-    for (size_t start = 0; start + 1 < n; start += (size_t)ctx) {
+    for (size_t start = 0; start + 1 < n && !st; start += (size_t)ctx) {
         int len = (int)((n - start) < (size_t)ctx ? (n - start) : (size_t)ctx);
         if (len < 2) break;
         ea_kvcache_reset(cache);
-        if ((st = ea_model_forward(m, cache, ids + start, len, logits, 1))) break;
-        for (int t = ea_ppl_first_scored(proto, len); t < len; t++) {
-            const float *row = logits + (size_t)(t - 1) * V;
-            nll += ea_log_softmax(row, V, NULL) - row[ids[start + t]];
-            scored++;
+        int first = ea_ppl_first_scored(proto, len);
+        /* the window's last token predicts nothing but is run too: a window of at most one chunk is
+         * then the same single forward pass as evaluate's, bit for bit */
+        for (int c0 = 0; c0 < len; c0 += chunk) {
+            int cl = len - c0 < chunk ? len - c0 : chunk;
+            if ((st = ea_model_forward(m, cache, ids + start + c0, cl, logits, 1))) break;
+            for (int i = 0; i < cl; i++) {
+                int t = c0 + i + 1; /* target position, predicted by row i */
+                if (t < first || t >= len) continue;
+                const float *row = logits + (size_t)i * V;
+                nll += ea_log_softmax(row, V, NULL) - row[ids[start + t]];
+                scored++;
+            }
         }
     }
     free(logits);

@@ -7,7 +7,7 @@
 #include <string.h>
 
 const char *ea_site_kind_name(int kind) {
-    static const char *names[EA_SITE_KINDS] = {"hidden", "q", "k", "v", "wte"};
+    static const char *names[EA_SITE_KINDS] = {"hidden", "q", "k", "v", "q_pre", "k_pre", "wte"};
     return kind >= 0 && kind < EA_SITE_KINDS ? names[kind] : "?";
 }
 
@@ -37,18 +37,20 @@ void ea_site_stats_free(ea_site_stats *s) {
 
 ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned kinds_mask, int per_head) {
     *out = NULL;
-    int L = cfg->n_layer, H = cfg->n_head, C = cfg->n_embd;
-    if (L < 1 || H < 1 || C < 1 || C % H)
+    int L = cfg->n_layer, H = cfg->n_head, C = cfg->n_embd, HD = ea_config_head_dim(cfg), KVH = ea_config_kv_heads(cfg);
+    if (L < 1 || H < 1 || C < 1 || HD < 1 || H % KVH)
         return ea_error(EA_ERR_ARG, "site stats: unusable shape (n_layer %d, n_head %d, n_embd %d)", L, H, C);
     ea_site_stats *s = calloc(1, sizeof *s);
     if (!s) return ea_error(EA_ERR_NOMEM, "site stats: out of memory");
     s->n_layer = L;
     s->n_head = H;
     s->n_embd = C;
+    s->n_kv_head = KVH;
+    s->head_dim = HD;
     s->per_head = per_head;
     int total = 0;
     for (int k = 0; k < EA_SITE_KINDS; k++) {
-        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? H : 0;
+        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_K_PRE ? (k == EA_SITE_Q || k == EA_SITE_Q_PRE ? H : KVH) : 0;
         if (kinds_mask & (1u << k)) total += layers_of(k, L) * (1 + heads);
     }
     s->acc = calloc((size_t)(total ? total : 1), sizeof *s->acc);
@@ -60,7 +62,10 @@ ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned
     for (int i = 0; i < EA_SITE_KINDS * (L + 1); i++) s->index[i] = -1;
     for (int k = 0; k < EA_SITE_KINDS; k++) {
         if (!(kinds_mask & (1u << k))) continue;
-        int heads = per_head && k >= EA_SITE_Q && k <= EA_SITE_V ? H : 0;
+        /* q: n_head heads; k, v: n_kv_head heads (fewer with GQA); all of head_dim */
+        int q_like = k == EA_SITE_Q || k == EA_SITE_Q_PRE, kv_like = k == EA_SITE_K || k == EA_SITE_V || k == EA_SITE_K_PRE;
+        int heads = per_head && (q_like || kv_like) ? (q_like ? H : KVH) : 0;
+        int width = q_like ? H * HD : kv_like ? KVH * HD : C;
         for (int l = 0; l < layers_of(k, L); l++) {
             s->index[k * (L + 1) + l] = s->n_acc;
             for (int h = -1; h < heads; h++) {
@@ -68,7 +73,7 @@ ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned
                 a->kind = k;
                 a->layer = k == EA_SITE_KIND_WTE ? -1 : l;
                 a->head = h;
-                a->d = h < 0 ? C : C / H;
+                a->d = h < 0 ? width : HD;
                 ea_status st = ea_cov_init(&a->first, a->d);
                 if (!st) st = ea_cov_init(&a->rest, a->d);
                 if (st) {
@@ -93,7 +98,7 @@ static ea_status acc_add(ea_site_acc *a, const float *x, int pos0, int n, int ld
 int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     ea_site_stats *s = user;
     if (s->err) return 1;
-    if ((int)site < 0 || (int)site > EA_SITE_V || layer < 0 || layer > s->n_layer || n < 1) return 0;
+    if ((int)site < 0 || (int)site > EA_SITE_K_PRE || layer < 0 || layer > s->n_layer || n < 1) return 0;
     int gi = s->index[(int)site * (s->n_layer + 1) + layer];
     if (gi < 0) return 0; /* not asked for */
     double t0 = ea_time_now();
@@ -103,8 +108,8 @@ int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, 
         st = ea_error(EA_ERR_MISMATCH, "capture gave %d columns, expected %d", d, g->d);
     if (!st) st = acc_add(g, x, pos0, n, ld);
     if (s->per_head && site != EA_SITE_HIDDEN) {
-        int hd = d / s->n_head;
-        for (int h = 0; h < s->n_head && !st; h++) st = acc_add(&s->acc[gi + 1 + h], x + (size_t)h * hd, pos0, n, ld);
+        int hd = s->head_dim, nh = site == EA_SITE_Q || site == EA_SITE_Q_PRE ? s->n_head : s->n_kv_head;
+        for (int h = 0; h < nh && !st; h++) st = acc_add(&s->acc[gi + 1 + h], x + (size_t)h * hd, pos0, n, ld);
     }
     s->accumulate_s += ea_time_now() - t0;
     if (st) {

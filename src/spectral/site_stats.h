@@ -10,10 +10,11 @@
 #include "ea/model.h"
 #include "ea/spectral.h"
 
-/* Site kinds: the model's ea_site values, plus the token-embedding matrix itself. */
-#define EA_SITE_KIND_WTE 4
-#define EA_SITE_KINDS 5
-const char *ea_site_kind_name(int kind); /* "hidden", "q", "k", "v", "wte" */
+/* Site kinds: the model's ea_site values (q_pre/k_pre: RoPE models, before the rotation), plus the
+ * token-embedding matrix itself. */
+#define EA_SITE_KIND_WTE 6
+#define EA_SITE_KINDS 7
+const char *ea_site_kind_name(int kind); /* "hidden", "q", "k", "v", "q_pre", "k_pre", "wte" */
 
 typedef enum { EA_VARIANT_ALL = 0, EA_VARIANT_EXCLUDE_FIRST = 1, EA_VARIANT_STANDARDIZED = 2 } ea_variant;
 #define EA_VARIANTS 3
@@ -32,6 +33,7 @@ typedef struct {
     int n_acc;
     int *index;                 /* [kind * (n_layer + 1) + layer]: first acc of that group, or -1 */
     int n_layer, n_head, n_embd;
+    int n_kv_head, head_dim; /* k and v have n_kv_head heads (GQA) */
     int per_head;
     double accumulate_s; /* time spent inside the capture hook */
     ea_status err;       /* first failure inside the hook (the forward pass only says "aborted") */
