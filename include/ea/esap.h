@@ -134,6 +134,31 @@ typedef struct {
 ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
                              uint64_t seed, double *w, ea_esap_align_report *out);
 
+/* ---- 2b. Mutual k-NN alignment, anchor-free alignment ----------------------------------- */
+
+/* Cosine k nearest neighbours of each of n rows (d floats) among the others, self excluded:
+ * nbr (n × k) receives row indices, nearest first; equal similarities rank the lower index
+ * first, NaN similarities last. EA_ERR_ARG unless 1 <= k < n. */
+ea_status ea_esap_knn(const float *x, int n, int d, int k, int *nbr);
+
+/* Mutual k-NN alignment (Huh et al. 2024) of two representations of the same n items (row i of
+ * a and row i of b are one item): value = mean over i of |kNN_a(i) ∩ kNN_b(i)| / k, cosine
+ * neighbourhoods, self excluded. Null: b's rows shuffled (n_perm seeded permutations);
+ * p_value = (1 + #{null >= value}) / (1 + n_perm). chance = k / (n − 1), the null's expectation. */
+typedef struct {
+    int n, k, n_perm;
+    double value;
+    double null_mean, null_sd;
+    double p_value;
+    double chance;
+} ea_esap_mknn;
+#define EA_ESAP_MKNN_K 10
+#define EA_ESAP_MKNN_PERMS 999   /* p resolves down to 0.001 */
+#define EA_ESAP_MKNN_ALPHA 0.01  /* the handshake's "converged" needs p < this */
+#define EA_ESAP_MKNN_MAX_ITEMS 4096 /* callers subsample larger anchor sets to this many */
+ea_status ea_esap_mutual_knn(const float *a, int da, const float *b, int db, int n, int k, int n_perm, uint64_t seed,
+                             ea_esap_mknn *out);
+
 /* ---- 3. Messages ----------------------------------------------------------------------- */
 
 /* Agent A sends the k eigen-coefficients of a token's vector (float32, or rounded to float16);

@@ -1,0 +1,171 @@
+/* ESAP beyond shared token ids: the mutual k-NN metric and its permutation null (against a
+ * brute-force reference written here), anchor-free alignment on planted pairs, and pairing by
+ * text spans. References are full sorts, explicit shuffles and closed forms (k / (n - 1)). */
+#include "testutil.h"
+
+#include <lapacke.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- helpers -------------------------------------------------------------------------- */
+
+static void gaussian_f(ea_rng *r, float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)ea_rng_normal(r);
+}
+
+/* Random orthogonal q (n × n) from LAPACK's QR of a Gaussian matrix. */
+static void random_orthogonal(ea_rng *r, int n, double *q) {
+    double *tau = malloc((size_t)n * sizeof *tau);
+    for (size_t i = 0; i < (size_t)n * n; i++) q[i] = ea_rng_normal(r);
+    assert_int_equal(LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, n, n, q, n, tau), 0);
+    assert_int_equal(LAPACKE_dorgqr(LAPACK_ROW_MAJOR, n, n, n, q, n, tau), 0);
+    free(tau);
+}
+
+/* y (n × db) = [x (n × da), 0] · Q (db × db): a rotated, zero-padded copy (da <= db), plus noise. */
+static void rotate_pad(ea_rng *r, const float *x, int n, int da, int db, double noise, float *y) {
+    double *q = malloc((size_t)db * db * sizeof *q);
+    random_orthogonal(r, db, q);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < db; j++) {
+            double s = 0;
+            for (int l = 0; l < da; l++) s += (double)x[(size_t)i * da + l] * q[(size_t)l * db + j];
+            y[(size_t)i * db + j] = (float)(s + noise * ea_rng_normal(r));
+        }
+    free(q);
+}
+
+typedef struct {
+    double s;
+    int j;
+} scored;
+
+static int scored_cmp(const void *x, const void *y) {
+    const scored *a = x, *b = y;
+    if (a->s != b->s) return a->s < b->s ? 1 : -1;
+    return (a->j > b->j) - (a->j < b->j);
+}
+
+/* Brute force: double-precision cosines, a full sort of each row, the first k. */
+static void knn_ref(const float *x, int n, int d, int k, int *nbr) {
+    scored *row = malloc((size_t)n * sizeof *row);
+    for (int i = 0; i < n; i++) {
+        int m = 0;
+        for (int j = 0; j < n; j++) {
+            if (j == i) continue;
+            double xy = 0, xx = 0, yy = 0;
+            for (int l = 0; l < d; l++) {
+                double a = x[(size_t)i * d + l], b = x[(size_t)j * d + l];
+                xy += a * b;
+                xx += a * a;
+                yy += b * b;
+            }
+            row[m++] = (scored){xy / sqrt(xx * yy), j};
+        }
+        qsort(row, (size_t)m, sizeof *row, scored_cmp);
+        for (int t = 0; t < k; t++) nbr[(size_t)i * k + t] = row[t].j;
+    }
+    free(row);
+}
+
+static double mknn_ref(const float *a, int da, const float *b, int db, int n, int k) {
+    int *na = malloc((size_t)n * k * sizeof *na), *nb = malloc((size_t)n * k * sizeof *nb);
+    knn_ref(a, n, da, k, na);
+    knn_ref(b, n, db, k, nb);
+    long hits = 0;
+    for (int i = 0; i < n; i++)
+        for (int s = 0; s < k; s++)
+            for (int t = 0; t < k; t++) hits += na[(size_t)i * k + s] == nb[(size_t)i * k + t];
+    free(na);
+    free(nb);
+    return (double)hits / ((double)n * k);
+}
+
+/* ---- mutual k-NN ---------------------------------------------------------------------- */
+
+static void test_knn_matches_brute_force(void **state) {
+    (void)state;
+    ea_rng r;
+    ea_rng_seed(&r, 5);
+    int n = 150, d = 12, k = 10;
+    float *x = malloc((size_t)n * d * sizeof *x);
+    int *got = malloc((size_t)n * k * sizeof *got), *ref = malloc((size_t)n * k * sizeof *ref);
+    gaussian_f(&r, x, (size_t)n * d);
+    assert_int_equal(ea_esap_knn(x, n, d, k, got), EA_OK);
+    knn_ref(x, n, d, k, ref);
+    assert_memory_equal(got, ref, (size_t)n * k * sizeof *got);
+    assert_int_equal(ea_esap_knn(x, n, d, n, got), EA_ERR_ARG); /* k must leave the row itself out */
+    assert_int_equal(ea_esap_knn(x, 1, d, 1, got), EA_ERR_ARG);
+    free(x);
+    free(got);
+    free(ref);
+}
+
+static void test_mutual_knn_planted_and_independent(void **state) {
+    (void)state;
+    ea_rng r;
+    ea_rng_seed(&r, 17);
+    int n = 300, da = 16, db = 24, k = EA_ESAP_MKNN_K, perms = 199;
+    float *a = malloc((size_t)n * da * sizeof *a), *b = malloc((size_t)n * db * sizeof *b);
+    gaussian_f(&r, a, (size_t)n * da);
+
+    /* Planted: b is a rotated zero-padded copy of a with a little noise. */
+    rotate_pad(&r, a, n, da, db, 0.05, b);
+    ea_esap_mknn m;
+    assert_int_equal(ea_esap_mutual_knn(a, da, b, db, n, k, perms, 1, &m), EA_OK);
+    double ref = mknn_ref(a, da, b, db, n, k);
+    printf("planted: value %.6f (brute force %.6f), null %.5f ± %.5f, chance %.5f, p %.5f\n", m.value, ref,
+           m.null_mean, m.null_sd, m.chance, m.p_value);
+    assert_true(fabs(m.value - ref) < 1e-12);
+    assert_true(m.value > 0.8);
+    assert_true(fabs(m.p_value - 1.0 / (1 + perms)) < 1e-15); /* no permutation reaches it */
+    assert_true(fabs(m.chance - (double)k / (n - 1)) < 1e-15);
+    /* The null mean estimates k/(n-1): its standard error over the draws bounds the gap. */
+    assert_true(fabs(m.null_mean - m.chance) < 4 * m.null_sd / sqrt(perms) + 1e-3);
+
+    /* Independent: b has nothing to do with a. */
+    gaussian_f(&r, b, (size_t)n * db);
+    assert_int_equal(ea_esap_mutual_knn(a, da, b, db, n, k, perms, 1, &m), EA_OK);
+    ref = mknn_ref(a, da, b, db, n, k);
+    printf("independent: value %.6f (brute force %.6f), null %.5f ± %.5f, chance %.5f, p %.5f\n", m.value, ref,
+           m.null_mean, m.null_sd, m.chance, m.p_value);
+    assert_true(fabs(m.value - ref) < 1e-12);
+    assert_true(fabs(m.value - m.chance) < 5 * m.null_sd + 1e-3);
+    assert_true(m.p_value > EA_ESAP_MKNN_ALPHA);
+
+    /* The null against explicit shuffles of b's rows with a brute-force search each time:
+     * both estimate the same mean, so they agree within their combined standard errors. */
+    int shuffles = 40;
+    float *bs = malloc((size_t)n * db * sizeof *bs);
+    int *perm = malloc((size_t)n * sizeof *perm);
+    double sum = 0;
+    for (int s = 0; s < shuffles; s++) {
+        for (int i = 0; i < n; i++) perm[i] = i;
+        for (int i = n - 1; i > 0; i--) {
+            int j = (int)ea_rng_below(&r, (uint64_t)i + 1), t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        for (int i = 0; i < n; i++) memcpy(bs + (size_t)i * db, b + (size_t)perm[i] * db, (size_t)db * sizeof *b);
+        sum += mknn_ref(a, da, bs, db, n, k);
+    }
+    double brute_null = sum / shuffles;
+    printf("null: permuted lists %.5f, brute-force shuffles %.5f (%d)\n", m.null_mean, brute_null, shuffles);
+    assert_true(fabs(brute_null - m.null_mean) < 4 * m.null_sd * (1 / sqrt(shuffles) + 1 / sqrt(perms)));
+
+    assert_int_equal(ea_esap_mutual_knn(a, da, b, db, n, k, 0, 1, &m), EA_ERR_ARG);
+    free(a);
+    free(b);
+    free(bs);
+    free(perm);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_knn_matches_brute_force),
+        cmocka_unit_test(test_mutual_knn_planted_and_independent),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
