@@ -159,6 +159,26 @@ typedef struct {
 ea_status ea_esap_mutual_knn(const float *a, int da, const float *b, int db, int n, int k, int n_perm, uint64_t seed,
                              ea_esap_mknn *out);
 
+/* Anchor-free alignment (src/esap/unanchored.c): W (k × k, orthogonal) from two unpaired point
+ * sets xa (na × k) and xb (nb × k), no correspondence used: pseudo-pairs from rotation-invariant
+ * neighbourhood profiles (sorted cosines to the other points of the same space), Procrustes,
+ * then refinement by CSLS mutual nearest neighbours and Procrustes until the pairs settle. Each
+ * side needs more than 64 points. */
+typedef struct {
+    int init_pairs;  /* mutual pseudo-pairs the profiles gave */
+    int iterations;  /* refinement rounds run */
+    int final_pairs; /* mutual pairs the last W was fitted on */
+} ea_esap_unanchored_info;
+ea_status ea_esap_unanchored_fit(const float *xa, int na, const float *xb, int nb, int k, double *w,
+                                 ea_esap_unanchored_info *info);
+/* ea_esap_align_eval's protocol with W from ea_esap_unanchored_fit: the same seeded split, the
+ * training rows of za and (in an independently shuffled order) of zb as the two point sets, the
+ * same held-out pairs and the same shuffled-correspondence null. train_cosine is the mean cosine
+ * of the true training pairs under that W (reported, never used by the fit). */
+ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
+                                  uint64_t seed, double *w, ea_esap_align_report *out,
+                                  ea_esap_unanchored_info *info);
+
 /* ---- 3. Messages ----------------------------------------------------------------------- */
 
 /* Agent A sends the k eigen-coefficients of a token's vector (float32, or rounded to float16);
