@@ -202,6 +202,12 @@ ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, con
                                const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
                                ea_esap_message_report *out);
 
+/* The same with W from ea_esap_unanchored_fit on the training rows (no pairs used); the null is
+ * unchanged (W fitted on shuffled training pairs). */
+ea_status ea_esap_message_eval_unanchored(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+                                          const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
+                                          ea_esap_message_report *out);
+
 /* ---- Anchors from models --------------------------------------------------------------- */
 
 /* Representation of anchor tokens: rows of the token embedding, or the hidden state entering
@@ -245,6 +251,7 @@ typedef struct {
     int n, d_a, d_b;
     int *id_a, *id_b; /* n each */
     float *a, *b;     /* n × d_a and n × d_b */
+    char **span;      /* pairing by text: the n words (NUL-terminated); NULL for token pairs */
 } ea_esap_anchors;
 /* ha/hb: hidden collections of each model (NULL for EA_ESAP_REPR_WTE). */
 ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea_tokenizer *ta,
@@ -265,6 +272,17 @@ typedef struct {
 } ea_esap_source;
 ea_status ea_esap_anchors_from_models(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
                                       const ea_esap_source *src, ea_esap_anchors *out);
+/* Anchors paired by shared text (src/esap/text_pairs.c), for models whose tokenizers differ.
+ * src->text_path is cut at whitespace into chunks of at most 3·ctx bytes; both models read each
+ * chunk (its first ctx tokens) through their own tokenizer. A word (maximal run of non-whitespace
+ * bytes, at most 64) is an anchor where both tokenizations cover it as one span: tokens starting
+ * at the word or at the whitespace byte before it and ending where it ends. Its vector on each
+ * side is the mean hidden state over its tokens, averaged over its covered occurrences; id_a[i] =
+ * id_b[i] = i and span[i] is the word. Needs a hidden representation and byte-level tokenizers
+ * (token bytes must rebuild the text: EA_ERR_UNSUPPORTED naming the model otherwise).
+ * max_tokens > 0 stops after the chunk where model a's token count reaches it. */
+ea_status ea_esap_text_anchors(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
+                               const ea_esap_source *src, ea_esap_anchors *out);
 /* Spectrum message of one side (side_b: which layer of repr to use) at its site: the
  * covariance of the wte rows, or of the hidden states at every position of the text. K <= 0
  * means K = d. */

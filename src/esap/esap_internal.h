@@ -22,5 +22,9 @@ ea_status esap_shuffled_null(const float *za, const float *zb, int k, const int 
  * themselves (res, optional). */
 ea_status esap_eval_rotation(const float *za, const float *zb, int k, const int *rows, int m, const double *w,
                              double *pair_cos, ea_esap_retrieval *res);
+/* W from ea_esap_unanchored_fit on za[train] and zb[train] handed over in an independently
+ * shuffled order (seeded). */
+ea_status esap_unanchored_train(const float *za, const float *zb, int k, const int *train, int n_train, uint64_t seed,
+                                double *w, ea_esap_unanchored_info *info);
 
 #endif

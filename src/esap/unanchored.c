@@ -225,24 +225,16 @@ done:
 /* Stream of the order B's training rows are handed over in, distinct from the split's. */
 #define ORDER_SEED_SALT 0x756e616e63686f72ull
 
-ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
-                                  uint64_t seed, double *w_out, ea_esap_align_report *out,
-                                  ea_esap_unanchored_info *info) {
-    memset(out, 0, sizeof *out);
-    if (info) memset(info, 0, sizeof *info);
-    if (k < 1) return ea_error(EA_ERR_ARG, "unanchored: rank %d must be positive", k);
-    int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm);
+ea_status esap_unanchored_train(const float *za, const float *zb, int k, const int *train, int n_train, uint64_t seed,
+                                double *w, ea_esap_unanchored_info *info) {
     int *order = malloc((size_t)(n_train > 0 ? n_train : 1) * sizeof *order);
     float *xa = esap_alloc((size_t)(n_train > 0 ? n_train : 1), (size_t)k, sizeof *xa);
     float *xb = esap_alloc((size_t)(n_train > 0 ? n_train : 1), (size_t)k, sizeof *xb);
-    double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
     ea_status st = EA_OK;
-    if (!perm || !order || !xa || !xb || !w) {
-        st = ea_error(EA_ERR_NOMEM, "unanchored: cannot allocate for %d anchors", n);
+    if (!order || !xa || !xb) {
+        st = ea_error(EA_ERR_NOMEM, "unanchored: cannot allocate for %d anchors", n_train);
         goto done;
     }
-    if ((st = ea_esap_split(n, n_train, n_test, seed, perm))) goto done;
-    const int *train = perm, *test = perm + (n - n_test);
     /* A's training rows in split order, B's in an independent shuffle: the fit sees two point
      * sets and nothing of which row of one is which row of the other. */
     memcpy(order, train, (size_t)n_train * sizeof *order);
@@ -257,7 +249,28 @@ ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k
         memcpy(xa + (size_t)r * k, za + (size_t)train[r] * k, (size_t)k * sizeof *xa);
         memcpy(xb + (size_t)r * k, zb + (size_t)order[r] * k, (size_t)k * sizeof *xb);
     }
-    if ((st = ea_esap_unanchored_fit(xa, n_train, xb, n_train, k, w, info))) goto done;
+    st = ea_esap_unanchored_fit(xa, n_train, xb, n_train, k, w, info);
+done:
+    free(order); free(xa); free(xb);
+    return st;
+}
+
+ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
+                                  uint64_t seed, double *w_out, ea_esap_align_report *out,
+                                  ea_esap_unanchored_info *info) {
+    memset(out, 0, sizeof *out);
+    if (info) memset(info, 0, sizeof *info);
+    if (k < 1) return ea_error(EA_ERR_ARG, "unanchored: rank %d must be positive", k);
+    int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm);
+    double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
+    ea_status st = EA_OK;
+    if (!perm || !w) {
+        st = ea_error(EA_ERR_NOMEM, "unanchored: cannot allocate for %d anchors", n);
+        goto done;
+    }
+    if ((st = ea_esap_split(n, n_train, n_test, seed, perm))) goto done;
+    const int *train = perm, *test = perm + (n - n_test);
+    if ((st = esap_unanchored_train(za, zb, k, train, n_train, seed, w, info))) goto done;
     out->rank = k;
     out->train_anchors = n_train;
     out->test_anchors = n_test;
@@ -268,6 +281,6 @@ ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k
     if (w_out) memcpy(w_out, w, (size_t)k * k * sizeof *w);
     st = esap_shuffled_null(za, zb, k, train, n_train, test, n_test, seed, &out->null, &out->null_train_cosine);
 done:
-    free(perm); free(order); free(xa); free(xb); free(w);
+    free(perm); free(w);
     return st;
 }
