@@ -225,11 +225,151 @@ static void test_unanchored_planted_micro(void **state) {
     ea_model_free(m);
 }
 
+/* ---- pairing by text ------------------------------------------------------------------ */
+
+static int str_cmp(const void *x, const void *y) { return strcmp(*(char *const *)x, *(char *const *)y); }
+
+static int ws_byte(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+/* Reference: the distinct whitespace-separated words of a text (at most 64 bytes each), sorted. */
+static char **distinct_words(const char *text, size_t len, int *n_out) {
+    char **w = malloc((len / 2 + 1) * sizeof *w);
+    int n = 0;
+    for (size_t i = 0; i < len;) {
+        if (ws_byte(text[i])) {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < len && !ws_byte(text[j])) j++;
+        if (j - i <= 64) {
+            w[n] = malloc(j - i + 1);
+            memcpy(w[n], text + i, j - i);
+            w[n][j - i] = 0;
+            n++;
+        }
+        i = j;
+    }
+    qsort(w, (size_t)n, sizeof *w, str_cmp);
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (m > 0 && !strcmp(w[m - 1], w[i])) {
+            free(w[i]);
+            continue;
+        }
+        w[m++] = w[i];
+    }
+    *n_out = m;
+    return w;
+}
+
+/* Two GPT-2 models share a tokenizer, so every word is one span on both sides: the pairs found
+ * by text must be exactly the distinct words of the text. */
+static void test_text_pairs_are_words(void **state) {
+    (void)state;
+    FILE *f = fopen(EA_SOURCE_DIR "/data/calib.txt", "rb");
+    assert_non_null(f);
+    char buf[4000];
+    size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    while (len > 0 && !ws_byte(buf[len - 1])) len--; /* end on a word boundary */
+    char *dir = test_tmpdir(), path[512];
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    assert_int_equal(test_write_file(path, buf, len), 0);
+
+    ea_model *m;
+    ea_tokenizer *t;
+    assert_int_equal(ea_model_load(TEST_MODEL_DIR, &m), EA_OK);
+    assert_int_equal(ea_tokenizer_load_dir(TEST_MODEL_DIR, &t), EA_OK);
+    ea_esap_source src;
+    memset(&src, 0, sizeof src);
+    assert_int_equal(ea_esap_repr_parse("hidden:last", &src.repr), EA_OK);
+    src.text_path = path;
+    src.ctx = 128;
+    ea_esap_anchors an;
+    assert_int_equal(ea_esap_text_anchors(m, t, m, t, &src, &an), EA_OK);
+    int nref;
+    char **ref = distinct_words(buf, len, &nref);
+    char **got = malloc((size_t)an.n * sizeof *got);
+    memcpy(got, an.span, (size_t)an.n * sizeof *got);
+    qsort(got, (size_t)an.n, sizeof *got, str_cmp);
+    printf("text pairs: %d words found, %d distinct words in the text\n", an.n, nref);
+    assert_int_equal(an.n, nref);
+    for (int i = 0; i < nref; i++) assert_string_equal(got[i], ref[i]);
+    /* One model against itself: each word's two vectors are the same numbers. */
+    assert_memory_equal(an.a, an.b, (size_t)an.n * an.d_a * sizeof *an.a);
+
+    /* wte has no context to pool: refused. */
+    ea_esap_anchors none;
+    assert_int_equal(ea_esap_repr_parse("wte", &src.repr), EA_OK);
+    assert_int_equal(ea_esap_text_anchors(m, t, m, t, &src, &none), EA_ERR_ARG);
+    for (int i = 0; i < nref; i++) free(ref[i]);
+    free(ref);
+    free(got);
+    ea_esap_anchors_free(&an);
+    ea_tokenizer_free(t);
+    ea_model_free(m);
+    test_rmdir(dir);
+    free(dir);
+}
+
+/* gpt2-micro against gpt2-mini (same tokenizer, widths 128 and 256): word anchors must align as
+ * well as token-id anchors on the same text, within TEXT_VS_IDS_TOL of held-out P@1. */
+#define TEXT_VS_IDS_TOL 0.10
+static void test_text_pairs_agree_with_ids(void **state) {
+    (void)state;
+    const char *mini = test_shared_path("models/gpt2-mini");
+    if (!mini) TEST_SKIP("../shared/models/gpt2-mini is absent: text-vs-id pairing on micro vs mini skipped");
+    ea_model *ma, *mb;
+    ea_tokenizer *ta, *tb;
+    assert_int_equal(ea_model_load(TEST_MODEL_DIR, &ma), EA_OK);
+    assert_int_equal(ea_tokenizer_load_dir(TEST_MODEL_DIR, &ta), EA_OK);
+    assert_int_equal(ea_model_load(mini, &mb), EA_OK);
+    assert_int_equal(ea_tokenizer_load_dir(mini, &tb), EA_OK);
+    ea_esap_source src;
+    memset(&src, 0, sizeof src);
+    assert_int_equal(ea_esap_repr_parse("hidden:last", &src.repr), EA_OK);
+    src.text_path = EA_SOURCE_DIR "/data/calib.txt";
+    src.max_tokens = 6000;
+    double p1[2];
+    for (int mode = 0; mode < 2; mode++) {
+        ea_esap_anchors an;
+        assert_int_equal(mode ? ea_esap_text_anchors(ma, ta, mb, tb, &src, &an)
+                              : ea_esap_anchors_from_models(ma, ta, mb, tb, &src, &an),
+                         EA_OK);
+        int k = 64, n_test = an.n / 5, n_train = an.n - n_test;
+        ea_esap_basis *ba, *bb;
+        assert_int_equal(ea_esap_basis_fit(an.a, an.n, an.d_a, &ba), EA_OK);
+        assert_int_equal(ea_esap_basis_fit(an.b, an.n, an.d_b, &bb), EA_OK);
+        float *za = malloc((size_t)an.n * k * sizeof *za), *zb = malloc((size_t)an.n * k * sizeof *zb);
+        assert_int_equal(ea_esap_basis_project(ba, an.a, an.n, k, za), EA_OK);
+        assert_int_equal(ea_esap_basis_project(bb, an.b, an.n, k, zb), EA_OK);
+        ea_esap_align_report rep;
+        assert_int_equal(ea_esap_align_eval(za, zb, an.n, k, n_train, n_test, 0, NULL, &rep), EA_OK);
+        printf("%s pairs: %d anchors, held-out P@1 %.4f (CSLS %.4f), null %.4f\n", mode ? "text" : "id", an.n,
+               rep.test.p_at_1, rep.test.csls_p_at_1, rep.null.p_at_1);
+        assert_true(rep.test.p_at_1 > 50 * fmax(rep.null.p_at_1, rep.chance_p_at_1));
+        p1[mode] = rep.test.p_at_1;
+        ea_esap_basis_free(ba);
+        ea_esap_basis_free(bb);
+        free(za);
+        free(zb);
+        ea_esap_anchors_free(&an);
+    }
+    assert_true(fabs(p1[1] - p1[0]) < TEXT_VS_IDS_TOL);
+    ea_tokenizer_free(ta);
+    ea_tokenizer_free(tb);
+    ea_model_free(ma);
+    ea_model_free(mb);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_knn_matches_brute_force),
         cmocka_unit_test(test_mutual_knn_planted_and_independent),
         cmocka_unit_test(test_unanchored_planted_micro),
+        cmocka_unit_test(test_text_pairs_are_words),
+        cmocka_unit_test(test_text_pairs_agree_with_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
