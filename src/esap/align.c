@@ -142,10 +142,10 @@ ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int
                              uint64_t seed, double *w_out, ea_esap_align_report *out) {
     memset(out, 0, sizeof *out);
     if (k < 1) return ea_error(EA_ERR_ARG, "align: rank %d must be positive", k);
-    int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm), *shuf = malloc((size_t)(n_train > 0 ? n_train : 1) * sizeof *shuf);
+    int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm);
     double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
     ea_status st = EA_OK;
-    if (!perm || !shuf || !w) {
+    if (!perm || !w) {
         st = ea_error(EA_ERR_NOMEM, "align: cannot allocate for %d anchors", n);
         goto done;
     }
@@ -160,6 +160,6 @@ ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int
     if (w_out) memcpy(w_out, w, (size_t)k * k * sizeof *w);
     st = esap_shuffled_null(za, zb, k, train, n_train, test, n_test, seed, &out->null, &out->null_train_cosine);
 done:
-    free(perm); free(shuf); free(w);
+    free(perm); free(w);
     return st;
 }
