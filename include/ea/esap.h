@@ -134,6 +134,51 @@ typedef struct {
 ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
                              uint64_t seed, double *w, ea_esap_align_report *out);
 
+/* ---- 2b. Mutual k-NN alignment, anchor-free alignment ----------------------------------- */
+
+/* Cosine k nearest neighbours of each of n rows (d floats) among the others, self excluded:
+ * nbr (n × k) receives row indices, nearest first; equal similarities rank the lower index
+ * first, NaN similarities last. EA_ERR_ARG unless 1 <= k < n. */
+ea_status ea_esap_knn(const float *x, int n, int d, int k, int *nbr);
+
+/* Mutual k-NN alignment (Huh et al. 2024) of two representations of the same n items (row i of
+ * a and row i of b are one item): value = mean over i of |kNN_a(i) ∩ kNN_b(i)| / k, cosine
+ * neighbourhoods, self excluded. Null: b's rows shuffled (n_perm seeded permutations);
+ * p_value = (1 + #{null >= value}) / (1 + n_perm). chance = k / (n − 1), the null's expectation. */
+typedef struct {
+    int n, k, n_perm;
+    double value;
+    double null_mean, null_sd;
+    double p_value;
+    double chance;
+} ea_esap_mknn;
+#define EA_ESAP_MKNN_K 10
+#define EA_ESAP_MKNN_PERMS 999   /* p resolves down to 0.001 */
+#define EA_ESAP_MKNN_ALPHA 0.01  /* the handshake's "converged" needs p < this */
+#define EA_ESAP_MKNN_MAX_ITEMS 4096 /* callers subsample larger anchor sets to this many */
+ea_status ea_esap_mutual_knn(const float *a, int da, const float *b, int db, int n, int k, int n_perm, uint64_t seed,
+                             ea_esap_mknn *out);
+
+/* Anchor-free alignment (src/esap/unanchored.c): W (k × k, orthogonal) from two unpaired point
+ * sets xa (na × k) and xb (nb × k), no correspondence used: pseudo-pairs from rotation-invariant
+ * neighbourhood profiles (sorted cosines to the other points of the same space), Procrustes,
+ * then refinement by CSLS mutual nearest neighbours and Procrustes until the pairs settle. Each
+ * side needs more than 64 points. */
+typedef struct {
+    int init_pairs;  /* mutual pseudo-pairs the profiles gave */
+    int iterations;  /* refinement rounds run */
+    int final_pairs; /* mutual pairs the last W was fitted on */
+} ea_esap_unanchored_info;
+ea_status ea_esap_unanchored_fit(const float *xa, int na, const float *xb, int nb, int k, double *w,
+                                 ea_esap_unanchored_info *info);
+/* ea_esap_align_eval's protocol with W from ea_esap_unanchored_fit: the same seeded split, the
+ * training rows of za and (in an independently shuffled order) of zb as the two point sets, the
+ * same held-out pairs and the same shuffled-correspondence null. train_cosine is the mean cosine
+ * of the true training pairs under that W (reported, never used by the fit). */
+ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
+                                  uint64_t seed, double *w, ea_esap_align_report *out,
+                                  ea_esap_unanchored_info *info);
+
 /* ---- 3. Messages ----------------------------------------------------------------------- */
 
 /* Agent A sends the k eigen-coefficients of a token's vector (float32, or rounded to float16);
@@ -156,6 +201,12 @@ typedef struct {
 ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
                                const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
                                ea_esap_message_report *out);
+
+/* The same with W from ea_esap_unanchored_fit on the training rows (no pairs used); the null is
+ * unchanged (W fitted on shuffled training pairs). */
+ea_status ea_esap_message_eval_unanchored(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+                                          const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
+                                          ea_esap_message_report *out);
 
 /* ---- Anchors from models --------------------------------------------------------------- */
 
@@ -200,6 +251,7 @@ typedef struct {
     int n, d_a, d_b;
     int *id_a, *id_b; /* n each */
     float *a, *b;     /* n × d_a and n × d_b */
+    char **span;      /* pairing by text: the n words (NUL-terminated); NULL for token pairs */
 } ea_esap_anchors;
 /* ha/hb: hidden collections of each model (NULL for EA_ESAP_REPR_WTE). */
 ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea_tokenizer *ta,
@@ -220,6 +272,17 @@ typedef struct {
 } ea_esap_source;
 ea_status ea_esap_anchors_from_models(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
                                       const ea_esap_source *src, ea_esap_anchors *out);
+/* Anchors paired by shared text (src/esap/text_pairs.c), for models whose tokenizers differ.
+ * src->text_path is cut at whitespace into chunks of at most 3·ctx bytes; both models read each
+ * chunk (its first ctx tokens) through their own tokenizer. A word (maximal run of non-whitespace
+ * bytes, at most 64) is an anchor where both tokenizations cover it as one span: tokens starting
+ * at the word or at the whitespace byte before it and ending where it ends. Its vector on each
+ * side is the mean hidden state over its tokens, averaged over its covered occurrences; id_a[i] =
+ * id_b[i] = i and span[i] is the word. Needs a hidden representation and byte-level tokenizers
+ * (token bytes must rebuild the text: EA_ERR_UNSUPPORTED naming the model otherwise).
+ * max_tokens > 0 stops after the chunk where model a's token count reaches it. */
+ea_status ea_esap_text_anchors(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
+                               const ea_esap_source *src, ea_esap_anchors *out);
 /* Spectrum message of one side (side_b: which layer of repr to use) at its site: the
  * covariance of the wte rows, or of the hidden states at every position of the text. K <= 0
  * means K = d. */

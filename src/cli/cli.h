@@ -65,8 +65,16 @@ int esap_ranks(const char *cmd, const char *s, int kmax, int *ranks);
 
 /* Two models, their tokenizers, the anchors they share and each side's eigenbasis: what align and
  * message hold for a run. esap_pair_close frees whatever was opened, after any failure too. */
+/* --pairs: how the two models' representations are paired. ids: shared token bytes (default);
+ * text: shared words of the text (cross-tokenizer); none: W fitted with no pairs (anchor-free),
+ * the id pairs only score it. */
+typedef enum { ESAP_PAIRS_IDS = 0, ESAP_PAIRS_TEXT = 1, ESAP_PAIRS_NONE = 2 } esap_pairs_mode;
+/* Parse --pairs (NULL: ids); -1 with the error printed. */
+int esap_pairs_parse(const char *cmd, const char *s);
+const char *esap_pairs_name(int mode);
 typedef struct {
     ea_esap_source src; /* with the parsed representation */
+    int pairs;          /* esap_pairs_mode */
     ea_model *ma, *mb;
     ea_tokenizer *ta, *tb;
     ea_esap_anchors an;
@@ -74,7 +82,12 @@ typedef struct {
 } esap_pair;
 /* Parse repr, load both models with their tokenizers, build the anchors. */
 ea_status esap_pair_open(esap_pair *p, const char *dir_a, const char *dir_b, const char *repr,
-                         const ea_esap_source *src);
+                         const ea_esap_source *src, int pairs);
+/* Mutual k-NN (k = EA_ESAP_MKNN_K, EA_ESAP_MKNN_PERMS permutations) of the anchors rows[0..m),
+ * each side centred on its anchor mean. */
+ea_status esap_pair_mknn(const esap_pair *p, const int *rows, int m, uint64_t seed, ea_esap_mknn *out);
+/* Add a mutual_knn object (value, null {mean, sd, n}, p_value, chance, k, items) to o. */
+void esap_mknn_json(cJSON *o, const ea_esap_mknn *m);
 /* Default (0) and check --anchors and --test against the anchors: 0, or 1 with the error printed. */
 int esap_pair_split(const esap_pair *p, const char *cmd, const char *repr, long *n_train, long *n_test);
 /* Each side's eigenbasis, fitted on all its anchor vectors. */

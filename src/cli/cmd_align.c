@@ -1,6 +1,7 @@
 /* eigenalign align: ESAP section 2. Shared tokens as anchors, each side reduced to k dims with its
  * own eigenbasis, orthogonal Procrustes on a training split, retrieval on the held-out split,
  * a shuffled-correspondence null beside it. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "cli/cli.h"
@@ -10,7 +11,8 @@
 static void usage(void) {
     printf("usage: eigenalign align [--model-a DIR] [--model-b DIR] [--repr wte|hidden:L|hidden:last|hidden:LA,LB]\n"
            "                        [--rank K] [--anchors N] [--test M] [--seed S] [--text PATH]\n"
-           "                        [--max-tokens N] [--ctx N] [--sweep [--ranks LIST] [--anchor-counts LIST]] [--json]\n\n"
+           "                        [--max-tokens N] [--ctx N] [--pairs ids|text|none]\n"
+           "                        [--sweep [--ranks LIST] [--anchor-counts LIST]] [--json]\n\n"
            "Align two models on shared tokens (ESAP). Anchors: tokens with the same bytes in both vocabularies,\n"
            "as embedding rows (wte) or as hidden states at a layer averaged over the token's occurrences in\n"
            "--text (only tokens seen in the text). Each side is centred and reduced to K dims with its own\n"
@@ -27,6 +29,11 @@ static void usage(void) {
            "  --text PATH          text for hidden representations (default: bundled calibration text)\n"
            "  --max-tokens N       use at most N tokens of the text\n"
            "  --ctx N              window length for hidden states (default min(n_positions, %d))\n"
+           "  --pairs P            ids: anchors are tokens with the same bytes (default); text: words of --text\n"
+           "                       both tokenizers cover, hidden states pooled over each word's tokens (models\n"
+           "                       with different tokenizers; hidden representations only); none: W is fitted\n"
+           "                       with NO pairs (anchor-free: neighbourhood-profile pseudo-pairs, Procrustes,\n"
+           "                       CSLS refinement) and scored on the same held-out id pairs and null as ids\n"
            "  --sweep              table over ranks x training-anchor counts (same held-out set throughout)\n"
            "  --ranks LIST         sweep ranks, e.g. 8,16,32 (default powers of 2 up to min(d_a, d_b))\n"
            "  --anchor-counts LIST sweep training sizes (default 100,300,1000,... up to all - M)\n"
@@ -35,6 +42,7 @@ static void usage(void) {
 }
 
 static cJSON *report_json(const ea_esap_align_report *r) {
+    /* (mutual k-NN and the anchor-free details are added by the caller) */
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "rank", r->rank);
     cJSON_AddNumberToObject(o, "train_anchors", r->train_anchors);
@@ -50,6 +58,7 @@ static cJSON *report_json(const ea_esap_align_report *r) {
     cli_add_number(n, "p_at_1", r->null.p_at_1);
     cli_add_number(n, "p_at_10", r->null.p_at_10);
     cli_add_number(n, "csls_p_at_1", r->null.csls_p_at_1);
+    cli_add_number(n, "csls_p_at_10", r->null.csls_p_at_10);
     cli_add_number(n, "test_cosine", r->null.mean_cos);
     cli_add_number(n, "train_cosine", r->null_train_cosine);
     cJSON_AddNumberToObject(n, "shuffles", EA_ESAP_NULL_SHUFFLES);
@@ -70,12 +79,15 @@ static void table_row(const ea_esap_align_report *r) {
 
 /* Project both sides to k dims once, then evaluate every training size at that rank. */
 static ea_status run_rank(const ea_esap_anchors *an, const ea_esap_basis *ba, const ea_esap_basis *bb, int k,
-                          const int *counts, int nc, int n_test, uint64_t seed, ea_esap_align_report *reps) {
+                          const int *counts, int nc, int n_test, uint64_t seed, int unanchored,
+                          ea_esap_align_report *reps, ea_esap_unanchored_info *infos) {
     float *za = malloc((size_t)an->n * k * sizeof *za), *zb = malloc((size_t)an->n * k * sizeof *zb);
     ea_status st;
     if (!za || !zb) st = ea_error(EA_ERR_NOMEM, "align: cannot allocate %d x %d", an->n, k);
     else if (!(st = ea_esap_basis_project(ba, an->a, an->n, k, za)) && !(st = ea_esap_basis_project(bb, an->b, an->n, k, zb)))
-        for (int j = 0; j < nc && !st; j++) st = ea_esap_align_eval(za, zb, an->n, k, counts[j], n_test, seed, NULL, &reps[j]);
+        for (int j = 0; j < nc && !st; j++)
+            st = unanchored ? ea_esap_unanchored_eval(za, zb, an->n, k, counts[j], n_test, seed, NULL, &reps[j], &infos[j])
+                            : ea_esap_align_eval(za, zb, an->n, k, counts[j], n_test, seed, NULL, &reps[j]);
     free(za);
     free(zb);
     return st;
@@ -99,20 +111,26 @@ int cmd_align(int argc, char **argv) {
     esap_source_args(&a, &src);
     int sweep = cli_has(&a, "--sweep");
     const char *ranks_s = cli_str(&a, "--ranks", NULL), *counts_s = cli_str(&a, "--anchor-counts", NULL);
+    const char *pairs_s = cli_str(&a, "--pairs", NULL);
     int json = cli_has(&a, "--json");
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
+    int pairs = esap_pairs_parse("align", pairs_s);
+    if (pairs < 0) return 2;
     if (!sweep && (ranks_s || counts_s)) return cli_error("align", "--ranks and --anchor-counts need --sweep");
     if (sweep && (rank || n_train)) return cli_error("align", "--sweep takes --ranks and --anchor-counts, not --rank/--anchors");
 
     esap_pair p;
     const ea_esap_anchors *an = &p.an;
     ea_esap_align_report *reps = NULL;
+    ea_esap_unanchored_info *infos = NULL;
+    int *perm = NULL;
+    ea_esap_mknn mk;
     int nrep = 0;
     ea_status st;
     rc = 1;
-    if ((st = esap_pair_open(&p, dir_a, dir_b, repr, &src))) goto fail;
+    if ((st = esap_pair_open(&p, dir_a, dir_b, repr, &src, pairs))) goto fail;
     int kmax = an->d_a < an->d_b ? an->d_a : an->d_b;
     if (esap_pair_split(&p, "align", repr, &n_train, &n_test)) goto out;
     int room = an->n - (int)n_test;
@@ -141,15 +159,24 @@ int cmd_align(int argc, char **argv) {
     }
     if ((st = esap_pair_fit_bases(&p))) goto fail;
     reps = calloc((size_t)nr * nc, sizeof *reps);
-    if (!reps) {
+    infos = calloc((size_t)nr * nc, sizeof *infos);
+    perm = malloc((size_t)an->n * sizeof *perm);
+    if (!reps || !infos || !perm) {
         st = ea_error(EA_ERR_NOMEM, "align: out of memory");
         goto fail;
     }
     for (int i = 0; i < nr; i++) {
-        if ((st = run_rank(an, p.ba, p.bb, ranks[i], counts, nc, (int)n_test, (uint64_t)seed, reps + nrep))) goto fail;
+        if ((st = run_rank(an, p.ba, p.bb, ranks[i], counts, nc, (int)n_test, (uint64_t)seed, pairs == ESAP_PAIRS_NONE,
+                           reps + nrep, infos + nrep)))
+            goto fail;
         nrep += nc;
         if (sweep) cli_progress("sweep", (size_t)nrep, (size_t)nr * nc);
     }
+    /* Mutual k-NN of the two models' full (centred) vectors of the held-out anchors: a property of
+     * the representations and the pairing, not of W. */
+    if ((st = ea_esap_split(an->n, (int)(an->n - n_test), (int)n_test, (uint64_t)seed, perm)) ||
+        (st = esap_pair_mknn(&p, perm + an->n - n_test, (int)n_test, (uint64_t)seed, &mk)))
+        goto fail;
     cli_progress_done();
     char name_a[64], name_b[64];
     ea_esap_repr_name(&p.src.repr, 0, p.ma, name_a, sizeof name_a);
@@ -157,10 +184,23 @@ int cmd_align(int argc, char **argv) {
     if (json) {
         if (sweep) {
             cJSON *arr = cJSON_CreateArray();
-            for (int i = 0; i < nrep; i++) cJSON_AddItemToArray(arr, report_json(&reps[i]));
+            for (int i = 0; i < nrep; i++) {
+                cJSON *e = report_json(&reps[i]);
+                cJSON_AddStringToObject(e, "pairs", esap_pairs_name(pairs));
+                cJSON_AddItemToArray(arr, e);
+            }
             cli_print_json(arr);
         } else {
             cJSON *o = report_json(&reps[0]);
+            cJSON_AddStringToObject(o, "pairs", esap_pairs_name(pairs));
+            if (pairs == ESAP_PAIRS_NONE) {
+                cJSON *u = cJSON_AddObjectToObject(o, "anchor_free");
+                cJSON_AddNumberToObject(u, "init_pseudo_pairs", infos[0].init_pairs);
+                cJSON_AddNumberToObject(u, "refinements", infos[0].iterations);
+                cJSON_AddNumberToObject(u, "final_pairs", infos[0].final_pairs);
+                cli_add_number(u, "p_at_1_over_null", reps[0].test.p_at_1 / fmax(reps[0].null.p_at_1, reps[0].chance_p_at_1));
+            }
+            esap_mknn_json(o, &mk);
             cJSON_AddStringToObject(o, "repr_a", name_a);
             cJSON_AddStringToObject(o, "repr_b", name_b);
             cJSON_AddNumberToObject(o, "anchors_total", an->n);
@@ -169,14 +209,23 @@ int cmd_align(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "seed", (double)seed);
             cJSON_AddStringToObject(o, "fingerprint_a", ea_model_fingerprint(p.ma));
             cJSON_AddStringToObject(o, "fingerprint_b", ea_model_fingerprint(p.mb));
-            cJSON_AddStringToObject(o, "note", "train_cosine is in-sample (the pairs W was fitted on); every other "
-                                               "number is on held-out anchors. null: training pairs shuffled.");
+            cJSON_AddStringToObject(o, "note", "train_cosine is in-sample (the pairs W was fitted on; with pairs none, "
+                                               "the true training pairs under the anchor-free W); every other number is "
+                                               "on held-out anchors. null: training pairs shuffled. mutual_knn: held-out "
+                                               "anchors' full vectors, null = one side's rows permuted; p_at_1_over_null "
+                                               "divides by max(null P@1, chance).");
             cli_print_json(o);
         }
     } else {
         printf("ESAP alignment: %s (%s, d=%d) -> %s (%s, d=%d)\n", dir_a, name_a, an->d_a, dir_b, name_b, an->d_b);
-        printf("%d shared anchors; held-out set of %ld fixed by seed %ld; retrieval over all held-out candidates\n\n",
-               an->n, n_test, seed);
+        printf("%d %s anchors (--pairs %s); held-out set of %ld fixed by seed %ld; retrieval over all held-out "
+               "candidates\n",
+               an->n, pairs == ESAP_PAIRS_TEXT ? "shared-word" : "shared-token", esap_pairs_name(pairs), n_test, seed);
+        if (pairs == ESAP_PAIRS_NONE)
+            printf("W fitted WITHOUT pairs (anchor-free): %d pseudo-pairs, %d refinements, %d final pairs\n",
+                   infos[0].init_pairs, infos[0].iterations, infos[0].final_pairs);
+        printf("mutual %d-NN of the held-out anchors: %.4f (null %.4f ± %.4f over %d permutations, p = %.4g)\n\n", mk.k,
+               mk.value, mk.null_mean, mk.null_sd, mk.n_perm, mk.p_value);
         table_header();
         for (int i = 0; i < nrep; i++) table_row(&reps[i]);
         printf("\n  * train_cos is IN-SAMPLE (the pairs W was fitted on); all other columns are held-out.\n"
@@ -190,6 +239,8 @@ fail:
     rc = cli_fail_status("align", st);
 out:
     free(reps);
+    free(infos);
+    free(perm);
     esap_pair_close(&p);
     return rc;
 }

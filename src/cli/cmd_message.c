@@ -6,7 +6,7 @@
 static void usage(void) {
     printf("usage: eigenalign message [--model-a DIR] [--model-b DIR] [--repr wte|hidden:L|hidden:last|hidden:LA,LB]\n"
            "                          [--ranks LIST] [--anchors N] [--test M] [--seed S] [--text PATH]\n"
-           "                          [--max-tokens N] [--ctx N] [--json]\n\n"
+           "                          [--max-tokens N] [--ctx N] [--pairs ids|text|none] [--json]\n\n"
            "Compressed messages between two models (ESAP). For each held-out token, agent A sends the k\n"
            "coefficients of its (centred) vector in A's own eigenbasis: 4k bytes as float32, 2k as float16.\n"
            "Agent B maps them with W (orthogonal Procrustes fitted on N training tokens, as in `align`),\n"
@@ -24,6 +24,9 @@ static void usage(void) {
            "  --text PATH       text for hidden representations (default: bundled calibration text)\n"
            "  --max-tokens N    use at most N tokens of the text\n"
            "  --ctx N           window length for hidden states (default min(n_positions, %d))\n"
+           "  --pairs P         ids (tokens with the same bytes, default), text (words both tokenizers\n"
+           "                    cover; hidden representations) or none (W fitted without pairs, anchor-free;\n"
+           "                    the id pairs only pick the held-out tokens and score them)\n"
            "  --json            JSON on stdout\n",
            EA_ESAP_NULL_SHUFFLES, ESAP_DEFAULT_TRAIN, ESAP_DEFAULT_TEST, EA_ESAP_DEFAULT_CTX);
 }
@@ -44,25 +47,31 @@ int cmd_message(int argc, char **argv) {
     long seed = cli_long(&a, "--seed", 0, 0, 0x7fffffffffffffffL);
     ea_esap_source src;
     esap_source_args(&a, &src);
+    const char *pairs_s = cli_str(&a, "--pairs", NULL);
     int json = cli_has(&a, "--json");
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
+    int pairs = esap_pairs_parse("message", pairs_s);
+    if (pairs < 0) return 2;
 
     esap_pair p;
     const ea_esap_anchors *an = &p.an;
     ea_esap_message_report reps[ESAP_MAX_LIST];
     ea_status st;
     rc = 1;
-    if ((st = esap_pair_open(&p, dir_a, dir_b, repr, &src))) goto fail;
+    if ((st = esap_pair_open(&p, dir_a, dir_b, repr, &src, pairs))) goto fail;
     int kmax = an->d_a < an->d_b ? an->d_a : an->d_b, ranks[ESAP_MAX_LIST], nr;
     if ((nr = esap_ranks("message", ranks_s, kmax, ranks)) < 0) goto out;
     if (esap_pair_split(&p, "message", repr, &n_train, &n_test)) goto out;
     if ((st = esap_pair_fit_bases(&p))) goto fail;
     for (int i = 0; i < nr; i++) {
-        if ((st = ea_esap_message_eval(p.ba, an->a, p.bb, an->b, an->n, ranks[i], (int)n_train, (int)n_test,
-                                       (uint64_t)seed, &reps[i])))
-            goto fail;
+        st = pairs == ESAP_PAIRS_NONE
+                 ? ea_esap_message_eval_unanchored(p.ba, an->a, p.bb, an->b, an->n, ranks[i], (int)n_train, (int)n_test,
+                                                   (uint64_t)seed, &reps[i])
+                 : ea_esap_message_eval(p.ba, an->a, p.bb, an->b, an->n, ranks[i], (int)n_train, (int)n_test,
+                                        (uint64_t)seed, &reps[i]);
+        if (st) goto fail;
         cli_progress("ranks", (size_t)i + 1, (size_t)nr);
     }
     cli_progress_done();
@@ -81,6 +90,7 @@ int cmd_message(int argc, char **argv) {
         cJSON_AddStringToObject(sb, "fingerprint", ea_model_fingerprint(p.mb));
         cJSON_AddNumberToObject(sb, "d", an->d_b);
         cJSON_AddStringToObject(sb, "repr", name_b);
+        cJSON_AddStringToObject(o, "pairs", esap_pairs_name(pairs));
         cJSON_AddNumberToObject(o, "anchors_total", an->n);
         cJSON_AddNumberToObject(o, "train_anchors", (double)n_train);
         cJSON_AddNumberToObject(o, "test_anchors", (double)n_test);
@@ -108,8 +118,9 @@ int cmd_message(int argc, char **argv) {
         cli_print_json(o);
     } else {
         printf("ESAP messages: %s (%s, d=%d) -> %s (%s, d=%d)\n", dir_a, name_a, an->d_a, dir_b, name_b, an->d_b);
-        printf("W fitted on %ld training tokens; %ld held-out tokens sent, each resolved among all %ld (chance %.4f)\n",
-               n_train, n_test, n_test, reps[0].chance);
+        printf("--pairs %s; W fitted %s %ld training %s; %ld held-out sent, each resolved among all %ld (chance %.4f)\n",
+               esap_pairs_name(pairs), pairs == ESAP_PAIRS_NONE ? "WITHOUT pairs on the" : "on", n_train,
+               pairs == ESAP_PAIRS_TEXT ? "words" : "tokens", n_test, n_test, reps[0].chance);
         printf("full vector: %zu bytes (float32, d_a = %d)\n\n", full, an->d_a);
         printf("  %5s %9s %9s %9s | %8s %8s %8s %8s | %8s\n", "k", "bytes f32", "bytes f16", "x smaller", "acc f32",
                "acc f16", "top10", "acc k-d*", "null acc");

@@ -40,15 +40,30 @@ int esap_ranks(const char *cmd, const char *s, int kmax, int *ranks) {
     return n;
 }
 
+int esap_pairs_parse(const char *cmd, const char *s) {
+    if (!s || !strcmp(s, "ids")) return ESAP_PAIRS_IDS;
+    if (!strcmp(s, "text")) return ESAP_PAIRS_TEXT;
+    if (!strcmp(s, "none")) return ESAP_PAIRS_NONE;
+    cli_error(cmd, "--pairs '%s': expected ids, text or none", s);
+    return -1;
+}
+
+const char *esap_pairs_name(int mode) {
+    return mode == ESAP_PAIRS_TEXT ? "text" : mode == ESAP_PAIRS_NONE ? "none" : "ids";
+}
+
 ea_status esap_pair_open(esap_pair *p, const char *dir_a, const char *dir_b, const char *repr,
-                         const ea_esap_source *src) {
+                         const ea_esap_source *src, int pairs) {
     memset(p, 0, sizeof *p);
     p->src = *src;
+    p->pairs = pairs;
     ea_status st;
     if ((st = ea_esap_repr_parse(repr, &p->src.repr)) || (st = cli_load_model(dir_a, &p->ma, &p->ta)) ||
-        (st = cli_load_model(dir_b, &p->mb, &p->tb)) ||
-        (st = ea_esap_anchors_from_models(p->ma, p->ta, p->mb, p->tb, &p->src, &p->an)))
+        (st = cli_load_model(dir_b, &p->mb, &p->tb)))
         return st;
+    if (pairs == ESAP_PAIRS_TEXT) st = ea_esap_text_anchors(p->ma, p->ta, p->mb, p->tb, &p->src, &p->an);
+    else st = ea_esap_anchors_from_models(p->ma, p->ta, p->mb, p->tb, &p->src, &p->an);
+    if (st) return st;
     cli_progress_done();
     return EA_OK;
 }
@@ -68,6 +83,39 @@ int esap_pair_split(const esap_pair *p, const char *cmd, const char *repr, long 
 ea_status esap_pair_fit_bases(esap_pair *p) {
     ea_status st = ea_esap_basis_fit(p->an.a, p->an.n, p->an.d_a, &p->ba);
     return st ? st : ea_esap_basis_fit(p->an.b, p->an.n, p->an.d_b, &p->bb);
+}
+
+ea_status esap_pair_mknn(const esap_pair *p, const int *rows, int m, uint64_t seed, ea_esap_mknn *out) {
+    const ea_esap_anchors *an = &p->an;
+    float *a = malloc((size_t)m * an->d_a * sizeof *a), *b = malloc((size_t)m * an->d_b * sizeof *b);
+    ea_status st;
+    if (!a || !b) st = ea_error(EA_ERR_NOMEM, "mutual knn: cannot allocate %d anchors", m);
+    else {
+        const double *ma = ea_esap_basis_mean(p->ba), *mb = ea_esap_basis_mean(p->bb);
+        for (int r = 0; r < m; r++) {
+            for (int j = 0; j < an->d_a; j++)
+                a[(size_t)r * an->d_a + j] = (float)(an->a[(size_t)rows[r] * an->d_a + j] - ma[j]);
+            for (int j = 0; j < an->d_b; j++)
+                b[(size_t)r * an->d_b + j] = (float)(an->b[(size_t)rows[r] * an->d_b + j] - mb[j]);
+        }
+        st = ea_esap_mutual_knn(a, an->d_a, b, an->d_b, m, EA_ESAP_MKNN_K, EA_ESAP_MKNN_PERMS, seed, out);
+    }
+    free(a);
+    free(b);
+    return st;
+}
+
+void esap_mknn_json(cJSON *o, const ea_esap_mknn *m) {
+    cJSON *k = cJSON_AddObjectToObject(o, "mutual_knn");
+    cli_add_number(k, "value", m->value);
+    cJSON *n = cJSON_AddObjectToObject(k, "null");
+    cli_add_number(n, "mean", m->null_mean);
+    cli_add_number(n, "sd", m->null_sd);
+    cJSON_AddNumberToObject(n, "n", m->n_perm);
+    cli_add_number(k, "p_value", m->p_value);
+    cli_add_number(k, "chance", m->chance);
+    cJSON_AddNumberToObject(k, "k", m->k);
+    cJSON_AddNumberToObject(k, "items", m->n);
 }
 
 void esap_pair_close(esap_pair *p) {

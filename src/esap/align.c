@@ -89,14 +89,63 @@ done:
     return st;
 }
 
+/* One shuffled W is by chance a little aligned or anti-aligned with the true map (its mean pair
+ * cosine has a spread of about 1/sqrt(k·Df)), which widens the spread of a single null; the
+ * average of several shuffles estimates the null level more steadily. */
+ea_status esap_shuffled_null(const float *za, const float *zb, int k, const int *train, int n_train, const int *test,
+                             int n_test, uint64_t seed, ea_esap_retrieval *null, double *null_train_cos) {
+    memset(null, 0, sizeof *null);
+    *null_train_cos = 0;
+    int *shuf = malloc((size_t)(n_train > 0 ? n_train : 1) * sizeof *shuf);
+    double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
+    ea_status st = EA_OK;
+    if (!shuf || !w) {
+        st = ea_error(EA_ERR_NOMEM, "align: cannot allocate for %d anchors", n_train);
+        goto done;
+    }
+    for (int sh = 0; sh < EA_ESAP_NULL_SHUFFLES; sh++) {
+        ea_esap_retrieval res;
+        double tc;
+        esap_null_partners(train, n_train, seed, sh, shuf);
+        if ((st = fit_and_eval(za, zb, k, train, shuf, n_train, test, n_test, w, &tc, &res))) goto done;
+        *null_train_cos += tc / EA_ESAP_NULL_SHUFFLES;
+        null->p_at_1 += res.p_at_1 / EA_ESAP_NULL_SHUFFLES;
+        null->p_at_10 += res.p_at_10 / EA_ESAP_NULL_SHUFFLES;
+        null->csls_p_at_1 += res.csls_p_at_1 / EA_ESAP_NULL_SHUFFLES;
+        null->csls_p_at_10 += res.csls_p_at_10 / EA_ESAP_NULL_SHUFFLES;
+        null->mean_cos += res.mean_cos / EA_ESAP_NULL_SHUFFLES;
+        null->n = res.n;
+    }
+done:
+    free(shuf);
+    free(w);
+    return st;
+}
+
+ea_status esap_eval_rotation(const float *za, const float *zb, int k, const int *rows, int m, const double *w,
+                             double *pair_cos, ea_esap_retrieval *res) {
+    float *x = esap_alloc((size_t)m, (size_t)k, sizeof *x), *y = esap_alloc((size_t)m, (size_t)k, sizeof *y);
+    double *tmp = esap_alloc((size_t)m, 2 * (size_t)k, sizeof *tmp);
+    ea_status st = EA_OK;
+    if (!x || !y || !tmp) st = ea_error(EA_ERR_NOMEM, "align: cannot allocate %d anchors of %d dims", m, k);
+    else {
+        map_rows(za, rows, m, k, w, tmp, x);
+        gather(zb, rows, m, k, y);
+        if (pair_cos) *pair_cos = mean_pair_cos(x, y, m, k);
+        if (res) st = ea_esap_retrieve(x, y, m, k, EA_ESAP_CSLS_K, res);
+    }
+    free(x); free(y); free(tmp);
+    return st;
+}
+
 ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
                              uint64_t seed, double *w_out, ea_esap_align_report *out) {
     memset(out, 0, sizeof *out);
     if (k < 1) return ea_error(EA_ERR_ARG, "align: rank %d must be positive", k);
-    int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm), *shuf = malloc((size_t)(n_train > 0 ? n_train : 1) * sizeof *shuf);
+    int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm);
     double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
     ea_status st = EA_OK;
-    if (!perm || !shuf || !w) {
+    if (!perm || !w) {
         st = ea_error(EA_ERR_NOMEM, "align: cannot allocate for %d anchors", n);
         goto done;
     }
@@ -109,23 +158,8 @@ ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int
     if ((st = fit_and_eval(za, zb, k, train, train, n_train, test, n_test, w, &out->train_cosine, &out->test)))
         goto done;
     if (w_out) memcpy(w_out, w, (size_t)k * k * sizeof *w);
-    /* One shuffled W is by chance a little aligned or anti-aligned with the true map (its mean
-     * pair cosine has a spread of about 1/sqrt(k·Df)), which widens the spread of a single
-     * null; the average of several shuffles estimates the null level more steadily. */
-    for (int sh = 0; sh < EA_ESAP_NULL_SHUFFLES; sh++) {
-        ea_esap_retrieval res;
-        double tc;
-        esap_null_partners(train, n_train, seed, sh, shuf);
-        if ((st = fit_and_eval(za, zb, k, train, shuf, n_train, test, n_test, w, &tc, &res))) goto done;
-        out->null_train_cosine += tc / EA_ESAP_NULL_SHUFFLES;
-        out->null.p_at_1 += res.p_at_1 / EA_ESAP_NULL_SHUFFLES;
-        out->null.p_at_10 += res.p_at_10 / EA_ESAP_NULL_SHUFFLES;
-        out->null.csls_p_at_1 += res.csls_p_at_1 / EA_ESAP_NULL_SHUFFLES;
-        out->null.csls_p_at_10 += res.csls_p_at_10 / EA_ESAP_NULL_SHUFFLES;
-        out->null.mean_cos += res.mean_cos / EA_ESAP_NULL_SHUFFLES;
-        out->null.n = res.n;
-    }
+    st = esap_shuffled_null(za, zb, k, train, n_train, test, n_test, seed, &out->null, &out->null_train_cosine);
 done:
-    free(perm); free(shuf); free(w);
+    free(perm); free(w);
     return st;
 }

@@ -52,6 +52,9 @@ static ea_status match_by_bytes(const ea_tokenizer *ta, const ea_tokenizer *tb, 
 
 void ea_esap_anchors_free(ea_esap_anchors *a) {
     if (!a) return;
+    if (a->span)
+        for (int i = 0; i < a->n; i++) free(a->span[i]);
+    free(a->span);
     free(a->id_a);
     free(a->id_b);
     free(a->a);

@@ -27,8 +27,8 @@ static ea_status resolve(const float *za, const double *w, const ea_esap_basis *
     return ea_esap_retrieve(lifted, cand, n_test, ea_esap_basis_dim(basis_b), EA_ESAP_CSLS_K, res);
 }
 
-ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
-                               const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
+static ea_status message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+                               const float *b, int n, int k, int n_train, int n_test, uint64_t seed, int unanchored,
                                ea_esap_message_report *out) {
     memset(out, 0, sizeof *out);
     int da = ea_esap_basis_dim(basis_a), db = ea_esap_basis_dim(basis_b);
@@ -65,7 +65,9 @@ ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, con
     out->bytes_full = (size_t)da * sizeof(float);
     out->chance = 1.0 / n_test;
     ea_esap_retrieval res;
-    if ((st = esap_fit_rotation(za, zb, k, train, train, n_train, w))) goto done;
+    if ((st = unanchored ? esap_unanchored_train(za, zb, k, train, n_train, seed, w, NULL)
+                         : esap_fit_rotation(za, zb, k, train, train, n_train, w)))
+        goto done;
     if ((st = resolve(za, w, basis_b, cand, test, n_test, k, tmp, lifted, &res))) goto done;
     out->acc_f32 = res.p_at_1;
     out->top10_f32 = res.p_at_10;
@@ -88,4 +90,16 @@ ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, con
 done:
     free(perm); free(partner); free(za); free(zb); free(zr); free(tmp); free(lifted); free(cand); free(w);
     return st;
+}
+
+ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+                               const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
+                               ea_esap_message_report *out) {
+    return message_eval(basis_a, a, basis_b, b, n, k, n_train, n_test, seed, 0, out);
+}
+
+ea_status ea_esap_message_eval_unanchored(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+                                          const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
+                                          ea_esap_message_report *out) {
+    return message_eval(basis_a, a, basis_b, b, n, k, n_train, n_test, seed, 1, out);
 }
