@@ -13,6 +13,9 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure
 
+echo "== install tests: scratch prefix, examples via pkg-config and find_package" >&2
+bash scripts/test_install.sh build
+
 echo "== ASan + UBSan build + tests" >&2
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEA_SANITIZE=ON -DEA_NATIVE=ON >/dev/null
 cmake --build build-asan -j"$jobs"

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install tests: `cmake --install` of an existing build into a scratch prefix, then what a user
+# does with it: the man page renders, the shared library exports only ea_* symbols, and the
+# examples build against the INSTALLED library through pkg-config and through find_package
+# (shared and static) and run on the bundled model. Usage: scripts/test_install.sh [BUILD_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+src=$PWD
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/eigenalign-install.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+prefix=$scratch/prefix
+fail() { echo "test_install: FAIL: $*" >&2; exit 1; }
+
+cmake --build "$build" -j"$(nproc)" --target eigenalign_cli eigenalign_shared eigenalign_man >/dev/null
+cmake --install "$build" --prefix "$prefix" >/dev/null
+for f in bin/eigenalign lib/libeigenalign.a lib/libeigenalign.so lib/libeigenalign.so.0 include/eigenalign.h \
+         include/ea/core.h lib/pkgconfig/eigenalign.pc lib/cmake/eigenalign/eigenalignConfig.cmake \
+         share/man/man1/eigenalign.1 share/eigenalign/calib.txt; do
+  [ -e "$prefix/$f" ] || fail "$f not installed"
+done
+readelf -d "$prefix/lib/libeigenalign.so" | grep -q 'SONAME.*libeigenalign\.so\.0' || fail "soname is not libeigenalign.so.0"
+bad=$(nm -D --defined-only "$prefix/lib/libeigenalign.so" | awk '{print $3}' | grep -v '^ea_' || true)
+[ -z "$bad" ] || fail "libeigenalign.so exports non-ea_ symbols: $(echo $bad | head -c 300)"
+"$prefix/bin/eigenalign" --version >/dev/null || fail "installed tool does not run"
+
+# The man page: renders without warnings and has a section for every command of `--help`.
+warn=$(LC_ALL=C MANWIDTH=100 man -l "$prefix/share/man/man1/eigenalign.1" 2>&1 >"$scratch/man.txt") || fail "man -l failed"
+[ -z "$warn" ] || fail "man page warnings: $warn"
+for cmd in $("$prefix/bin/eigenalign" --help | awk '/^  [a-z]/ {print $1}'); do
+  up=$(echo "$cmd" | tr a-z A-Z)
+  grep -q "^$up\$" "$scratch/man.txt" || fail "man page has no section for $cmd"
+done
+
+text=$scratch/short.txt
+head -c 20000 data/calib.txt >"$text"
+run_examples() { # DIR LABEL
+  "$1/spectrum" models/gpt2-micro "$text" 2 >"$scratch/out.txt" || fail "$2: spectrum failed"
+  grep -q 'Df = ' "$scratch/out.txt" || fail "$2: spectrum printed no Df"
+  "$1/compress" models/gpt2-micro "$text" data/eval.txt 1024 >"$scratch/out.txt" || fail "$2: compress failed"
+  grep -q 'relative error' "$scratch/out.txt" || fail "$2: compress printed no error"
+  echo "test_install: examples built and run: $2" >&2
+}
+
+# pkg-config, shared and static (the static link uses only what `--static` lists).
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
+cc=${CC:-cc}
+mkdir -p "$scratch/pc-shared" "$scratch/pc-static"
+for ex in spectrum compress; do
+  $cc -std=c11 -Wall -Wextra -Werror examples/$ex.c -o "$scratch/pc-shared/$ex" \
+      $(pkg-config --cflags --libs eigenalign) -Wl,-rpath,"$prefix/lib"
+  $cc -std=c11 -Wall -Wextra -Werror examples/$ex.c -o "$scratch/pc-static/$ex" $(pkg-config --cflags eigenalign) \
+      "$prefix/lib/libeigenalign.a" $(pkg-config --static --libs eigenalign | sed 's/-leigenalign\b//')
+done
+ldd "$scratch/pc-shared/spectrum" | grep -q "$prefix/lib/libeigenalign.so.0" || fail "pkg-config shared build does not use the installed .so"
+! ldd "$scratch/pc-static/spectrum" | grep -q libeigenalign || fail "pkg-config static build needs libeigenalign.so"
+run_examples "$scratch/pc-shared" "pkg-config, shared"
+run_examples "$scratch/pc-static" "pkg-config, static"
+
+# find_package(eigenalign): eigenalign::eigenalign, shared and static.
+for static in OFF ON; do
+  b=$scratch/cmake-static-$static
+  cmake -S examples -B "$b" -DCMAKE_PREFIX_PATH="$prefix" -DEIGENALIGN_STATIC=$static \
+        -DCMAKE_C_FLAGS="-Wall -Wextra -Werror" >/dev/null || fail "find_package configure (static=$static)"
+  cmake --build "$b" >/dev/null || fail "find_package build (static=$static)"
+  if [ $static = ON ]; then ! ldd "$b/spectrum" | grep -q libeigenalign || fail "static build needs the .so"
+  else ldd "$b/spectrum" | grep -q "$prefix/lib/libeigenalign.so.0" || fail "shared build does not use the installed .so"; fi
+  run_examples "$b" "find_package, static=$static"
+done
+echo "test_install: OK" >&2
