@@ -2,7 +2,8 @@
 # Install tests: `cmake --install` of an existing build into a scratch prefix, then what a user
 # does with it: the man page renders, the shared library exports only ea_* symbols, and the
 # examples build against the INSTALLED library through pkg-config and through find_package
-# (shared and static) and run on the bundled model. Usage: scripts/test_install.sh [BUILD_DIR]
+# (shared and static) and run on the bundled model; the Python package installed by cmake and by
+# pip (offline, --target) imports and runs the README's line. Usage: scripts/test_install.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -67,4 +68,25 @@ for static in OFF ON; do
   else ldd "$b/spectrum" | grep -q "$prefix/lib/libeigenalign.so.0" || fail "shared build does not use the installed .so"; fi
   run_examples "$b" "find_package, static=$static"
 done
+# Python: the package cmake installed (it finds the installed library through _paths.py), running
+# the README's line; and the package installed offline with pip --target (library via
+# EIGENALIGN_LIBRARY).
+py=${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3 )}
+site=$("$py" -c "import sys; print('lib/python%d.%d/dist-packages' % sys.version_info[:2])")
+[ -f "$prefix/$site/eigenalign/_paths.py" ] || fail "the Python package was not installed into $prefix/$site"
+out=$(cd "$src" && PYTHONPATH="$prefix/$site" "$py" -c "
+import eigenalign
+assert eigenalign.LIBRARY_PATH.startswith('$prefix/'), eigenalign.LIBRARY_PATH
+print(eigenalign.analyze(eigenalign.Model.load('models/gpt2-micro'), 'data/calib.txt').summary())") ||
+  fail "the README's Python line failed with the installed package"
+echo "$out" | grep -q '^wte ' || fail "analyze summary has no wte line: $out"
+echo "test_install: the README's Python line works with the installed package" >&2
+"$py" -m pip install -q --no-build-isolation --no-index --no-deps --target "$scratch/pytarget" python/ 2>"$scratch/pip.err" ||
+  fail "pip install --target failed: $(cat "$scratch/pip.err")"
+rm -rf python/build python/eigenalign.egg-info # pip's in-tree build leftovers
+PYTHONPATH="$scratch/pytarget" EIGENALIGN_LIBRARY="$prefix/lib/libeigenalign.so.0" "$py" -c "
+import eigenalign
+assert eigenalign.Model.load('models/gpt2-micro').tokenize('Hello world') == [15496, 995]" ||
+  fail "the pip-installed package does not work"
+echo "test_install: pip install --target works offline" >&2
 echo "test_install: OK" >&2
