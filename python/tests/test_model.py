@@ -61,3 +61,18 @@ def test_activations_against_logits(model):
     ref = h.astype(np.float64) @ wte.T.astype(np.float64)
     got = model.logits(ids)
     assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+
+
+def test_long_calls_release_the_gil(model):
+    """While the library runs a perplexity pass in one thread, Python code keeps running in another."""
+    import threading
+    import time
+    t = threading.Thread(target=model.perplexity, args=(CALIB,), kwargs={"max_tokens": 1024})
+    t.start()
+    time.sleep(0.05)
+    count = 0
+    while t.is_alive():
+        count += 1
+        time.sleep(0)
+    t.join()
+    assert count > 100
