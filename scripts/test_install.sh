@@ -12,6 +12,8 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/eigenalign-install.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 prefix=$scratch/prefix
 fail() { echo "test_install: FAIL: $*" >&2; exit 1; }
+# Output captured before grep: `ldd X | grep -q` can fail under pipefail when grep exits first.
+links() { local out; out=$(ldd "$1") || return 2; grep -q -- "$2" <<<"$out"; } # BINARY PATTERN
 
 cmake --build "$build" -j"$(nproc)" --target eigenalign_cli eigenalign_shared eigenalign_man >/dev/null
 cmake --install "$build" --prefix "$prefix" >/dev/null
@@ -20,7 +22,8 @@ for f in bin/eigenalign lib/libeigenalign.a lib/libeigenalign.so lib/libeigenali
          share/man/man1/eigenalign.1 share/eigenalign/calib.txt; do
   [ -e "$prefix/$f" ] || fail "$f not installed"
 done
-readelf -d "$prefix/lib/libeigenalign.so" | grep -q 'SONAME.*libeigenalign\.so\.0' || fail "soname is not libeigenalign.so.0"
+soname=$(readelf -d "$prefix/lib/libeigenalign.so")
+grep -q 'SONAME.*libeigenalign\.so\.0' <<<"$soname" || fail "soname is not libeigenalign.so.0"
 bad=$(nm -D --defined-only "$prefix/lib/libeigenalign.so" | awk '{print $3}' | grep -v '^ea_' || true)
 [ -z "$bad" ] || fail "libeigenalign.so exports non-ea_ symbols: $(echo $bad | head -c 300)"
 "$prefix/bin/eigenalign" --version >/dev/null || fail "installed tool does not run"
@@ -53,8 +56,8 @@ for ex in spectrum compress; do
   $cc -std=c11 -Wall -Wextra -Werror examples/$ex.c -o "$scratch/pc-static/$ex" $(pkg-config --cflags eigenalign) \
       "$prefix/lib/libeigenalign.a" $(pkg-config --static --libs eigenalign | sed 's/-leigenalign\b//')
 done
-ldd "$scratch/pc-shared/spectrum" | grep -q "$prefix/lib/libeigenalign.so.0" || fail "pkg-config shared build does not use the installed .so"
-! ldd "$scratch/pc-static/spectrum" | grep -q libeigenalign || fail "pkg-config static build needs libeigenalign.so"
+links "$scratch/pc-shared/spectrum" "$prefix/lib/libeigenalign.so.0" || fail "pkg-config shared build does not use the installed .so"
+links "$scratch/pc-static/spectrum" libeigenalign && fail "pkg-config static build needs libeigenalign.so"
 run_examples "$scratch/pc-shared" "pkg-config, shared"
 run_examples "$scratch/pc-static" "pkg-config, static"
 
@@ -64,8 +67,8 @@ for static in OFF ON; do
   cmake -S examples -B "$b" -DCMAKE_PREFIX_PATH="$prefix" -DEIGENALIGN_STATIC=$static \
         -DCMAKE_C_FLAGS="-Wall -Wextra -Werror" >/dev/null || fail "find_package configure (static=$static)"
   cmake --build "$b" >/dev/null || fail "find_package build (static=$static)"
-  if [ $static = ON ]; then ! ldd "$b/spectrum" | grep -q libeigenalign || fail "static build needs the .so"
-  else ldd "$b/spectrum" | grep -q "$prefix/lib/libeigenalign.so.0" || fail "shared build does not use the installed .so"; fi
+  if [ $static = ON ]; then links "$b/spectrum" libeigenalign && fail "static build needs the .so"
+  else links "$b/spectrum" "$prefix/lib/libeigenalign.so.0" || fail "shared build does not use the installed .so"; fi
   run_examples "$b" "find_package, static=$static"
 done
 # Python: the package cmake installed (it finds the installed library through _paths.py), running
@@ -79,7 +82,7 @@ import eigenalign
 assert eigenalign.LIBRARY_PATH.startswith('$prefix/'), eigenalign.LIBRARY_PATH
 print(eigenalign.analyze(eigenalign.Model.load('models/gpt2-micro'), 'data/calib.txt').summary())") ||
   fail "the README's Python line failed with the installed package"
-echo "$out" | grep -q '^wte ' || fail "analyze summary has no wte line: $out"
+grep -q '^wte ' <<<"$out" || fail "analyze summary has no wte line: $out"
 echo "test_install: the README's Python line works with the installed package" >&2
 "$py" -m pip install -q --no-build-isolation --no-index --no-deps --target "$scratch/pytarget" python/ 2>"$scratch/pip.err" ||
   fail "pip install --target failed: $(cat "$scratch/pip.err")"
