@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: release build with -Werror, the same tests under ASan+UBSan, the codec and
 # model tests built for x86-64-v3 (AVX2 kernels) and x86-64-v2 (generic paths), fuzz smoke, and
-# the main job under valgrind.
+# the main job under valgrind; install tests (scratch prefix, examples, Python package) and pytest.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,13 @@ echo "== release build + tests" >&2
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure
+
+echo "== install tests: scratch prefix, examples via pkg-config and find_package" >&2
+bash scripts/test_install.sh build
+
+echo "== Python package: pytest, every function against the CLI" >&2
+py=$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3 )
+PYTHONPATH=python EIGENALIGN_CLI=build/eigenalign "$py" -m pytest -q python/tests
 
 echo "== ASan + UBSan build + tests" >&2
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEA_SANITIZE=ON -DEA_NATIVE=ON >/dev/null

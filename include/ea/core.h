@@ -79,6 +79,12 @@ ea_status ea_read_file(const char *path, size_t max_bytes, char **data, size_t *
  * (GOMP_SPINCOUNT) unless the user set a wait policy. EA_NO_REEXEC=1 disables it. Returns only if
  * nothing needed doing or exec failed. Never called by the library itself. */
 void ea_process_tune(char **argv);
+/* What ea_process_tune does short of re-executing: set those variables (OPENBLAS_CORETYPE,
+ * GOMP_SPINCOUNT) in this process's environment, unless EA_NO_REEXEC is set. They take effect only
+ * in processes started afterwards, since OpenBLAS and libgomp read them when they load; a host
+ * that loads the library late (the Python package) runs this in a child and copies the result
+ * into its environment before loading. Returns non-zero when it set anything. */
+int ea_process_tune_env(void);
 
 /* Wall clock in seconds (monotonic). */
 double ea_time_now(void);

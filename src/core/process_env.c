@@ -12,8 +12,8 @@
 
 #include "ea/core.h"
 
-void ea_process_tune(char **argv) {
-    if (getenv("EA_NO_REEXEC")) return;
+int ea_process_tune_env(void) {
+    if (getenv("EA_NO_REEXEC")) return 0;
     int changed = 0;
     if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT")) {
         setenv("GOMP_SPINCOUNT", "20000", 1);
@@ -27,7 +27,11 @@ void ea_process_tune(char **argv) {
             changed = 1;
         }
     }
-    if (!changed) return;
+    return changed;
+}
+
+void ea_process_tune(char **argv) {
+    if (!ea_process_tune_env()) return;
     setenv("EA_NO_REEXEC", "1", 1); /* never loop */
     execv("/proc/self/exe", argv);
     /* exec failed: carry on with the defaults */

@@ -1,0 +1,48 @@
+"""KV codecs: eval_kv against `eigenalign eval --json` (the binding scores the library's logits
+in NumPy, float64; the CLI in C), bench_memory against `eigenalign bench-memory --no-measure`,
+KVCodec save/load."""
+import pytest
+
+from conftest import CALIB, EVAL, MODEL, close
+
+
+def test_eval_kv_matches_cli(ea, model, cli):
+    got = ea.eval_kv(model, EVAL, ["f16", "q8", "q4"], ctx=256, max_tokens=512)
+    ref = cli("eval", "--model", MODEL, "--text", EVAL, "--kv", "f16,q8,q4", "--ctx", 256, "--max-tokens", 512,
+              "--decode-tokens", 0)
+    drop = ("prefill_tok_s", "decode_tok_s")
+    assert got["tokens"] == ref["tokens"] and got["ctx"] == ref["ctx"] == 256
+    close({k: v for k, v in got["baseline"].items() if k not in drop},
+          {k: v for k, v in ref["baseline"].items() if k not in drop}, rel=1e-6)
+    for g, r in zip(got["codecs"], ref["codecs"]):
+        assert g["codec"] == r["codec"]
+        for k in ("bits_per_value", "overhead_bytes", "resident_bytes", "cache_bytes", "top1"):
+            assert g[k] == pytest.approx(r[k], rel=1e-9), (g["codec"], k)
+        assert g["ppl"] == pytest.approx(r["ppl"], rel=1e-6)
+        # KL summed in a different order (and f16's is ~1e-7): relative to its size, or absolute
+        assert g["kl"] == pytest.approx(r["kl"], rel=1e-3, abs=1e-8), g["codec"]
+    assert got["codecs"][2]["kl"] > got["codecs"][1]["kl"] > got["codecs"][0]["kl"]
+
+
+def test_klt_codec_fit_save_load(ea, model, tmp_path):
+    c = ea.KVCodec("klt:2", model, calib=CALIB, calib_max_tokens=768, ctx=128)
+    assert 1.5 < c.bits_per_value < 2.6 and c.overhead_bytes > 0 and c.resident_bytes >= c.overhead_bytes
+    c.save(tmp_path / "klt.safetensors")
+    d = ea.KVCodec.load(tmp_path / "klt.safetensors", model)
+    assert d.bits_per_value == c.bits_per_value and d.overhead_bytes == c.overhead_bytes
+    r = ea.eval_kv(model, EVAL, [c, d], ctx=128, max_tokens=256)
+    assert r["codecs"][0]["kl"] == r["codecs"][1]["kl"] and r["codecs"][0]["kl"] < 0.05
+    assert r["calibration"]["source"] == CALIB
+
+
+def test_bench_memory_matches_cli(ea, model, cli):
+    got = ea.bench_memory(model, [64, 512, 2048], codecs=["f32", "f16", "q8", "q4"])
+    ref = cli("bench-memory", "--model", MODEL, "--codec", "f32,f16,q8,q4", "--seq", "64,512,2048", "--no-measure")
+    measured = ("cache_allocated_bytes", "peak_rss_bytes", "rss_growth_bytes")
+    close({k: v for k, v in got.items() if k not in ("rows", "model")},
+          {k: v for k, v in ref.items() if k not in ("rows", "model")})
+    for g, r in zip(got["rows"], ref["rows"]):
+        close({k: v for k, v in g.items() if k not in measured}, {k: v for k, v in r.items() if k not in measured})
+        if g["seq"] <= model.config["n_positions"]:
+            assert g["cache_allocated_bytes"] >= g["kv_bytes"] * 0.99
+    assert len(got["rows"]) == 12
