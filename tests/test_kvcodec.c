@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_quant.h"
-#include "compress/kv_rows.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_quant.h"
+#include "kv/kv_rows.h"
 #include "testutil.h"
 #ifdef _OPENMP
 #include <omp.h>

@@ -9,7 +9,7 @@
 
 #include "cli/cli.h"
 #include "report/spectra_figure.h"
-#include "spectral/site_stats.h"
+#include "calib/site_stats.h"
 
 static const char *usage =
     "usage: eigenalign analyze [--model DIR] [--text PATH] [--ctx N] [--max-tokens N]\n"

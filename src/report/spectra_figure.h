@@ -3,7 +3,7 @@
 #ifndef EA_REPORT_SPECTRA_FIGURE_H
 #define EA_REPORT_SPECTRA_FIGURE_H
 
-#include "spectral/site_stats.h"
+#include "calib/site_stats.h"
 
 /* Whole-site results only (head -1) are drawn; per-head results are ignored. Written atomically. */
 ea_status ea_spectra_figure_save(const char *path, const char *title, const ea_site_result *r, int n, int n_layer);

@@ -1,5 +1,5 @@
 /* Per-site covariance accumulation over calibration windows, and the per-variant summaries. */
-#include "spectral/site_stats.h"
+#include "calib/site_stats.h"
 
 #include <limits.h>
 #include <stdio.h>

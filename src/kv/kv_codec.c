@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
+#include "kv/kv_internal.h"
 #include "ea/compress.h"
-#include "compress/kv_quant.h"
+#include "kv/kv_quant.h"
 
 static ea_status check_stats(const char *spec, const ea_config *cfg, const ea_kv_stats *s) {
     if (!s) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration statistics (a basis is fitted from them)", spec);

@@ -20,10 +20,10 @@
 #include <omp.h>
 #endif
 
-#include "compress/kv_internal.h"
-#include "compress/kv_klt.h"
-#include "compress/kv_quant.h"
-#include "compress/kv_rows.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_klt.h"
+#include "kv/kv_quant.h"
+#include "kv/kv_rows.h"
 #include "ea/io.h"
 
 typedef struct {

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_quant.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_quant.h"
 
 #define HIST_BINS 2048
 #define HIST_LIM 12.0f /* bins cover [-12σ, 12σ]; values beyond land in the end bins */

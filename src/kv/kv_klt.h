@@ -13,8 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_quant.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_quant.h"
 
 #define EA_KV_KLT_BLOCK 16
 
