@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv/kv_internal.h"
+#include "calib/calib_internal.h"
 #include "eigenalign.h"
 
 static int cmp_double(const void *a, const void *b) {

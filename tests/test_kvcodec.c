@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv/kv_internal.h"
+#include "calib/calib_internal.h"
 #include "kv/kv_quant.h"
 #include "kv/kv_rows.h"
 #include "testutil.h"

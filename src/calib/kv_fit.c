@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv/kv_internal.h"
+#include "calib/calib_internal.h"
 #include "ea/compress.h"
 #include "model/internal.h" /* c_proj weights for the V metric */
 

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv/kv_internal.h"
+#include "calib/calib_internal.h"
 
 typedef struct {
     const ea_kv_codec *probe;

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "kv/kv_internal.h"
+#include "calib/calib_internal.h"
 
 static const char *usage =
     "usage: eigenalign bench-memory [--model DIR] [--codec CODEC[,CODEC...]] [--seq N[,N...]]\n"

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "kv/kv_internal.h"
+#include "calib/calib_internal.h"
 #include "report/svg.h"
 
 static const char *usage =
