@@ -111,7 +111,7 @@ typedef struct {
                         * starts from an empty cache */
     int exclude_first; /* drop position 0 of every window (the attention sink) */
     /* Optional progress report after each window. */
-    void (*progress)(void *user, size_t done_tokens, size_t total_tokens);
+    ea_progress_fn progress; /* in tokens */
     void *progress_user;
 } ea_fit_params;
 ea_fit_params ea_fit_params_default(void); /* variance 0.95, sites hidden|k|v, default ctx */
@@ -153,8 +153,9 @@ ea_status ea_compressor_kv_stats(const ea_compressor *c, ea_kv_stats *out);
 /* A KV codec for model m fitted on calibration token ids (windows of ctx tokens): K/V statistics,
  * and for klt codecs the attention-aware metric, measured coefficient distributions and per-layer
  * sensitivities, as `eigenalign eval` fits them. Codecs without a basis need no ids (calib may be
- * NULL). Progress goes to stderr when verbose. */
-ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx, int verbose,
+ * NULL). progress (optional): the histogram and sensitivity passes, in tokens. */
+ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx,
+                                ea_progress_fn progress, void *progress_user,
                                 ea_kv_codec **out);
 void ea_kv_stats_free(ea_kv_stats *s);
 
@@ -166,7 +167,7 @@ void ea_kv_stats_free(ea_kv_stats *s);
 typedef struct {
     int ctx;    /* window length (<= 0: ea_compress_default_ctx); each window runs from an empty cache */
     int inject; /* hidden layer 0..n_layer-1 whose input is replaced, EA_INJECT_ALL, or EA_INJECT_NONE */
-    void (*progress)(void *user, size_t done_tokens, size_t total_tokens);
+    ea_progress_fn progress; /* in tokens */
     void *progress_user;
 } ea_eval_params;
 

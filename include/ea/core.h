@@ -21,7 +21,8 @@ typedef enum {
     EA_ERR_ARG = -4,         /* invalid argument from the caller */
     EA_ERR_UNSUPPORTED = -5, /* valid but not supported (dtype, activation...) */
     EA_ERR_NUMERIC = -6,     /* NaN/Inf or a failed decomposition */
-    EA_ERR_MISMATCH = -7     /* file does not fit the model */
+    EA_ERR_MISMATCH = -7,    /* file does not fit the model */
+    EA_STOPPED = 1           /* not an error: a capture hook ended a forward pass early on purpose */
 } ea_status;
 
 const char *ea_last_error(void);
@@ -32,6 +33,11 @@ ea_status ea_error(ea_status code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
+
+/* Progress of a long-running call, for the caller to render (the library never prints): stage
+ * names the work, done of total units (tokens, windows or items, as the call documents). Called
+ * on the calling thread; user is the pointer given beside the callback. */
+typedef void (*ea_progress_fn)(void *user, const char *stage, size_t done, size_t total);
 
 /* Deterministic PRNG (xoshiro256**), seeded by splitmix64. */
 typedef struct { uint64_t s[4]; } ea_rng;

@@ -179,10 +179,9 @@ void ea_esap_repr_name(const ea_esap_repr *r, int side_b, const ea_model *m, cha
  * an empty cache. Accumulates the covariance of all positions (for the handshake) and the
  * per-token sums (for averaged anchors). */
 typedef struct ea_esap_hidden ea_esap_hidden;
-typedef void (*ea_esap_progress_fn)(const char *label, size_t done, size_t total);
-/* progress (optional) is called after each window with label. */
-ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx, ea_esap_progress_fn progress,
-                                 const char *label, ea_esap_hidden **out);
+/* progress (optional) is called after each window with stage label, in tokens. */
+ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx, ea_progress_fn progress,
+                                 void *progress_user, const char *label, ea_esap_hidden **out);
 void ea_esap_hidden_free(ea_esap_hidden *h);
 int ea_esap_hidden_dim(const ea_esap_hidden *h);
 size_t ea_esap_hidden_positions(const ea_esap_hidden *h);
@@ -216,7 +215,8 @@ typedef struct {
     const char *text_path;
     size_t max_tokens;
     int ctx;
-    ea_esap_progress_fn progress; /* optional */
+    ea_progress_fn progress; /* optional, in tokens of each model's text */
+    void *progress_user;
 } ea_esap_source;
 ea_status ea_esap_anchors_from_models(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
                                       const ea_esap_source *src, ea_esap_anchors *out);

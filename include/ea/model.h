@@ -33,10 +33,46 @@ ea_status ea_site_parse(const char *name, ea_site *out);
 
 /* Capture hook: called during ea_model_forward with n rows of d floats (row stride ld) whose
  * first row is at position pos0. The hook may overwrite x to replace the activation
- * (residual stream, or q/k/v before attention and before the cache). A non-zero return aborts
- * the forward pass with EA_ERR_ARG. */
-typedef int (*ea_capture_fn)(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
+ * (residual stream, or q/k/v before attention and before the cache). EA_OK continues; any other
+ * status ends the forward pass, which returns it unchanged (an error keeps the message the hook
+ * recorded with ea_error; EA_STOPPED says the hook has what it needs, and leaves the cache and
+ * logits of that pass incomplete). */
+typedef ea_status (*ea_capture_fn)(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
 void ea_model_set_capture(ea_model *m, ea_capture_fn fn, void *user);
+
+/* Windows over a token stream: start index and length of each. */
+typedef struct {
+    size_t start;
+    int len;
+} ea_window;
+
+/* How ea_model_run_windows runs each window (zero-initialise, then set what is needed). */
+typedef struct {
+    ea_kvcache *cache;   /* NULL: a float32 cache of ctx tokens made for the run */
+    float *logits;       /* NULL: no logits; else len × vocab_size floats (every row) per window */
+    ea_capture_fn hook;  /* installed for every window's forward pass, removed at the end (NULL: none) */
+    void *hook_user;
+    /* Optional, before and after each window's forward pass (ids + start: its tokens). end sees
+     * the window's logits and may run the model again on cache (its own hooks included). */
+    ea_status (*begin)(void *user, ea_kvcache *cache, const int *ids, size_t start, int len);
+    ea_status (*end)(void *user, ea_kvcache *cache, const int *ids, size_t start, int len, const float *logits);
+    void *user;
+    /* Windows shorter than this are not run: 2 for next-token scoring (a last window of one
+     * token predicts nothing), 0 or 1 to see every token. */
+    int min_len;
+    /* Explicit windows (any start, len <= the cache) instead of consecutive ones of ctx tokens. */
+    const ea_window *list;
+    int n_list;
+    /* Optional progress after each window: tokens done (consecutive windows) or windows done (list). */
+    ea_progress_fn progress;
+    void *progress_user;
+    const char *stage;
+} ea_window_run;
+/* The one loop over context windows: consecutive windows of ctx tokens of ids[0..n) (the last may
+ * be shorter) or r->list, each run from an empty cache with r->hook installed. A status other than
+ * EA_OK from the forward pass or a callback ends the run and is returned unchanged, except
+ * EA_STOPPED from the hook, which ends only that window's pass. */
+ea_status ea_model_run_windows(ea_model *m, const int *ids, size_t n, int ctx, const ea_window_run *r);
 
 /* When on (default), every block's output is checked for NaN/Inf and the forward pass fails
  * naming the layer. */

@@ -19,10 +19,9 @@ typedef struct {
     ea_kv_hist *h;
     float *buf, *y;
     int cap;
-    ea_status err;
 } hist_acc;
 
-static int hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     hist_acc *a = user;
     if (site != EA_SITE_K && site != EA_SITE_V) return 0;
     ea_kv_hist *h = a->h;
@@ -32,10 +31,7 @@ static int hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d
     if (rows > a->cap) {
         float *nb = realloc(a->buf, sizeof(float) * (size_t)rows * d), *ny = nb ? realloc(a->y, sizeof(float) * (size_t)rows * d) : NULL;
         if (nb) a->buf = nb;
-        if (!nb || !ny) {
-            a->err = ea_error(EA_ERR_NOMEM, "kv histograms: out of memory");
-            return 1;
-        }
+        if (!nb || !ny) return ea_error(EA_ERR_NOMEM, "kv histograms: out of memory");
         a->y = ny;
         a->cap = rows;
     }
@@ -62,7 +58,7 @@ static int hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d
 }
 
 ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_stats *s, const ea_kv_metric *mt,
-                             const ea_kv_klt_opts *o, ea_kv_hist *out) {
+                             const ea_kv_klt_opts *o, ea_kv_hist *out, ea_progress_fn progress, void *progress_user) {
     const ea_config *cfg = ea_model_config(m);
     int d = cfg->n_embd, P = 2 * cfg->n_layer;
     memset(out, 0, sizeof *out);
@@ -81,8 +77,10 @@ ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, con
     for (int p = 0; p < P && !st; p++)
         st = ea_kv_klt_transform(s, mt, o, cfg->n_head, p / 2, p % 2, out->enc + (size_t)p * d * d, out->mean + (size_t)p * d,
                                  out->sig + (size_t)p * d);
-    hist_acc a = {out, NULL, NULL, 0, EA_OK};
-    if (!st) st = ea_kv_run_windows(m, ids, n, ctx, hist_hook, &a, &a.err);
+    hist_acc a = {out, NULL, NULL, 0};
+    ea_window_run run = {.hook = hist_hook, .hook_user = &a, .min_len = 2, .progress = progress, .progress_user = progress_user,
+                         .stage = "kv histograms"};
+    if (!st) st = ea_model_run_windows(m, ids, n, ctx, &run);
     free(a.buf);
     free(a.y);
     if (st) ea_kv_hist_free(out);

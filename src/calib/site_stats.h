@@ -42,24 +42,18 @@ typedef struct {
 ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned kinds_mask, int per_head);
 void ea_site_stats_free(ea_site_stats *s);
 /* The capture hook (user = the ea_site_stats). */
-int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
+ea_status ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
 /* Accumulate the rows of the wte matrix (if the wte kind was asked for). */
 ea_status ea_site_stats_add_wte(ea_site_stats *s, const float *wte, int vocab, int d);
 
-/* Windows over a token stream: start index and length of each. */
-typedef struct {
-    size_t start;
-    int len;
-} ea_window;
 /* Consecutive windows of ctx tokens covering ids[0..n); the last may be shorter. */
 ea_status ea_windows_consecutive(size_t n, int ctx, ea_window **out, int *n_out);
 /* count windows of len tokens at uniformly random starts in [0, n - len], deterministic in seed. */
 ea_status ea_windows_sample(size_t n, int count, int len, uint64_t seed, ea_window **out, int *n_out);
 
 /* Run every window from an empty cache with the hook installed (and removed afterwards).
- * progress (optional) is called after each window. *forward_s receives the forward time
- * excluding the hook. */
-typedef void (*ea_progress_fn)(void *user, size_t done, size_t total);
+ * progress (optional) is called after each window (done/total in windows). *forward_s receives
+ * the forward time excluding the hook. */
 ea_status ea_site_stats_run(ea_site_stats *s, ea_model *m, ea_kvcache *cache, const int *ids, const ea_window *w,
                             int n_windows, ea_progress_fn progress, void *progress_user, double *forward_s);
 

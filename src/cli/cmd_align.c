@@ -148,7 +148,7 @@ int cmd_align(int argc, char **argv) {
     for (int i = 0; i < nr; i++) {
         if ((st = run_rank(an, p.ba, p.bb, ranks[i], counts, nc, (int)n_test, (uint64_t)seed, reps + nrep))) goto fail;
         nrep += nc;
-        if (sweep) cli_progress("sweep", (size_t)nrep, (size_t)nr * nc);
+        if (sweep) cli_progress(NULL, "sweep", (size_t)nrep, (size_t)nr * nc);
     }
     cli_progress_done();
     char name_a[64], name_b[64];

@@ -127,11 +127,6 @@ static int parse_opts(int argc, char **argv, analyze_opts *o) {
     return 0;
 }
 
-static void progress_cb(void *user, size_t done, size_t total) {
-    (void)user;
-    cli_progress("analyze", done, total);
-}
-
 /* ---- timing reference: a bare dsyrk over the same shapes ---- */
 
 static double time_dsyrk(int rows, int d) {
@@ -368,7 +363,7 @@ int cmd_analyze(int argc, char **argv) {
     if ((st = ea_site_stats_init(&stats, cfg, o.kinds, !o.no_heads))) goto fail;
     if ((st = ea_site_stats_add_wte(stats, ea_model_wte(m), cfg->vocab_size, cfg->n_embd))) goto fail;
     if (fwd_kinds) {
-        st = ea_site_stats_run(stats, m, cache, ids, win, nwin, progress_cb, NULL, &tm.forward_s);
+        st = ea_site_stats_run(stats, m, cache, ids, win, nwin, cli_progress, NULL, &tm.forward_s);
         cli_progress_done();
         if (st) goto fail;
     }

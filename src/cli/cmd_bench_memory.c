@@ -266,7 +266,7 @@ int cmd_bench_memory(int argc, char **argv) {
             continue;
         }
         if ((st = ea_kv_codec_fit(m, cinfo[i].spec, have_stats ? &stats : NULL, have_stats ? &metric : NULL, ids, nids,
-                                  fit_ctx, 4096, &sens, &c))) {
+                                  fit_ctx, 4096, &sens, &c, cli_progress, NULL))) {
             cli_fail_status("bench-memory", st);
             goto done;
         }
@@ -331,7 +331,7 @@ int cmd_bench_memory(int argc, char **argv) {
                     cJSON_Delete(rows);
                     goto done;
                 }
-                cli_progress("measure", (size_t)(si * nc + i + 1), (size_t)(ns * nc));
+                cli_progress(NULL, "measure", (size_t)(si * nc + i + 1), (size_t)(ns * nc));
             }
             cJSON *r = cJSON_CreateObject();
             cJSON_AddNumberToObject(r, "seq", seq);

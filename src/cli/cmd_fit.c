@@ -62,11 +62,6 @@ static int output_dir_ok(const char *out) {
     return ok ? 0 : 1;
 }
 
-static void fit_progress(void *user, size_t done, size_t total) {
-    (void)user;
-    cli_progress("fit", done, total);
-}
-
 static cJSON *site_json(const ea_projector *p) {
     ea_site_ref r = ea_projector_site(p);
     int d = ea_projector_dim(p), k = ea_projector_rank(p);
@@ -131,7 +126,7 @@ int cmd_fit(int argc, char **argv) {
     fp.per_head = per_head;
     fp.ctx = (int)ctx;
     fp.exclude_first = exclude_first;
-    fp.progress = fit_progress;
+    fp.progress = cli_progress;
 
     ea_model *m = NULL;
     ea_tokenizer *tok = NULL;
@@ -171,7 +166,7 @@ int cmd_fit(int argc, char **argv) {
     char *kv_list = kv_s ? strdup(kv_s) : NULL;
     for (char *sv = NULL, *spec = kv_list ? strtok_r(kv_list, ",", &sv) : NULL; spec; spec = strtok_r(NULL, ",", &sv)) {
         int kctx = ctx > 0 ? (int)ctx : (cfg->n_positions < 1024 ? cfg->n_positions : 1024);
-        if ((st = ea_kv_codec_fit_model(m, spec, ids, n, kctx, 1, &kv[n_kv]))) {
+        if ((st = ea_kv_codec_fit_model(m, spec, ids, n, kctx, cli_progress, NULL, &kv[n_kv]))) {
             cli_fail_status("fit", st);
             free(kv_list);
             goto done;

@@ -74,8 +74,8 @@ static void gelu_new(float *x, size_t n) {
     }
 }
 
-static int capture(ea_model *m, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
-    return m->capture ? m->capture(m->capture_user, site, layer, pos0, n, d, x, ld) : 0;
+static ea_status capture(ea_model *m, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+    return m->capture ? m->capture(m->capture_user, site, layer, pos0, n, d, x, ld) : EA_OK;
 }
 
 static ea_status check_finite(const ea_model *m, const float *x, size_t n, const char *where, int layer) {
@@ -107,15 +107,15 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
         const float *te = m->wte + (size_t)tokens[i] * C, *pe = m->wpe + (size_t)(pos0 + i) * C;
         for (int j = 0; j < C; j++) x[(size_t)i * C + j] = te[j] + pe[j];
     }
-    if (capture(m, EA_SITE_HIDDEN, 0, pos0, n, C, x, C)) return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+    if ((st = capture(m, EA_SITE_HIDDEN, 0, pos0, n, C, x, C))) return st;
 
     for (int l = 0; l < c->n_layer; l++) {
         const ea_layer_weights *w = &m->layers[l];
         layernorm(xn, x, w->ln1_w, w->ln1_b, n, C, c->layer_norm_epsilon);
         matmul_bias(qkv, xn, w->attn_w, &w->attn_t, w->attn_b, n, C, 3 * C);
-        if (capture(m, EA_SITE_Q, l, pos0, n, C, qkv, 3 * C) || capture(m, EA_SITE_K, l, pos0, n, C, qkv + C, 3 * C) ||
-            capture(m, EA_SITE_V, l, pos0, n, C, qkv + 2 * C, 3 * C))
-            return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+        if ((st = capture(m, EA_SITE_Q, l, pos0, n, C, qkv, 3 * C)) || (st = capture(m, EA_SITE_K, l, pos0, n, C, qkv + C, 3 * C)) ||
+            (st = capture(m, EA_SITE_V, l, pos0, n, C, qkv + 2 * C, 3 * C)))
+            return st; /* the hook's status and message, unchanged */
         ea_kvcache_append(cache, l, pos0, n, qkv + C, qkv + 2 * C, 3 * C);
         for (int i = 0; i < n; i++) memcpy(r->q + (size_t)i * C, qkv + (size_t)i * 3 * C, sizeof(float) * (size_t)C);
         const ea_kv_codec *codec = cache->codec;
@@ -139,12 +139,11 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
         matmul_bias(r->tmp, r->fc, w->fcproj_w, &w->fcproj_t, w->fcproj_b, n, F, C);
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] += r->tmp[i];
         if ((st = check_finite(m, x, (size_t)n * C, "the output", l))) return st;
-        if (l + 1 < c->n_layer && capture(m, EA_SITE_HIDDEN, l + 1, pos0, n, C, x, C))
-            return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+        if (l + 1 < c->n_layer && (st = capture(m, EA_SITE_HIDDEN, l + 1, pos0, n, C, x, C))) return st;
     }
     cache->len = pos0 + n;
     layernorm(xn, x, m->lnf_w, m->lnf_b, n, C, c->layer_norm_epsilon);
-    if (capture(m, EA_SITE_HIDDEN, c->n_layer, pos0, n, C, xn, C)) return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+    if ((st = capture(m, EA_SITE_HIDDEN, c->n_layer, pos0, n, C, xn, C))) return st;
     if (!logits) return EA_OK;
     /* Tied lm_head: logits = h · wteᵀ. */
     if (all_logits && n > 1)

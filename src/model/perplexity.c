@@ -21,6 +21,23 @@ int ea_ppl_first_scored(ea_ppl_protocol proto, int len) {
     return proto == EA_PPL_LLAMA ? (len / 2 > 1 ? len / 2 : 1) : 1;
 }
 
+typedef struct {
+    ea_ppl_protocol proto;
+    int V;
+    double nll;
+    size_t scored;
+} ppl_acc;
+
+static ea_status ppl_window(void *user, ea_kvcache *cache, const int *ids, size_t start, int len, const float *logits) {
+    ppl_acc *a = user;
+    for (int t = ea_ppl_first_scored(a->proto, len); t < len; t++) {
+        const float *row = logits + (size_t)(t - 1) * a->V;
+        a->nll += ea_log_softmax(row, a->V, NULL) - row[ids[start + t]];
+        a->scored++;
+    }
+    return EA_OK;
+}
+
 ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n, int ctx, ea_ppl_protocol proto,
                         ea_ppl_result *res) {
     res->tokens_scored = 0;
@@ -31,20 +48,11 @@ ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n
     int V = m->cfg.vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)V * (size_t)ctx);
     if (!logits) return ea_error(EA_ERR_NOMEM, "perplexity: out of memory");
-    double nll = 0;
-    size_t scored = 0;
-    ea_status st = EA_OK;
-    for (size_t start = 0; start + 1 < n; start += (size_t)ctx) {
-        int len = (int)((n - start) < (size_t)ctx ? (n - start) : (size_t)ctx);
-        if (len < 2) break;
-        ea_kvcache_reset(cache);
-        if ((st = ea_model_forward(m, cache, ids + start, len, logits, 1))) break;
-        for (int t = ea_ppl_first_scored(proto, len); t < len; t++) {
-            const float *row = logits + (size_t)(t - 1) * V;
-            nll += ea_log_softmax(row, V, NULL) - row[ids[start + t]];
-            scored++;
-        }
-    }
+    ppl_acc a = {proto, V, 0, 0};
+    ea_window_run run = {.cache = cache, .logits = logits, .end = ppl_window, .user = &a, .min_len = 2};
+    ea_status st = ea_model_run_windows(m, ids, n, ctx, &run);
+    double nll = a.nll;
+    size_t scored = a.scored;
     free(logits);
     if (st) return st;
     res->tokens_scored = scored;
