@@ -150,14 +150,6 @@ ea_status ea_compressor_check_model(const ea_compressor *c, const char *what, co
 /* K/V calibration statistics (mean, covariance = E Λ Eᵀ) for the KV codecs: needs full-rank
  * (k = d) whole-row k and v projectors for every layer, else EA_ERR_ARG saying what is missing. */
 ea_status ea_compressor_kv_stats(const ea_compressor *c, ea_kv_stats *out);
-/* A KV codec for model m fitted on calibration token ids (windows of ctx tokens): K/V statistics,
- * and for klt codecs the attention-aware metric, measured coefficient distributions and per-layer
- * sensitivities, as `eigenalign eval` fits them. Codecs without a basis need no ids (calib may be
- * NULL). progress (optional): the histogram and sensitivity passes, in tokens. */
-ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx,
-                                ea_progress_fn progress, void *progress_user,
-                                ea_kv_codec **out);
-void ea_kv_stats_free(ea_kv_stats *s);
 
 /* ---- Evaluation on unseen text -------------------------------------------------------------- */
 

@@ -70,6 +70,33 @@ typedef struct {
     double *cov[2];
 } ea_kv_stats;
 
+/* Allocate zeroed statistics for n_layer layers of width d; ea_kv_stats_free frees the arrays
+ * (and accepts a zeroed struct). */
+ea_status ea_kv_stats_alloc(ea_kv_stats *s, int n_layer, int d);
+void ea_kv_stats_free(ea_kv_stats *s);
+
+/* Distortion metric of the transform coder (klt), per layer (d × d, symmetric PSD, float64): an
+ * error e in a K row costs eᵀ M_K e, in a V row eᵀ M_V e. M_K = E[q qᵀ] restricted to each head's
+ * block (what an error does to the attention scores), M_V = W_o W_oᵀ (what it does to the
+ * attention block's output). NULL anywhere means plain squared error. ea_kv_stats_fit (calib.h)
+ * measures it. */
+struct ea_kv_hist;
+typedef struct {
+    int n_layer, d;
+    double *m[2];
+    /* Optional: KL per unit of distortion of each part [layer*2 + kind] (measured sensitivities);
+     * with it, a pooled klt allocation spends bits where they lower KL most. */
+    double *part_weight;
+    /* Optional, internal: measured coefficient distributions for klt codecs whose transform
+     * they were taken in (borrowed). */
+    const struct ea_kv_hist *hist;
+} ea_kv_metric;
+void ea_kv_metric_free(ea_kv_metric *mt);
+
+/* Syntax of a codec spec (name, parameter, flags) without building it: lets commands reject a
+ * typo before loading anything. */
+ea_status ea_kv_codec_check_spec(const char *spec);
+
 /* Codec from a spec string: "f32", "f16", "q8", "q4", "pca:R", "pca-head:R", "klt:B" (B average
  * bits per value, may be fractional), "file:PATH" (a saved codec). Basis codecs need stats (else
  * EA_ERR_ARG). */

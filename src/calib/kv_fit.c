@@ -63,35 +63,6 @@ static ea_status fit_hook(void *user, ea_site site, int layer, int pos0, int n, 
     return 0;
 }
 
-ea_status ea_kvfit_stats_alloc(ea_kv_stats *s, int n_layer, int d) {
-    memset(s, 0, sizeof *s);
-    s->n_layer = n_layer;
-    s->d = d;
-    size_t nm = (size_t)n_layer * d, nc = nm * d;
-    for (int k = 0; k < 2; k++) {
-        s->mean[k] = calloc(nm, sizeof(double));
-        s->cov[k] = calloc(nc, sizeof(double));
-        if (!s->mean[k] || !s->cov[k]) {
-            ea_kvfit_stats_free(s);
-            return ea_error(EA_ERR_NOMEM, "kv stats: cannot allocate %d layers x %d dims", n_layer, d);
-        }
-    }
-    return EA_OK;
-}
-
-void ea_kvfit_stats_free(ea_kv_stats *s) {
-    if (!s) return;
-    for (int k = 0; k < 2; k++) {
-        free(s->mean[k]);
-        free(s->cov[k]);
-        s->mean[k] = s->cov[k] = NULL;
-    }
-}
-
-ea_status ea_kvfit_stats(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out) {
-    return ea_kvfit_stats_metric(m, ids, n, ctx, skip, out, NULL);
-}
-
 /* M_K: E[q qᵀ] on each head's diagonal block; M_V = W Wᵀ with W the c_proj weights ([in, out]). */
 static ea_status metric_finish(ea_model *m, const fit_acc *a, ea_kv_metric *mt) {
     const ea_config *cfg = ea_model_config(m);
@@ -120,7 +91,7 @@ static ea_status metric_finish(ea_model *m, const fit_acc *a, ea_kv_metric *mt) 
     return EA_OK;
 }
 
-ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
+ea_status ea_kv_stats_fit(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
                                 ea_kv_metric *metric) {
     const ea_config *cfg = ea_model_config(m);
     int L = cfg->n_layer, d = cfg->n_embd;
@@ -128,7 +99,7 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
     if (metric) memset(metric, 0, sizeof *metric);
     if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv stats: window %d outside [2, %d]", ctx, cfg->n_positions);
     fit_acc a = {L, d, skip, {0}, {0}, {0}, NULL, NULL, 0, NULL, 0};
-    ea_status st = ea_kvfit_stats_alloc(out, L, d);
+    ea_status st = ea_kv_stats_alloc(out, L, d);
     if (st) return st;
     size_t nm = (size_t)L * d;
     a.count = calloc((size_t)2 * L, sizeof(double));
@@ -170,7 +141,7 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
     }
     free(a.count);
     free(a.buf);
-    if (st) ea_kvfit_stats_free(out);
+    if (st) ea_kv_stats_free(out);
     return st;
 }
 
@@ -184,9 +155,9 @@ ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib,
     if (!calib || n_calib < 2) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration text (at least 2 tokens)", spec);
     ea_kv_stats stats;
     ea_kv_metric metric;
-    if ((st = ea_kvfit_stats_metric(m, calib, n_calib, ctx, 0, &stats, &metric))) return st;
+    if ((st = ea_kv_stats_fit(m, calib, n_calib, ctx, 0, &stats, &metric))) return st;
     st = ea_kv_codec_fit(m, spec, &stats, &metric, calib, n_calib, ctx, 4096, NULL, out, progress, progress_user);
-    ea_kvfit_stats_free(&stats);
+    ea_kv_stats_free(&stats);
     ea_kv_metric_free(&metric);
     return st;
 }

@@ -110,11 +110,16 @@ static void probe_spec(const char *spec, char *out, size_t cap) {
     out[n] = 0;
 }
 
+ea_status ea_kv_sens_cache_new(ea_kv_sens_cache **out) {
+    *out = calloc(1, sizeof **out);
+    return *out ? EA_OK : ea_error(EA_ERR_NOMEM, "kv sensitivity cache: out of memory");
+}
+
 void ea_kv_sens_cache_free(ea_kv_sens_cache *sc) {
     if (!sc) return;
     for (int i = 0; i < sc->n; i++) free(sc->alpha[i]);
     for (int i = 0; i < sc->n_hist; i++) ea_kv_hist_free(&sc->hist[i]);
-    sc->n = sc->n_hist = 0;
+    free(sc);
 }
 
 /* Histograms in the transform of options o: from the cache, or taken now (*owned set when the

@@ -1,5 +1,5 @@
 /* Per-site covariance accumulation over calibration windows, and the per-variant summaries. */
-#include "calib/site_stats.h"
+#include "ea/calib.h"
 
 #include <limits.h>
 #include <stdio.h>

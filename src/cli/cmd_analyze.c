@@ -8,8 +8,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "report/spectra_figure.h"
-#include "calib/site_stats.h"
 
 static const char *usage =
     "usage: eigenalign analyze [--model DIR] [--text PATH] [--ctx N] [--max-tokens N]\n"

@@ -6,8 +6,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "calib/calib_internal.h"
-#include "report/svg.h"
 
 static const char *usage =
     "usage: eigenalign eval [--model DIR] --text PATH --kv CODEC[,CODEC...]\n"
@@ -61,7 +59,7 @@ static ea_status load_stats(ea_model *m, ea_tokenizer *tok, const char *compress
     }
     *from_compressor = 0;
     if ((s = cli_load_text_ids(tok, calib, (size_t)calib_max, cids, cn))) return s;
-    return ea_kvfit_stats_metric(m, *cids, *cn, ctx, skip, st, mt);
+    return ea_kv_stats_fit(m, *cids, *cn, ctx, skip, st, mt);
 }
 
 /* "klt:2:hs" -> family "klt:*:hs" (codecs that differ only in their size parameter). */
@@ -212,7 +210,7 @@ int cmd_eval(int argc, char **argv) {
     ea_tokenizer *tok = NULL;
     ea_kv_stats stats = {0};
     ea_kv_metric metric = {0};
-    ea_kv_sens_cache sens = {0};
+    ea_kv_sens_cache *sens = NULL;
     int have_stats = 0, from_compressor = 0, *ids = NULL, *cids = NULL;
     size_t cn = 0;
     const ea_kv_codec **codecs = NULL;
@@ -283,8 +281,8 @@ int cmd_eval(int argc, char **argv) {
     for (int i = 1; i < nr; i++) {
         cli_progress(NULL, "codecs", (size_t)i - 1, (size_t)nr - 1);
         if (runs[i].codec) continue; /* stored in the compressor */
-        if ((st = ea_kv_codec_fit(m, runs[i].spec, have_stats ? &stats : NULL, metric.m[0] ? &metric : NULL, cids, cn,
-                                  (int)ctx, (size_t)sens_tokens, &sens, &runs[i].codec, cli_progress, NULL))) {
+        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) || (st = ea_kv_codec_fit(m, runs[i].spec, have_stats ? &stats : NULL, metric.m[0] ? &metric : NULL, cids, cn,
+                                  (int)ctx, (size_t)sens_tokens, sens, &runs[i].codec, cli_progress, NULL))) {
             cli_fail_status("eval", st);
             goto done;
         }
@@ -389,9 +387,9 @@ done:
     for (int i = 0; i < nr && runs; i++) {
         ea_kv_codec_free(runs[i].codec);
     }
-    if (have_stats) ea_kvfit_stats_free(&stats);
+    if (have_stats) ea_kv_stats_free(&stats);
     ea_kv_metric_free(&metric);
-    ea_kv_sens_cache_free(&sens);
+    ea_kv_sens_cache_free(sens);
     free(runs);
     free(kv_copy);
     free(ids);

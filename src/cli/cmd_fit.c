@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "kv/kv_internal.h"
 
 static const char *usage =
     "usage: eigenalign fit [--model DIR] [--text PATH] (--variance X | --rank K) -o FILE\n"

@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "kv/kv_internal.h" /* ea_kv_codec_check_spec */
 
 static const char *usage =
     "usage: eigenalign generate [--model DIR] --prompt STR [-n 40] [--temperature T] [--top-k K]\n"

@@ -6,24 +6,6 @@
 
 #include "ea/kvcodec.h"
 
-/* Distortion metric of the transform coder, per layer (d × d, symmetric PSD, float64): an error e
- * in a K row costs eᵀ M_K e, in a V row eᵀ M_V e. M_K = E[q qᵀ] restricted to each head's block
- * (what an error does to the attention scores), M_V = W_o W_oᵀ (what it does to the attention
- * block's output). NULL anywhere means plain squared error. */
-typedef struct {
-    int n_layer, d;
-    double *m[2];
-    /* Optional: KL per unit of distortion of each part [layer*2 + kind] (measured by
-     * ea_kv_sensitivity); with it, a pooled klt allocation spends bits where they lower KL most. */
-    double *part_weight;
-    /* Optional: measured coefficient distributions (borrowed; see ea_kv_hist) for klt codecs whose
-     * transform they were taken in. */
-    const struct ea_kv_hist *hist;
-} ea_kv_metric;
-void ea_kv_metric_free(ea_kv_metric *mt);
-/* Syntax of a codec spec (name, parameter, flags) without building it: lets commands reject a typo
- * before loading anything. */
-ea_status ea_kv_codec_check_spec(const char *spec);
 /* ea_kv_codec_create with an optional metric (used by the klt codec). */
 ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
                                 const ea_kv_metric *metric, ea_kv_codec **out);

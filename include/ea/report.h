@@ -1,4 +1,5 @@
-/* Small SVG line-chart writer for reports: a figure is a grid of panels, each panel a line chart
+/* eigen-alignment reports: the analyze figure (ea_spectra_figure_save) and the small SVG line-chart
+ * writer behind it: a figure is a grid of panels, each panel a line chart
  * (series of (x, y) points) with axes, ticks, optional log scales, a legend and a title.
  * No dependencies beyond the core; files are written atomically through ea_outfile.
  *
@@ -8,12 +9,17 @@
  *   ea_svg_series(s, p, "layer 0", xs, ys, n, NULL, EA_SVG_SOLID, 0);
  *   ea_svg_save(s, "out.svg");  ea_svg_free(s);
  */
-#ifndef EA_REPORT_SVG_H
-#define EA_REPORT_SVG_H
+#ifndef EA_REPORT_H
+#define EA_REPORT_H
 
 #include <stddef.h>
 
+#include "ea/calib.h"
 #include "ea/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct ea_svg ea_svg;
 
@@ -42,4 +48,11 @@ const char *ea_svg_ramp(int i, int n, char buf[8]);
 ea_status ea_svg_render(const ea_svg *s, char **out, size_t *len);
 ea_status ea_svg_save(const ea_svg *s, const char *path);
 
+/* The analyze report's figure: C(k) curves per layer (log k) for each variant, and Df per layer.
+ * Whole-site results only (head -1) are drawn; per-head results are ignored. Written atomically. */
+ea_status ea_spectra_figure_save(const char *path, const char *title, const ea_site_result *r, int n, int n_layer);
+
+#ifdef __cplusplus
+}
+#endif
 #endif
