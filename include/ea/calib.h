@@ -25,14 +25,14 @@ extern "C" {
  * < skip of each window are left out (the attention-sink token). Fills a fresh stats (free with
  * ea_kv_stats_free) and, when metric is not NULL, the klt codec's distortion metric (free with
  * ea_kv_metric_free). */
-ea_status ea_kv_stats_fit(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
+EA_API ea_status ea_kv_stats_fit(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
                           ea_kv_metric *metric);
 
 /* Sensitivities and coefficient histograms already measured, reused across codecs fitted on the
  * same calibration ids (ea_kv_codec_fit fills it). */
 typedef struct ea_kv_sens_cache ea_kv_sens_cache;
-ea_status ea_kv_sens_cache_new(ea_kv_sens_cache **out);
-void ea_kv_sens_cache_free(ea_kv_sens_cache *sc);
+EA_API ea_status ea_kv_sens_cache_new(ea_kv_sens_cache **out);
+EA_API void ea_kv_sens_cache_free(ea_kv_sens_cache *sc);
 
 /* A codec for this model from its spec, fitted as `eigenalign eval` does: basis codecs from stats
  * and metric (may be NULL); a pooled klt (the default, unless flag 'b') first measures per-part
@@ -40,12 +40,12 @@ void ea_kv_sens_cache_free(ea_kv_sens_cache *sc);
  * NULL). Before that, a klt codec with level tables histograms its coefficients on all calib ids
  * and is fitted on them; the sensitivity probe too. cache may be NULL. progress (optional): stages
  * "kv histograms" and "kv sensitivity", in tokens. */
-ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
+EA_API ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
                           const int *calib, size_t n_calib, int ctx, size_t sens_tokens, ea_kv_sens_cache *cache,
                           ea_kv_codec **out, ea_progress_fn progress, void *progress_user);
 /* The same from calibration ids alone: K/V statistics and metric on them first. Codecs without a
  * basis need no ids (calib may be NULL). */
-ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx,
+EA_API ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx,
                                 ea_progress_fn progress, void *progress_user, ea_kv_codec **out);
 
 /* ---- Scoring KV codecs against the exact model ---- */
@@ -66,13 +66,13 @@ typedef struct {
  * tokens; proto picks the scored positions): codecs[0] (normally NULL, the exact float32 cache) is
  * the reference whose logits every entry, itself included, is scored against; each window runs
  * once per codec from an empty cache. progress: stage "eval", one step per codec and window. */
-ea_status ea_kv_codecs_eval(ea_model *m, const int *ids, size_t n, int ctx, ea_ppl_protocol proto,
+EA_API ea_status ea_kv_codecs_eval(ea_model *m, const int *ids, size_t n, int ctx, ea_ppl_protocol proto,
                             const ea_kv_codec *const *codecs, int n_codecs, ea_kv_codec_eval *out, ea_progress_fn progress,
                             void *progress_user);
 /* Generation-style decode speed with a codec (NULL: the exact float32 cache): prefill
  * ctx - n_decode tokens of ids (repeated if short), then time n_decode one-token forward passes
  * with logits, so the timed steps attend to about ctx positions. */
-ea_status ea_kv_decode_rate(ea_model *m, const ea_kv_codec *codec, const int *ids, size_t n, int ctx, int n_decode,
+EA_API ea_status ea_kv_decode_rate(ea_model *m, const ea_kv_codec *codec, const int *ids, size_t n, int ctx, int n_decode,
                             double *tok_s);
 
 /* ---- Site statistics (analyze) ---- */
@@ -80,11 +80,11 @@ ea_status ea_kv_decode_rate(ea_model *m, const ea_kv_codec *codec, const int *id
 /* Site kinds: the model's ea_site values, plus the token-embedding matrix itself. */
 #define EA_SITE_KIND_WTE 4
 #define EA_SITE_KINDS 5
-const char *ea_site_kind_name(int kind); /* "hidden", "q", "k", "v", "wte" */
+EA_API const char *ea_site_kind_name(int kind); /* "hidden", "q", "k", "v", "wte" */
 
 typedef enum { EA_VARIANT_ALL = 0, EA_VARIANT_EXCLUDE_FIRST = 1, EA_VARIANT_STANDARDIZED = 2 } ea_variant;
 #define EA_VARIANTS 3
-const char *ea_variant_name(ea_variant v); /* "all", "exclude_first", "standardized" */
+EA_API const char *ea_variant_name(ea_variant v); /* "all", "exclude_first", "standardized" */
 
 typedef struct {
     int kind;  /* ea_site or EA_SITE_KIND_WTE */
@@ -106,23 +106,23 @@ typedef struct {
 } ea_site_stats;
 
 /* kinds_mask: bit (1 << kind) for each site kind wanted. per_head: also q/k/v per head. */
-ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned kinds_mask, int per_head);
-void ea_site_stats_free(ea_site_stats *s);
+EA_API ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned kinds_mask, int per_head);
+EA_API void ea_site_stats_free(ea_site_stats *s);
 /* The capture hook (user = the ea_site_stats). */
-ea_status ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
+EA_API ea_status ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
 /* Accumulate the rows of the wte matrix (if the wte kind was asked for). */
-ea_status ea_site_stats_add_wte(ea_site_stats *s, const float *wte, int vocab, int d);
+EA_API ea_status ea_site_stats_add_wte(ea_site_stats *s, const float *wte, int vocab, int d);
 
 /* Windows (ea_window, model.h) over a token stream. Consecutive windows of ctx tokens covering
  * ids[0..n); the last may be shorter. */
-ea_status ea_windows_consecutive(size_t n, int ctx, ea_window **out, int *n_out);
+EA_API ea_status ea_windows_consecutive(size_t n, int ctx, ea_window **out, int *n_out);
 /* count windows of len tokens at uniformly random starts in [0, n - len], deterministic in seed. */
-ea_status ea_windows_sample(size_t n, int count, int len, uint64_t seed, ea_window **out, int *n_out);
+EA_API ea_status ea_windows_sample(size_t n, int count, int len, uint64_t seed, ea_window **out, int *n_out);
 
 /* Run every window from an empty cache with the hook installed (and removed afterwards).
  * progress (optional) is called after each window (done/total in windows). *forward_s receives
  * the forward time excluding the hook. */
-ea_status ea_site_stats_run(ea_site_stats *s, ea_model *m, ea_kvcache *cache, const int *ids, const ea_window *w,
+EA_API ea_status ea_site_stats_run(ea_site_stats *s, ea_model *m, ea_kvcache *cache, const int *ids, const ea_window *w,
                             int n_windows, ea_progress_fn progress, void *progress_user, double *forward_s);
 
 /* One (site, layer, head, variant) result. */
@@ -136,8 +136,8 @@ typedef struct {
 /* Summaries for the variants in variant_mask (bit 1 << ea_variant); wte has no exclude_first.
  * Results are ordered by kind, layer, head, variant. A variant with fewer than 2 rows is an
  * EA_ERR_ARG error naming the site. */
-ea_status ea_site_stats_summarize(const ea_site_stats *s, unsigned variant_mask, ea_site_result **out, int *n_out);
-void ea_site_results_free(ea_site_result *r, int n);
+EA_API ea_status ea_site_stats_summarize(const ea_site_stats *s, unsigned variant_mask, ea_site_result **out, int *n_out);
+EA_API void ea_site_results_free(ea_site_result *r, int n);
 
 #ifdef __cplusplus
 }

@@ -76,7 +76,7 @@ static void family_of(const char *spec, char *out, size_t cap) {
 /* Bits per cached value at the window length actually used (per-sequence bytes such as a sink row
  * included): cache bytes × 8 / values. */
 static double bits_at(const ea_kv_codec *c, int ctx) {
-    return (double)ea_kv_codec_bytes(c, ctx) * 8.0 / (2.0 * c->n_layer * (double)ctx * c->d);
+    return (double)ea_kv_codec_bytes(c, ctx) * 8.0 / (2.0 * ea_kv_codec_n_layer(c) * (double)ctx * ea_kv_codec_dim(c));
 }
 
 static double dppl_pct(const codec_run *r, double base_ppl) { return 100.0 * (exp(r->sc.nll / (double)r->sc.scored) / base_ppl - 1); }

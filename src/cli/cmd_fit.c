@@ -197,7 +197,7 @@ int cmd_fit(int argc, char **argv) {
         cJSON *kva = cJSON_AddArrayToObject(j, "kv_codecs");
         for (int i = 0; i < n_kv; i++) {
             cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "codec", kv[i]->name);
+            cJSON_AddStringToObject(o, "codec", ea_kv_codec_name(kv[i]));
             cJSON_AddNumberToObject(o, "bits_per_value", ea_kv_codec_bits_per_value(kv[i]));
             cJSON_AddNumberToObject(o, "overhead_bytes", (double)ea_kv_codec_overhead(kv[i]));
             cJSON_AddNumberToObject(o, "resident_bytes", (double)ea_kv_codec_resident(kv[i]));
@@ -223,7 +223,7 @@ int cmd_fit(int argc, char **argv) {
                    ea_projector_variance_kept(p));
         }
         for (int i = 0; i < n_kv; i++)
-            printf("kv codec %s: %.3f bits/value, overhead %zu bytes (stored inside)\n", kv[i]->name,
+            printf("kv codec %s: %.3f bits/value, overhead %zu bytes (stored inside)\n", ea_kv_codec_name(kv[i]),
                    ea_kv_codec_bits_per_value(kv[i]), ea_kv_codec_overhead(kv[i]));
         printf("\nwrote %s (%.0f bytes)\n", out, bytes);
     }

@@ -67,7 +67,7 @@ int cmd_generate(int argc, char **argv) {
     if (save_kv && !codec) { cli_error("generate", "--save-kv needs --kv klt:B"); goto done; }
     if (save_kv) {
         if ((st = ea_kv_codec_save(codec, save_kv))) { cli_fail_status("generate", st); goto done; }
-        fprintf(stderr, "generate: saved kv codec %s to %s\n", codec->name, save_kv);
+        fprintf(stderr, "generate: saved kv codec %s to %s\n", ea_kv_codec_name(codec), save_kv);
     }
     if ((st = ea_kvcache_init(&cache, cfg, cfg->n_positions, codec))) { cli_fail_status("generate", st); goto done; }
     out = malloc(sizeof(int) * ((size_t)n_new + 1));

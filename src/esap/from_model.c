@@ -62,7 +62,7 @@ ea_status ea_esap_spectrum_from_model(ea_model *m, const ea_tokenizer *t, int si
     memset(out, 0, sizeof *out);
     const ea_config *c = ea_model_config(m);
     int d = c->n_embd;
-    double *cov = esap_alloc((size_t)d, (size_t)d, sizeof *cov), *ev = malloc((size_t)d * sizeof *ev);
+    double *cov = ea_esap_alloc((size_t)d, (size_t)d, sizeof *cov), *ev = malloc((size_t)d * sizeof *ev);
     ea_esap_hidden *h = NULL;
     ea_cov *acc = NULL;
     ea_status st = EA_OK;

@@ -261,3 +261,8 @@ size_t ea_kv_codec_overhead(const ea_kv_codec *c) { return c->ops->overhead_byte
 size_t ea_kv_codec_resident(const ea_kv_codec *c) {
     return c->ops->resident_bytes ? c->ops->resident_bytes(c) : ea_kv_codec_overhead(c);
 }
+
+const char *ea_kv_codec_name(const ea_kv_codec *c) { return c->name; }
+int ea_kv_codec_n_layer(const ea_kv_codec *c) { return c->n_layer; }
+int ea_kv_codec_n_head(const ea_kv_codec *c) { return c->n_head; }
+int ea_kv_codec_dim(const ea_kv_codec *c) { return c->d; }

@@ -5,6 +5,7 @@
 #define EA_KV_INTERNAL_H
 
 #include "ea/kvcodec.h"
+#include "kv/kv_codec.h"
 
 /* ea_kv_codec_create with an optional metric (used by the klt codec). */
 ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
