@@ -137,9 +137,6 @@ EA_API ea_status ea_compressor_save(const ea_compressor *c, const char *path);
  * specs listed in the metadata key "kv_codecs"), so a compressor carries the codecs fitted with
  * it; ea_compressor_load ignores them. Other codecs are rebuilt from statistics: EA_ERR_ARG. */
 EA_API ea_status ea_compressor_save_with_kv(const ea_compressor *c, const ea_kv_codec *const *kv, int n_kv, const char *path);
-/* The klt codec `spec` embedded in the compressor file at path, for a model of shape cfg; EA_OK
- * with *out NULL when the file holds no codec of that spec. */
-EA_API ea_status ea_kv_codec_load_embedded(const char *path, const char *spec, const ea_config *cfg, ea_kv_codec **out);
 EA_API ea_status ea_compressor_load(const char *path, ea_compressor **out);
 /* Does the compressor fit this model? EA_ERR_MISMATCH with the reason (width, layers, heads,
  * fingerprint) otherwise. what names the compressor in messages (its path). */

@@ -70,6 +70,9 @@ EA_API void ea_kv_codec_free(ea_kv_codec *c);
  * from their spec and statistics, so only klt codecs are saved. */
 EA_API ea_status ea_kv_codec_save(const ea_kv_codec *c, const char *path);
 EA_API ea_status ea_kv_codec_load(const char *path, const ea_config *cfg, ea_kv_codec **out);
+/* The klt codec `spec` embedded in the compressor file at path (ea_compressor_save_with_kv), for a model of shape cfg; EA_OK
+ * with *out NULL when the file holds no codec of that spec. */
+EA_API ea_status ea_kv_codec_load_embedded(const char *path, const char *spec, const ea_config *cfg, ea_kv_codec **out);
 /* Average stored bits per cached value over a full context of n_ctx tokens: (n_ctx rows +
  * per-sequence bytes) × 8 / (2 × n_layer × n_ctx × d). */
 EA_API double ea_kv_codec_bits_per_value(const ea_kv_codec *c);

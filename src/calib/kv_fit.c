@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "calib/calib_internal.h"
-#include "ea/compress.h"
 #include "model/internal.h" /* c_proj weights for the V metric */
 
 typedef struct {

@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "kv/kv_internal.h"
-#include "ea/compress.h"
 #include "kv/kv_quant.h"
 
 static ea_status check_stats(const char *spec, const ea_config *cfg, const ea_kv_stats *s) {
