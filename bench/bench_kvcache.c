@@ -60,7 +60,8 @@ int main(int argc, char **argv) {
     specs[nc++] = "f32";
     for (char *sv = NULL, *s = strtok_r(list, ",", &sv); s && nc < 64; s = strtok_r(NULL, ",", &sv)) specs[nc++] = s;
     for (int i = 1; i < nc; i++)
-        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) || (st = ea_kv_codec_fit(m, specs[i], &stats, &metric, ids, n, ctx, 4096, sens, &codecs[i], NULL, NULL))) {
+        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) ||
+            (st = ea_kv_codec_fit(m, specs[i], &stats, &metric, ids, n, ctx, 4096, sens, &codecs[i], NULL, NULL))) {
             fprintf(stderr, "bench_kvcache: %s\n", ea_last_error());
             return 1;
         }

@@ -264,7 +264,8 @@ int cmd_bench_memory(int argc, char **argv) {
             cinfo[i].seq_b = 0;
             continue;
         }
-        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) || (st = ea_kv_codec_fit(m, cinfo[i].spec, have_stats ? &stats : NULL, have_stats ? &metric : NULL, ids, nids,
+        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) ||
+            (st = ea_kv_codec_fit(m, cinfo[i].spec, have_stats ? &stats : NULL, have_stats ? &metric : NULL, ids, nids,
                                   fit_ctx, 4096, sens, &c, cli_progress, NULL))) {
             cli_fail_status("bench-memory", st);
             goto done;

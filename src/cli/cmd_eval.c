@@ -281,7 +281,8 @@ int cmd_eval(int argc, char **argv) {
     for (int i = 1; i < nr; i++) {
         cli_progress(NULL, "codecs", (size_t)i - 1, (size_t)nr - 1);
         if (runs[i].codec) continue; /* stored in the compressor */
-        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) || (st = ea_kv_codec_fit(m, runs[i].spec, have_stats ? &stats : NULL, metric.m[0] ? &metric : NULL, cids, cn,
+        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) ||
+            (st = ea_kv_codec_fit(m, runs[i].spec, have_stats ? &stats : NULL, metric.m[0] ? &metric : NULL, cids, cn,
                                   (int)ctx, (size_t)sens_tokens, sens, &runs[i].codec, cli_progress, NULL))) {
             cli_fail_status("eval", st);
             goto done;
