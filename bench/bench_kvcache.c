@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
+#include "calib/calib_internal.h"
 #include "eigenalign.h"
 
 static int cmp_double(const void *a, const void *b) {
@@ -48,11 +48,11 @@ int main(int argc, char **argv) {
     if (ctx <= 0 || ctx > cfg->n_positions) ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
     ea_kv_stats stats;
     ea_kv_metric metric;
-    if ((st = ea_kvfit_stats_metric(m, ids, n, ctx, 0, &stats, &metric))) {
+    if ((st = ea_kv_stats_fit(m, ids, n, ctx, 0, &stats, &metric))) {
         fprintf(stderr, "bench_kvcache: %s\n", ea_last_error());
         return 1;
     }
-    ea_kv_sens_cache sens = {0};
+    ea_kv_sens_cache *sens = NULL;
     char *list = strdup(kv);
     const char *specs[64];
     ea_kv_codec *codecs[64] = {NULL};
@@ -60,7 +60,8 @@ int main(int argc, char **argv) {
     specs[nc++] = "f32";
     for (char *sv = NULL, *s = strtok_r(list, ",", &sv); s && nc < 64; s = strtok_r(NULL, ",", &sv)) specs[nc++] = s;
     for (int i = 1; i < nc; i++)
-        if ((st = ea_kv_codec_fit(m, specs[i], &stats, &metric, ids, n, ctx, 4096, &sens, &codecs[i]))) {
+        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) ||
+            (st = ea_kv_codec_fit(m, specs[i], &stats, &metric, ids, n, ctx, 4096, sens, &codecs[i], NULL, NULL))) {
             fprintf(stderr, "bench_kvcache: %s\n", ea_last_error());
             return 1;
         }
@@ -86,9 +87,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nc; i++) ea_kv_codec_free(codecs[i]);
     free(rate);
     free(list);
-    ea_kvfit_stats_free(&stats);
+    ea_kv_stats_free(&stats);
     ea_kv_metric_free(&metric);
-    ea_kv_sens_cache_free(&sens);
+    ea_kv_sens_cache_free(sens);
     free(ids);
     free(text);
     ea_tokenizer_free(tok);

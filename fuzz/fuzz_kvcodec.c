@@ -4,7 +4,7 @@
  * every refusal names the file. */
 #include <math.h>
 
-#include "compress/kv_internal.h"
+#include "kv/kv_internal.h"
 #include "fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -9,7 +9,9 @@
 #include "ea/model.h"
 #include "ea/kvcodec.h"
 #include "ea/spectral.h"
+#include "ea/calib.h"
 #include "ea/compress.h"
 #include "ea/esap.h"
+#include "ea/report.h"
 
 #endif

@@ -8,9 +8,15 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh --test
 jobs=$(nproc)
 
+echo "== layering check (includes, include loops; its self-test plants violations)" >&2
+bash scripts/check_layers.sh /nonexistent
+bash scripts/check_layers_selftest.sh
+
 echo "== release build + tests" >&2
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
+echo "== layering check of calls (symbols of the built objects)" >&2
+bash scripts/check_layers.sh build
 ctest --test-dir build --output-on-failure
 
 echo "== install tests: scratch prefix, examples via pkg-config and find_package" >&2

@@ -669,11 +669,11 @@ typedef struct {
     int layer;
 } kv_capture;
 
-static int capture_kv(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status capture_kv(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     kv_capture *k = user;
     if (layer != k->layer || (site != EA_SITE_K && site != EA_SITE_V)) return 0;
     int skip = pos0 == 0; /* exclude_first */
-    return ea_cov_add(k->cov[site == EA_SITE_V], x + (size_t)skip * ld, n - skip, ld) != EA_OK;
+    return ea_cov_add(k->cov[site == EA_SITE_V], x + (size_t)skip * ld, n - skip, ld);
 }
 
 static void test_fit_full_rank_on_model(void **state) {

@@ -718,7 +718,7 @@ typedef struct {
     int off;
 } capture_all;
 
-static int keep_rows(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status keep_rows(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     capture_all *c = user;
     if (site != EA_SITE_HIDDEN || layer != c->layer) return 0;
     for (int r = 0; r < n; r++) memcpy(c->rows + (size_t)(c->off + pos0 + r) * d, x + (size_t)r * ld, (size_t)d * sizeof(float));
@@ -739,7 +739,7 @@ static void test_hidden_collect_matches_capture(void **state) {
     ea_rng_seed(&r, 51);
     for (int i = 0; i < n; i++) ids[i] = (int)ea_rng_below(&r, 40); /* few distinct tokens: many repeats */
     ea_esap_hidden *h;
-    assert_int_equal(ea_esap_hidden_collect(m, layer, ids, (size_t)n, ctx, NULL, NULL, &h), EA_OK);
+    assert_int_equal(ea_esap_hidden_collect(m, layer, ids, (size_t)n, ctx, NULL, NULL, NULL, &h), EA_OK);
     assert_int_equal((int)ea_esap_hidden_positions(h), n);
 
     capture_all c = {.layer = layer, .rows = malloc((size_t)n * d * sizeof(float))};

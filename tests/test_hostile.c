@@ -272,7 +272,7 @@ typedef struct {
     int fired;
 } nan_hook;
 
-static int inject_nan(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status inject_nan(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     nan_hook *h = user;
     (void)pos0;
     (void)ld;

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_quant.h"
-#include "compress/kv_rows.h"
+#include "calib/calib_internal.h"
+#include "kv/kv_quant.h"
+#include "kv/kv_rows.h"
 #include "testutil.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -54,7 +54,7 @@ static void source_init(source *s, const ea_config *c, uint64_t seed) {
     int L = c->n_layer, d = c->n_embd;
     ea_rng r;
     ea_rng_seed(&r, seed);
-    assert_int_equal(ea_kvfit_stats_alloc(&s->st, L, d), EA_OK);
+    assert_int_equal(ea_kv_stats_alloc(&s->st, L, d), EA_OK);
     s->st.n = 1e6;
     for (int k = 0; k < 2; k++) {
         s->u[k] = malloc(sizeof(double) * (size_t)L * d * d);
@@ -77,7 +77,7 @@ static void source_init(source *s, const ea_config *c, uint64_t seed) {
 }
 
 static void source_free(source *s) {
-    ea_kvfit_stats_free(&s->st);
+    ea_kv_stats_free(&s->st);
     for (int k = 0; k < 2; k++) {
         free(s->u[k]);
         free(s->lam[k]);

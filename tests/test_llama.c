@@ -243,7 +243,7 @@ static void test_llama_long_gqa_codecs(void **state) {
     const double btol[] = {1e-3, 1e-3, 0.474};
     for (int s = 0; s < 3; s++) {
         ea_kv_codec *codec;
-        if (ea_kv_codec_fit_model(m, bspecs[s], calib, (size_t)nc, 300, 0, &codec) != EA_OK)
+        if (ea_kv_codec_fit_model(m, bspecs[s], calib, (size_t)nc, 300, NULL, NULL, &codec) != EA_OK)
             fail_msg("codec %s: %s", bspecs[s], ea_last_error());
         assert_int_equal(ea_kvcache_init(&cache, cfg, T + 1, codec), EA_OK);
         assert_int_equal(ea_model_forward(m, cache, ids, T, NULL, 0), EA_OK);

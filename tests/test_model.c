@@ -16,7 +16,7 @@ typedef struct {
     float *qkv;    /* L × T × 3C */
 } capture_ctx;
 
-static int capture_all(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status capture_all(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     capture_ctx *c = user;
     for (int i = 0; i < n; i++) {
         int t = pos0 + i;

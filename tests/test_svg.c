@@ -5,7 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "report/svg.h"
+#include "ea/report.h"
 #include "testutil.h"
 
 static int count(const char *hay, const char *needle) {

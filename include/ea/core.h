@@ -11,6 +11,15 @@ extern "C" {
 
 #define EA_VERSION "0.1.0"
 
+/* Marks every public declaration. The library is compiled with -fvisibility=hidden, so only
+ * these names are exported from a shared build; the rest stay internal (the static library
+ * still links them, which is how tests reach internal code). */
+#if defined(__GNUC__)
+#define EA_API __attribute__((visibility("default")))
+#else
+#define EA_API
+#endif
+
 /* Every fallible library call returns an ea_status; on failure a message naming the
  * file and the problem is available from ea_last_error() (per thread). */
 typedef enum {
@@ -21,35 +30,41 @@ typedef enum {
     EA_ERR_ARG = -4,         /* invalid argument from the caller */
     EA_ERR_UNSUPPORTED = -5, /* valid but not supported (dtype, activation...) */
     EA_ERR_NUMERIC = -6,     /* NaN/Inf or a failed decomposition */
-    EA_ERR_MISMATCH = -7     /* file does not fit the model */
+    EA_ERR_MISMATCH = -7,    /* file does not fit the model */
+    EA_STOPPED = 1           /* not an error: a capture hook ended a forward pass early on purpose */
 } ea_status;
 
-const char *ea_last_error(void);
-const char *ea_status_name(ea_status s);
+EA_API const char *ea_last_error(void);
+EA_API const char *ea_status_name(ea_status s);
 /* Record a message for the current thread and return code (for `return ea_error(...)`). */
-ea_status ea_error(ea_status code, const char *fmt, ...)
+EA_API ea_status ea_error(ea_status code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
 
+/* Progress of a long-running call, for the caller to render (the library never prints): stage
+ * names the work, done of total units (tokens, windows or items, as the call documents). Called
+ * on the calling thread; user is the pointer given beside the callback. */
+typedef void (*ea_progress_fn)(void *user, const char *stage, size_t done, size_t total);
+
 /* Deterministic PRNG (xoshiro256**), seeded by splitmix64. */
 typedef struct { uint64_t s[4]; } ea_rng;
-void ea_rng_seed(ea_rng *r, uint64_t seed);
-uint64_t ea_rng_u64(ea_rng *r);
-double ea_rng_uniform(ea_rng *r);          /* [0, 1) */
-double ea_rng_normal(ea_rng *r);           /* standard normal */
-uint64_t ea_rng_below(ea_rng *r, uint64_t n); /* uniform in [0, n) */
+EA_API void ea_rng_seed(ea_rng *r, uint64_t seed);
+EA_API uint64_t ea_rng_u64(ea_rng *r);
+EA_API double ea_rng_uniform(ea_rng *r);          /* [0, 1) */
+EA_API double ea_rng_normal(ea_rng *r);           /* standard normal */
+EA_API uint64_t ea_rng_below(ea_rng *r, uint64_t n); /* uniform in [0, n) */
 
 /* IEEE half and bfloat16 conversion. */
-float ea_f16_to_f32(uint16_t h);
-uint16_t ea_f32_to_f16(float f);
-float ea_bf16_to_f32(uint16_t h);
-void ea_f16_to_f32_array(const uint16_t *src, float *dst, size_t n);
+EA_API float ea_f16_to_f32(uint16_t h);
+EA_API uint16_t ea_f32_to_f16(float f);
+EA_API float ea_bf16_to_f32(uint16_t h);
+EA_API void ea_f16_to_f32_array(const uint16_t *src, float *dst, size_t n);
 
 /* Overflow-checked size arithmetic: return 0 on success, -1 on overflow. */
-int ea_mul_size(size_t a, size_t b, size_t *out);
-int ea_add_size(size_t a, size_t b, size_t *out);
+EA_API int ea_mul_size(size_t a, size_t b, size_t *out);
+EA_API int ea_add_size(size_t a, size_t b, size_t *out);
 
 /* Output files are written under a temporary name and renamed on commit, so an
  * interrupted run never leaves a truncated file where a good one was. */
@@ -59,35 +74,35 @@ typedef struct {
     char *tmp;           /* temporary path in the same directory: "<path>.tmp.XXXXXX" */
     int reg;             /* internal: slot in the table of open temporaries */
 } ea_outfile;
-ea_status ea_outfile_open(ea_outfile *o, const char *path);
-ea_status ea_outfile_commit(ea_outfile *o); /* flush, fsync, rename; frees */
-void ea_outfile_abort(ea_outfile *o);       /* remove the temporary; frees */
+EA_API ea_status ea_outfile_open(ea_outfile *o, const char *path);
+EA_API ea_status ea_outfile_commit(ea_outfile *o); /* flush, fsync, rename; frees */
+EA_API void ea_outfile_abort(ea_outfile *o);       /* remove the temporary; frees */
 /* Temporaries of outfiles still open are kept in a small table. For executables: install
  * SIGINT/SIGTERM handlers that unlink them and then die of the same signal (default action, so
  * the exit status still says "killed by signal"). Signals that are ignored or already have a
  * handler are left alone. Never called by the library itself. */
-void ea_outfile_install_signal_cleanup(void);
+EA_API void ea_outfile_install_signal_cleanup(void);
 /* Unlink the open temporaries; async-signal-safe, for programs with handlers of their own. */
-void ea_outfile_remove_temporaries(void);
+EA_API void ea_outfile_remove_temporaries(void);
 /* Write a whole buffer atomically. */
-ea_status ea_write_file_atomic(const char *path, const void *data, size_t n);
+EA_API ea_status ea_write_file_atomic(const char *path, const void *data, size_t n);
 /* Read a whole (small) file into a NUL-terminated buffer; max_bytes bounds it. */
-ea_status ea_read_file(const char *path, size_t max_bytes, char **data, size_t *n);
+EA_API ea_status ea_read_file(const char *path, size_t max_bytes, char **data, size_t *n);
 
 /* For executables, first thing in main(): re-execute once with OPENBLAS_CORETYPE=Haswell when
  * OpenBLAS fell back to SSE3 kernels on a CPU with AVX2+FMA, and with a short OpenMP spin
  * (GOMP_SPINCOUNT) unless the user set a wait policy. EA_NO_REEXEC=1 disables it. Returns only if
  * nothing needed doing or exec failed. Never called by the library itself. */
-void ea_process_tune(char **argv);
+EA_API void ea_process_tune(char **argv);
 /* What ea_process_tune does short of re-executing: set those variables (OPENBLAS_CORETYPE,
  * GOMP_SPINCOUNT) in this process's environment, unless EA_NO_REEXEC is set. They take effect only
  * in processes started afterwards, since OpenBLAS and libgomp read them when they load; a host
  * that loads the library late (the Python package) runs this in a child and copies the result
  * into its environment before loading. Returns non-zero when it set anything. */
-int ea_process_tune_env(void);
+EA_API int ea_process_tune_env(void);
 
 /* Wall clock in seconds (monotonic). */
-double ea_time_now(void);
+EA_API double ea_time_now(void);
 
 #ifdef __cplusplus
 }

@@ -38,28 +38,28 @@ typedef struct {
 
 /* Build a message from d eigenvalues (any order, any positive scale; tiny negatives from
  * rounding, above -1e-12 of the largest, are clamped to 0). K <= 0 means K = d. */
-ea_status ea_esap_spectrum_init(ea_esap_spectrum *s, const double *eigenvalues, int d, int K,
+EA_API ea_status ea_esap_spectrum_init(ea_esap_spectrum *s, const double *eigenvalues, int d, int K,
                                 const char *fingerprint, const char *site);
-void ea_esap_spectrum_free(ea_esap_spectrum *s);
+EA_API void ea_esap_spectrum_free(ea_esap_spectrum *s);
 
 /* Stable JSON: fixed key order, every number printed with %.17g so parsing gives back the
  * same doubles bit for bit. *json is malloc'd and NUL-terminated. */
-ea_status ea_esap_spectrum_to_json(const ea_esap_spectrum *s, char **json, size_t *len);
+EA_API ea_status ea_esap_spectrum_to_json(const ea_esap_spectrum *s, char **json, size_t *len);
 /* Parse and validate (types, lengths, finiteness, d <= EA_ESAP_MAX_DIM, eigenvalues
  * non-negative, descending and summing to 1, Df and C(k) consistent with them, no unknown or
  * duplicate keys). name appears in error messages (a path, or "message"). */
-ea_status ea_esap_spectrum_parse(const char *json, size_t len, const char *name, ea_esap_spectrum *out);
-ea_status ea_esap_spectrum_save(const ea_esap_spectrum *s, const char *path);
-ea_status ea_esap_spectrum_load(const char *path, ea_esap_spectrum *out);
+EA_API ea_status ea_esap_spectrum_parse(const char *json, size_t len, const char *name, ea_esap_spectrum *out);
+EA_API ea_status ea_esap_spectrum_save(const ea_esap_spectrum *s, const char *path);
+EA_API ea_status ea_esap_spectrum_load(const char *path, ea_esap_spectrum *out);
 
 /* Pearson correlation of x and y (n values); NaN when n < 2 or either is constant. */
-double ea_esap_pearson(const double *x, const double *y, int n);
+EA_API double ea_esap_pearson(const double *x, const double *y, int n);
 /* C(k) = Σ_{i<k} ev_i / Σ ev for k = 1..K into ck (ev descending, d values). */
-void ea_esap_cumulative(const double *ev, int d, int K, double *ck);
+EA_API void ea_esap_cumulative(const double *ev, int d, int K, double *ck);
 /* Controls. Eigenvalues (descending) of the sample covariance of n isotropic Gaussian vectors in
  * d dimensions, deterministic in seed; and the power law λ_i ∝ i^-alpha, i = 1..d. */
-ea_status ea_esap_isotropic_spectrum(int d, int n, uint64_t seed, double *ev);
-void ea_esap_powerlaw_spectrum(int d, double alpha, double *ev);
+EA_API ea_status ea_esap_isotropic_spectrum(int d, int n, uint64_t seed, double *ev);
+EA_API void ea_esap_powerlaw_spectrum(int d, double alpha, double *ev);
 
 typedef struct {
     int d_a, d_b, K;
@@ -74,7 +74,7 @@ typedef struct {
 #define EA_ESAP_ISOTROPIC_FACTOR 10 /* isotropic control sample: n = 10·d vectors */
 /* K <= 0 means min(d_a, d_b); K must not exceed either message's K. The isotropic controls use
  * seeds seed (side a) and seed + 1 (side b). */
-ea_status ea_esap_compare(const ea_esap_spectrum *a, const ea_esap_spectrum *b, int K, uint64_t seed,
+EA_API ea_status ea_esap_compare(const ea_esap_spectrum *a, const ea_esap_spectrum *b, int K, uint64_t seed,
                           ea_esap_handshake *out);
 
 /* ---- 2. Alignment ---------------------------------------------------------------------- */
@@ -82,27 +82,27 @@ ea_status ea_esap_compare(const ea_esap_spectrum *a, const ea_esap_spectrum *b, 
 /* Orthogonal Procrustes: W = argmin ‖A W − B‖_F over W with orthonormal columns (da × db,
  * da >= db) or rows (da < db), W = U Vᵀ from the SVD of AᵀB = U Σ Vᵀ (LAPACK dgesdd).
  * a: n × da, b: n × db, w: da × db, all row-major. */
-ea_status ea_procrustes(const double *a, const double *b, int n, int da, int db, double *w);
+EA_API ea_status ea_procrustes(const double *a, const double *b, int n, int da, int db, double *w);
 
 /* One side's own eigenbasis: the mean and the covariance eigenvectors of its anchor vectors
  * (no correspondence is used, so it leaks nothing about the pairing). */
 typedef struct ea_esap_basis ea_esap_basis;
-ea_status ea_esap_basis_fit(const float *x, int n, int d, ea_esap_basis **out);
-void ea_esap_basis_free(ea_esap_basis *b);
-int ea_esap_basis_dim(const ea_esap_basis *b);
+EA_API ea_status ea_esap_basis_fit(const float *x, int n, int d, ea_esap_basis **out);
+EA_API void ea_esap_basis_free(ea_esap_basis *b);
+EA_API int ea_esap_basis_dim(const ea_esap_basis *b);
 /* Mean of the anchor vectors (d values). */
-const double *ea_esap_basis_mean(const ea_esap_basis *b);
+EA_API const double *ea_esap_basis_mean(const ea_esap_basis *b);
 /* Covariance eigenvalues, descending (d values). */
-const double *ea_esap_basis_eigenvalues(const ea_esap_basis *b);
+EA_API const double *ea_esap_basis_eigenvalues(const ea_esap_basis *b);
 /* Centre n rows of d floats and project on the top-k eigenvectors: out n × k. */
-ea_status ea_esap_basis_project(const ea_esap_basis *b, const float *x, int n, int k, float *out);
+EA_API ea_status ea_esap_basis_project(const ea_esap_basis *b, const float *x, int n, int k, float *out);
 /* Back from k coefficients to d dims (centred: the mean is not added): out n × d. */
-ea_status ea_esap_basis_lift(const ea_esap_basis *b, const float *z, int n, int k, float *out);
+EA_API ea_status ea_esap_basis_lift(const ea_esap_basis *b, const float *z, int n, int k, float *out);
 
 /* Deterministic split of n anchors: perm (n entries) is a seeded permutation; training anchors
  * are perm[0 .. n_train), held-out anchors perm[n - n_test .. n). Growing n_train with the same
  * seed and n_test keeps the held-out set fixed, so sweeps compare like with like. */
-ea_status ea_esap_split(int n, int n_train, int n_test, uint64_t seed, int *perm);
+EA_API ea_status ea_esap_split(int n, int n_train, int n_test, uint64_t seed, int *perm);
 
 /* Retrieval of pairs (x_i, y_i): for each mapped source row x_i, rank every target row y_j by
  * cosine (nearest neighbour) and by CSLS (Conneau et al. 2018): 2cos(x,y) − r_T(x) − r_S(y),
@@ -115,7 +115,7 @@ typedef struct {
     double mean_cos; /* mean cosine of the pairs (x_i, y_i) */
 } ea_esap_retrieval;
 #define EA_ESAP_CSLS_K 10
-ea_status ea_esap_retrieve(const float *x, const float *y, int n, int k, int csls_k, ea_esap_retrieval *out);
+EA_API ea_status ea_esap_retrieve(const float *x, const float *y, int n, int k, int csls_k, ea_esap_retrieval *out);
 
 typedef struct {
     int rank, train_anchors, test_anchors;
@@ -131,7 +131,7 @@ typedef struct {
  * of za paired with row i of zb. Splits with ea_esap_split(seed), fits W on the training pairs
  * and evaluates on the held-out ones; w (k × k, optional) receives W. The null shuffles the
  * training correspondences with streams derived from seed and averages over the shuffles. */
-ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
+EA_API ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
                              uint64_t seed, double *w, ea_esap_align_report *out);
 
 /* ---- 2b. Mutual k-NN alignment, anchor-free alignment ----------------------------------- */
@@ -198,7 +198,7 @@ typedef struct {
                                     EA_ESAP_NULL_SHUFFLES shuffles) */
     double chance;               /* 1 / test_anchors */
 } ea_esap_message_report;
-ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+EA_API ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
                                const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
                                ea_esap_message_report *out);
 
@@ -219,29 +219,28 @@ typedef struct {
     int layer_a, layer_b; /* hidden only; -1 means the model's last (n_layer) */
 } ea_esap_repr;
 /* "wte", "hidden:L", "hidden:last" or "hidden:LA,LB" (a layer for each model). */
-ea_status ea_esap_repr_parse(const char *s, ea_esap_repr *out);
+EA_API ea_status ea_esap_repr_parse(const char *s, ea_esap_repr *out);
 /* The hidden layer one side uses (side_b: 0 for model a, 1 for b), checked against the model:
  * EA_ERR_ARG naming the model when out of range. */
-ea_status ea_esap_repr_layer(const ea_esap_repr *r, int side_b, const ea_model *m, int *layer);
+EA_API ea_status ea_esap_repr_layer(const ea_esap_repr *r, int side_b, const ea_model *m, int *layer);
 /* Canonical name of one side's representation ("wte" or "hidden:L"), into buf. */
-void ea_esap_repr_name(const ea_esap_repr *r, int side_b, const ea_model *m, char *buf, size_t size);
+EA_API void ea_esap_repr_name(const ea_esap_repr *r, int side_b, const ea_model *m, char *buf, size_t size);
 
 /* Hidden states of one model over a token stream, cut into windows of ctx tokens, each run from
  * an empty cache. Accumulates the covariance of all positions (for the handshake) and the
  * per-token sums (for averaged anchors). */
 typedef struct ea_esap_hidden ea_esap_hidden;
-typedef void (*ea_esap_progress_fn)(const char *label, size_t done, size_t total);
-/* progress (optional) is called after each window with label. */
-ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx, ea_esap_progress_fn progress,
-                                 const char *label, ea_esap_hidden **out);
-void ea_esap_hidden_free(ea_esap_hidden *h);
-int ea_esap_hidden_dim(const ea_esap_hidden *h);
-size_t ea_esap_hidden_positions(const ea_esap_hidden *h);
+/* progress (optional) is called after each window with stage label, in tokens. */
+EA_API ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx, ea_progress_fn progress,
+                                 void *progress_user, const char *label, ea_esap_hidden **out);
+EA_API void ea_esap_hidden_free(ea_esap_hidden *h);
+EA_API int ea_esap_hidden_dim(const ea_esap_hidden *h);
+EA_API size_t ea_esap_hidden_positions(const ea_esap_hidden *h);
 /* Covariance (n-1 denominator) of all captured positions, d × d. */
-ea_status ea_esap_hidden_covariance(const ea_esap_hidden *h, double *cov);
+EA_API ea_status ea_esap_hidden_covariance(const ea_esap_hidden *h, double *cov);
 /* Occurrences of token id, and its mean hidden state (d floats; EA_ERR_ARG if it never occurred). */
-int ea_esap_hidden_token_count(const ea_esap_hidden *h, int id);
-ea_status ea_esap_hidden_token_mean(const ea_esap_hidden *h, int id, float *out);
+EA_API int ea_esap_hidden_token_count(const ea_esap_hidden *h, int id);
+EA_API ea_status ea_esap_hidden_token_mean(const ea_esap_hidden *h, int id, float *out);
 
 /* Anchor pairs of two models: token ids present in both vocabularies and, for hidden
  * representations, seen at least once in both collections. With both tokenizers given, a pair is
@@ -254,10 +253,10 @@ typedef struct {
     char **span;      /* pairing by text: the n words (NUL-terminated); NULL for token pairs */
 } ea_esap_anchors;
 /* ha/hb: hidden collections of each model (NULL for EA_ESAP_REPR_WTE). */
-ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea_tokenizer *ta,
+EA_API ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea_tokenizer *ta,
                                 const ea_tokenizer *tb, const ea_esap_repr *r, const ea_esap_hidden *ha,
                                 const ea_esap_hidden *hb, ea_esap_anchors *out);
-void ea_esap_anchors_free(ea_esap_anchors *a);
+EA_API void ea_esap_anchors_free(ea_esap_anchors *a);
 
 /* The whole path from two loaded models to their anchors or spectra. Hidden representations read
  * text_path, tokenized by each model's own tokenizer (at most max_tokens tokens, 0 = all), run in
@@ -268,9 +267,10 @@ typedef struct {
     const char *text_path;
     size_t max_tokens;
     int ctx;
-    ea_esap_progress_fn progress; /* optional */
+    ea_progress_fn progress; /* optional, in tokens of each model's text */
+    void *progress_user;
 } ea_esap_source;
-ea_status ea_esap_anchors_from_models(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
+EA_API ea_status ea_esap_anchors_from_models(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
                                       const ea_esap_source *src, ea_esap_anchors *out);
 /* Anchors paired by shared text (src/esap/text_pairs.c), for models whose tokenizers differ.
  * src->text_path is cut at whitespace into chunks of at most 3·ctx bytes; both models read each
@@ -286,7 +286,7 @@ ea_status ea_esap_text_anchors(ea_model *ma, const ea_tokenizer *ta, ea_model *m
 /* Spectrum message of one side (side_b: which layer of repr to use) at its site: the
  * covariance of the wte rows, or of the hidden states at every position of the text. K <= 0
  * means K = d. */
-ea_status ea_esap_spectrum_from_model(ea_model *m, const ea_tokenizer *t, int side_b, const ea_esap_source *src, int K,
+EA_API ea_status ea_esap_spectrum_from_model(ea_model *m, const ea_tokenizer *t, int side_b, const ea_esap_source *src, int K,
                                       ea_esap_spectrum *out);
 
 #ifdef __cplusplus

@@ -44,9 +44,10 @@ ea_status cli_load_model(const char *dir, ea_model **m, ea_tokenizer **t);
  * max_tokens ids when max_tokens > 0. */
 ea_status cli_load_text_ids(const ea_tokenizer *t, const char *path, size_t max_tokens, int **ids, size_t *n);
 
-/* Progress on stderr: "label [#####.....] done/total" (only when stderr is a terminal, or when
- * EA_PROGRESS=1); cli_progress_done ends the line. */
-void cli_progress(const char *label, size_t done, size_t total);
+/* Progress on stderr: "stage [#####.....] done/total" (only when stderr is a terminal, or when
+ * EA_PROGRESS=1); cli_progress_done ends the line. An ea_progress_fn (user unused), so it is what
+ * the CLI hands to every long-running library call. */
+void cli_progress(void *user, const char *label, size_t done, size_t total);
 void cli_progress_done(void);
 
 /* ESAP commands (esap_pair.c). Default split of the anchors into training and held-out pairs. */

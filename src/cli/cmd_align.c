@@ -170,7 +170,7 @@ int cmd_align(int argc, char **argv) {
                            reps + nrep, infos + nrep)))
             goto fail;
         nrep += nc;
-        if (sweep) cli_progress("sweep", (size_t)nrep, (size_t)nr * nc);
+        if (sweep) cli_progress(NULL, "sweep", (size_t)nrep, (size_t)nr * nc);
     }
     /* Mutual k-NN of the two models' full (centred) vectors of the held-out anchors: a property of
      * the representations and the pairing, not of W. */

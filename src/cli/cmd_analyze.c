@@ -8,8 +8,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "report/spectra_figure.h"
-#include "spectral/site_stats.h"
 
 static const char *usage =
     "usage: eigenalign analyze [--model DIR] [--text PATH] [--ctx N] [--max-tokens N]\n"
@@ -126,11 +124,6 @@ static int parse_opts(int argc, char **argv, analyze_opts *o) {
     if (o->sample_len && !o->samples) return cli_error("analyze", "--sample-len needs --samples"), 2;
     if (parse_variance(o)) return 2;
     return 0;
-}
-
-static void progress_cb(void *user, size_t done, size_t total) {
-    (void)user;
-    cli_progress("analyze", done, total);
 }
 
 /* ---- timing reference: a bare dsyrk over the same shapes ---- */
@@ -375,7 +368,7 @@ int cmd_analyze(int argc, char **argv) {
     if ((st = ea_site_stats_init(&stats, cfg, o.kinds, !o.no_heads))) goto fail;
     if ((st = ea_site_stats_add_wte(stats, ea_model_wte(m), cfg->vocab_size, cfg->n_embd))) goto fail;
     if (fwd_kinds) {
-        st = ea_site_stats_run(stats, m, cache, ids, win, nwin, progress_cb, NULL, &tm.forward_s);
+        st = ea_site_stats_run(stats, m, cache, ids, win, nwin, cli_progress, NULL, &tm.forward_s);
         cli_progress_done();
         if (st) goto fail;
     }

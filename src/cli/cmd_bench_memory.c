@@ -22,7 +22,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "compress/kv_internal.h"
 
 static const char *usage =
     "usage: eigenalign bench-memory [--model DIR] [--codec CODEC[,CODEC...]] [--seq N[,N...]]\n"
@@ -61,13 +60,13 @@ static ea_status stats_load(const char *path, const ea_config *cfg, ea_kv_stats 
     if (fread(hdr, sizeof hdr, 1, f) != 1 || hdr[0] != STATS_MAGIC || hdr[1] != (uint64_t)cfg->n_layer ||
         hdr[2] != (uint64_t)cfg->n_embd)
         st = ea_error(EA_ERR_FORMAT, "%s: not statistics for this model", path);
-    if (!st) st = ea_kvfit_stats_alloc(s, cfg->n_layer, cfg->n_embd);
+    if (!st) st = ea_kv_stats_alloc(s, cfg->n_layer, cfg->n_embd);
     size_t nm = (size_t)cfg->n_layer * cfg->n_embd, nc = nm * cfg->n_embd;
     int bad = st != EA_OK || fread(&s->n, 8, 1, f) != 1;
     for (int k = 0; k < 2 && !bad; k++) bad = fread(s->mean[k], 8, nm, f) != nm || fread(s->cov[k], 8, nc, f) != nc;
     fclose(f);
     if (bad && !st) st = ea_error(EA_ERR_FORMAT, "%s: truncated statistics", path);
-    if (st) ea_kvfit_stats_free(s);
+    if (st) ea_kv_stats_free(s);
     return st;
 }
 
@@ -97,7 +96,7 @@ static int measure_one(const char *model_dir, const char *spec, int seq, const c
     if (stats_path && (st = stats_load(stats_path, cfg, &s))) goto done;
     have = stats_path != NULL;
     if (strcmp(spec, "f32") && (st = ea_kv_codec_create(spec, cfg, have ? &s : NULL, &codec))) goto done;
-    ea_kvfit_stats_free(&s); /* the codec keeps what it needs; the statistics are not its memory */
+    ea_kv_stats_free(&s); /* the codec keeps what it needs; the statistics are not its memory */
     if ((st = ea_kvcache_init(&cache, cfg, seq, codec))) goto done;
     tok = malloc(sizeof(int) * (size_t)seq);
     logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
@@ -117,7 +116,7 @@ done:
     free(logits);
     ea_kvcache_free(cache);
     ea_kv_codec_free(codec);
-    ea_kvfit_stats_free(&s);
+    ea_kv_stats_free(&s);
     ea_model_free(m);
     return rc;
 }
@@ -229,7 +228,7 @@ int cmd_bench_memory(int argc, char **argv) {
     ea_tokenizer *tok = NULL;
     ea_kv_stats stats = {0};
     ea_kv_metric metric = {0};
-    ea_kv_sens_cache sens = {0};
+    ea_kv_sens_cache *sens = NULL;
     int have_stats = 0;
     rc = 1;
     ea_status st;
@@ -253,7 +252,7 @@ int cmd_bench_memory(int argc, char **argv) {
     if (want) {
         fprintf(stderr, "bench-memory: fitting K/V statistics on %s\n", calib);
         if ((st = cli_load_text_ids(tok, calib, (size_t)calib_tokens, &ids, &nids)) ||
-            (st = ea_kvfit_stats_metric(m, ids, nids, fit_ctx, 0, &stats, &metric))) {
+            (st = ea_kv_stats_fit(m, ids, nids, fit_ctx, 0, &stats, &metric))) {
             cli_fail_status("bench-memory", st);
             goto done;
         }
@@ -272,8 +271,9 @@ int cmd_bench_memory(int argc, char **argv) {
             cinfo[i].seq_b = 0;
             continue;
         }
-        if ((st = ea_kv_codec_fit(m, cinfo[i].spec, have_stats ? &stats : NULL, have_stats ? &metric : NULL, ids, nids,
-                                  fit_ctx, 4096, &sens, &c))) {
+        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) ||
+            (st = ea_kv_codec_fit(m, cinfo[i].spec, have_stats ? &stats : NULL, have_stats ? &metric : NULL, ids, nids,
+                                  fit_ctx, 4096, sens, &c, cli_progress, NULL))) {
             cli_fail_status("bench-memory", st);
             goto done;
         }
@@ -340,7 +340,7 @@ int cmd_bench_memory(int argc, char **argv) {
                     cJSON_Delete(rows);
                     goto done;
                 }
-                cli_progress("measure", (size_t)(si * nc + i + 1), (size_t)(ns * nc));
+                cli_progress(NULL, "measure", (size_t)(si * nc + i + 1), (size_t)(ns * nc));
             }
             cJSON *r = cJSON_CreateObject();
             cJSON_AddNumberToObject(r, "seq", seq);
@@ -397,9 +397,9 @@ done:
     if (tmpdir) rmdir(tmpdir);
     free(list);
     free(ids);
-    if (have_stats) ea_kvfit_stats_free(&stats);
+    if (have_stats) ea_kv_stats_free(&stats);
     ea_kv_metric_free(&metric);
-    ea_kv_sens_cache_free(&sens);
+    ea_kv_sens_cache_free(sens);
     ea_tokenizer_free(tok);
     ea_model_free(m);
     return rc;

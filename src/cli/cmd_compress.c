@@ -90,11 +90,6 @@ static ea_status encode_str(const ea_tokenizer *t, const char *s, size_t max_tok
     return EA_OK;
 }
 
-static void eval_progress(void *user, size_t done, size_t total) {
-    (void)user;
-    cli_progress("compress", done, total);
-}
-
 /* Mean over sites of the relative error and cosine (sites with no rows are skipped). */
 static void mean_site_error(const ea_eval_result *r, double *err, double *cosv) {
     double se = 0, sc = 0;
@@ -186,7 +181,7 @@ int cmd_compress(int argc, char **argv) {
         cli_fail_status("compress", st);
         goto done;
     }
-    ea_eval_params ep = {(int)ctx, inject, eval_progress, NULL};
+    ea_eval_params ep = {(int)ctx, inject, cli_progress, NULL};
     double t0 = ea_time_now();
     /* Main evaluation: the text file, else every prompt in turn (each its own windows). */
     if (text) {

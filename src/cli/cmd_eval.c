@@ -6,8 +6,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "compress/kv_internal.h"
-#include "report/svg.h"
 
 static const char *usage =
     "usage: eigenalign eval [--model DIR] --text PATH --kv CODEC[,CODEC...]\n"
@@ -36,7 +34,7 @@ static const char *usage =
 typedef struct {
     const char *spec;
     ea_kv_codec *codec; /* NULL for the baseline */
-    ea_kvcache *cache;
+    size_t cache_bytes; /* at --ctx */
     ea_kv_score sc;
     double prefill_s, decode_tok_s;
     size_t prefill_tok;
@@ -61,7 +59,7 @@ static ea_status load_stats(ea_model *m, ea_tokenizer *tok, const char *compress
     }
     *from_compressor = 0;
     if ((s = cli_load_text_ids(tok, calib, (size_t)calib_max, cids, cn))) return s;
-    return ea_kvfit_stats_metric(m, *cids, *cn, ctx, skip, st, mt);
+    return ea_kv_stats_fit(m, *cids, *cn, ctx, skip, st, mt);
 }
 
 /* "klt:2:hs" -> family "klt:*:hs" (codecs that differ only in their size parameter). */
@@ -78,7 +76,7 @@ static void family_of(const char *spec, char *out, size_t cap) {
 /* Bits per cached value at the window length actually used (per-sequence bytes such as a sink row
  * included): cache bytes × 8 / values. */
 static double bits_at(const ea_kv_codec *c, int ctx) {
-    return (double)ea_kv_codec_bytes(c, ctx) * 8.0 / (2.0 * c->n_layer * (double)ctx * c->d);
+    return (double)ea_kv_codec_bytes(c, ctx) * 8.0 / (2.0 * ea_kv_codec_n_layer(c) * (double)ctx * ea_kv_codec_dim(c));
 }
 
 static double dppl_pct(const codec_run *r, double base_ppl) { return 100.0 * (exp(r->sc.nll / (double)r->sc.scored) / base_ppl - 1); }
@@ -159,12 +157,12 @@ static void print_table(const codec_run *runs, int nr, double base_ppl, int ctx)
            "cache B", "ppl", "dppl %", "KL", "top1", "prefill/s", "decode/s");
     const codec_run *b = &runs[0];
     printf("%-14s %9.3f %12d %12d %12zu %10.4f %9s %10s %7s %10.1f %10.1f\n", "f32 (baseline)", 32.0, 0, 0,
-           ea_kvcache_bytes_for(b->cache, ctx), base_ppl, "-", "-", "-", b->prefill_tok / b->prefill_s, b->decode_tok_s);
+           b->cache_bytes, base_ppl, "-", "-", "-", b->prefill_tok / b->prefill_s, b->decode_tok_s);
     for (int i = 1; i < nr; i++) {
         const codec_run *r = &runs[i];
         printf("%-14s %9.3f %12zu %12zu %12zu %10.4f %+9.3f %10.6f %6.2f%% %10.1f %10.1f\n", r->spec,
                bits_at(r->codec, ctx), ea_kv_codec_overhead(r->codec), ea_kv_codec_resident(r->codec),
-               ea_kvcache_bytes_for(r->cache, ctx),
+               r->cache_bytes,
                exp(r->sc.nll / (double)r->sc.scored), dppl_pct(r, base_ppl), r->sc.kl / (double)r->sc.scored,
                100.0 * (double)r->sc.top1 / (double)r->sc.scored, r->prefill_tok / r->prefill_s, r->decode_tok_s);
     }
@@ -212,11 +210,11 @@ int cmd_eval(int argc, char **argv) {
     ea_tokenizer *tok = NULL;
     ea_kv_stats stats = {0};
     ea_kv_metric metric = {0};
-    ea_kv_sens_cache sens = {0};
+    ea_kv_sens_cache *sens = NULL;
     int have_stats = 0, from_compressor = 0, *ids = NULL, *cids = NULL;
     size_t cn = 0;
-    float *base = NULL, *prob = NULL, *logits = NULL;
-    double *lse = NULL;
+    const ea_kv_codec **codecs = NULL;
+    ea_kv_codec_eval *ev = NULL;
     cJSON *curve = NULL;
     size_t n = 0;
     rc = 1;
@@ -244,7 +242,6 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     const ea_config *cfg = ea_model_config(m);
-    int V = cfg->vocab_size;
     if (ctx == 0) ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
     if (ctx > cfg->n_positions) {
         cli_error("eval", "--ctx %ld exceeds the model's n_positions %d", ctx, cfg->n_positions);
@@ -282,50 +279,32 @@ int cmd_eval(int argc, char **argv) {
         have_stats = 1;
     }
     for (int i = 1; i < nr; i++) {
-        cli_progress("codecs", (size_t)i - 1, (size_t)nr - 1);
+        cli_progress(NULL, "codecs", (size_t)i - 1, (size_t)nr - 1);
         if (runs[i].codec) continue; /* stored in the compressor */
-        if ((st = ea_kv_codec_fit(m, runs[i].spec, have_stats ? &stats : NULL, metric.m[0] ? &metric : NULL, cids, cn,
-                                  (int)ctx, (size_t)sens_tokens, &sens, &runs[i].codec))) {
+        if ((st = sens ? EA_OK : ea_kv_sens_cache_new(&sens)) ||
+            (st = ea_kv_codec_fit(m, runs[i].spec, have_stats ? &stats : NULL, metric.m[0] ? &metric : NULL, cids, cn,
+                                  (int)ctx, (size_t)sens_tokens, sens, &runs[i].codec, cli_progress, NULL))) {
             cli_fail_status("eval", st);
             goto done;
         }
     }
     cli_progress_done();
-    for (int i = 0; i < nr; i++)
-        if ((st = ea_kvcache_init(&runs[i].cache, cfg, (int)ctx, runs[i].codec))) {
-            cli_fail_status("eval", st);
-            goto done;
-        }
-    size_t cells = (size_t)ctx * (size_t)V;
-    base = malloc(sizeof(float) * cells);
-    prob = malloc(sizeof(float) * cells);
-    logits = malloc(sizeof(float) * cells);
-    lse = malloc(sizeof(double) * (size_t)ctx);
-    if (!base || !prob || !logits || !lse) {
-        cli_error("eval", "out of memory for %ld x %d logits", ctx, V);
+    codecs = malloc(sizeof *codecs * (size_t)nr);
+    ev = malloc(sizeof *ev * (size_t)nr);
+    if (!codecs || !ev) {
+        cli_error("eval", "out of memory");
         goto done;
     }
-    size_t n_windows = 0, done_steps = 0;
-    for (size_t s0 = 0; s0 + 1 < n; s0 += (size_t)ctx) n_windows += n - s0 >= 2;
-    for (size_t s0 = 0; s0 + 1 < n; s0 += (size_t)ctx) {
-        int len = (int)(n - s0 < (size_t)ctx ? n - s0 : (size_t)ctx);
-        if (len < 2) break;
-        int first = ea_ppl_first_scored(proto, len);
-        for (int i = 0; i < nr; i++) {
-            codec_run *r = &runs[i];
-            float *out = i ? logits : base;
-            ea_kvcache_reset(r->cache);
-            double t0 = ea_time_now();
-            if ((st = ea_model_forward(m, r->cache, ids + s0, len, out, 1))) {
-                cli_fail_status("eval", st);
-                goto done;
-            }
-            r->prefill_s += ea_time_now() - t0;
-            r->prefill_tok += (size_t)len;
-            if (i == 0) ea_kv_ref_prepare(base, first, len, V, prob, lse);
-            ea_kv_score_window(&r->sc, base, prob, lse, out, ids + s0, first, len, V);
-            cli_progress("eval", ++done_steps, n_windows * (size_t)nr);
-        }
+    for (int i = 0; i < nr; i++) codecs[i] = runs[i].codec;
+    if ((st = ea_kv_codecs_eval(m, ids, n, (int)ctx, proto, codecs, nr, ev, cli_progress, NULL))) {
+        cli_fail_status("eval", st);
+        goto done;
+    }
+    for (int i = 0; i < nr; i++) {
+        runs[i].sc = ev[i].score;
+        runs[i].prefill_s = ev[i].prefill_s;
+        runs[i].prefill_tok = ev[i].prefill_tok;
+        runs[i].cache_bytes = ev[i].cache_bytes;
     }
     cli_progress_done();
     if (n_decode > 0)
@@ -334,7 +313,7 @@ int cmd_eval(int argc, char **argv) {
                 cli_fail_status("eval", st);
                 goto done;
             }
-            cli_progress("decode", (size_t)i + 1, (size_t)nr);
+            cli_progress(NULL, "decode", (size_t)i + 1, (size_t)nr);
         }
     cli_progress_done();
     double base_ppl = exp(runs[0].sc.nll / (double)runs[0].sc.scored);
@@ -374,7 +353,7 @@ int cmd_eval(int argc, char **argv) {
         cli_add_number(b, "ppl", base_ppl);
         cJSON_AddNumberToObject(b, "tokens_scored", (double)runs[0].sc.scored);
         cJSON_AddNumberToObject(b, "bits_per_value", 32);
-        cJSON_AddNumberToObject(b, "cache_bytes", (double)ea_kvcache_bytes_for(runs[0].cache, (int)ctx));
+        cJSON_AddNumberToObject(b, "cache_bytes", (double)runs[0].cache_bytes);
         cli_add_number(b, "prefill_tok_s", runs[0].prefill_tok / runs[0].prefill_s);
         if (n_decode > 0) cli_add_number(b, "decode_tok_s", runs[0].decode_tok_s);
         else cJSON_AddNullToObject(b, "decode_tok_s");
@@ -387,7 +366,7 @@ int cmd_eval(int argc, char **argv) {
             cJSON_AddNumberToObject(c, "overhead_bytes", (double)ea_kv_codec_overhead(r->codec));
             cJSON_AddNumberToObject(c, "resident_bytes", (double)ea_kv_codec_resident(r->codec));
             cJSON_AddBoolToObject(c, "stored_in_compressor", r->embedded);
-            cJSON_AddNumberToObject(c, "cache_bytes", (double)ea_kvcache_bytes_for(r->cache, (int)ctx));
+            cJSON_AddNumberToObject(c, "cache_bytes", (double)r->cache_bytes);
             cli_add_number(c, "ppl", exp(r->sc.nll / (double)r->sc.scored));
             cli_add_number(c, "dppl_pct", dppl_pct(r, base_ppl));
             cli_add_number(c, "kl", r->sc.kl / (double)r->sc.scored);
@@ -407,20 +386,17 @@ int cmd_eval(int argc, char **argv) {
 done:
     cJSON_Delete(curve);
     for (int i = 0; i < nr && runs; i++) {
-        ea_kvcache_free(runs[i].cache);
         ea_kv_codec_free(runs[i].codec);
     }
-    if (have_stats) ea_kvfit_stats_free(&stats);
+    if (have_stats) ea_kv_stats_free(&stats);
     ea_kv_metric_free(&metric);
-    ea_kv_sens_cache_free(&sens);
+    ea_kv_sens_cache_free(sens);
     free(runs);
     free(kv_copy);
     free(ids);
     free(cids);
-    free(base);
-    free(prob);
-    free(logits);
-    free(lse);
+    free(codecs);
+    free(ev);
     ea_tokenizer_free(tok);
     ea_model_free(m);
     return rc;

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "compress/kv_internal.h"
 
 static const char *usage =
     "usage: eigenalign fit [--model DIR] [--text PATH] (--variance X | --rank K) -o FILE\n"
@@ -60,11 +59,6 @@ static int output_dir_ok(const char *out) {
     if (!ok) cli_error("fit", "%s: cannot write into directory %s: %s", out, dir, strerror(errno));
     free(copy);
     return ok ? 0 : 1;
-}
-
-static void fit_progress(void *user, size_t done, size_t total) {
-    (void)user;
-    cli_progress("fit", done, total);
 }
 
 static cJSON *site_json(const ea_projector *p) {
@@ -131,7 +125,7 @@ int cmd_fit(int argc, char **argv) {
     fp.per_head = per_head;
     fp.ctx = (int)ctx;
     fp.exclude_first = exclude_first;
-    fp.progress = fit_progress;
+    fp.progress = cli_progress;
 
     ea_model *m = NULL;
     ea_tokenizer *tok = NULL;
@@ -171,7 +165,7 @@ int cmd_fit(int argc, char **argv) {
     char *kv_list = kv_s ? strdup(kv_s) : NULL;
     for (char *sv = NULL, *spec = kv_list ? strtok_r(kv_list, ",", &sv) : NULL; spec; spec = strtok_r(NULL, ",", &sv)) {
         int kctx = ctx > 0 ? (int)ctx : (cfg->n_positions < 1024 ? cfg->n_positions : 1024);
-        if ((st = ea_kv_codec_fit_model(m, spec, ids, n, kctx, 1, &kv[n_kv]))) {
+        if ((st = ea_kv_codec_fit_model(m, spec, ids, n, kctx, cli_progress, NULL, &kv[n_kv]))) {
             cli_fail_status("fit", st);
             free(kv_list);
             goto done;
@@ -203,7 +197,7 @@ int cmd_fit(int argc, char **argv) {
         cJSON *kva = cJSON_AddArrayToObject(j, "kv_codecs");
         for (int i = 0; i < n_kv; i++) {
             cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "codec", kv[i]->name);
+            cJSON_AddStringToObject(o, "codec", ea_kv_codec_name(kv[i]));
             cJSON_AddNumberToObject(o, "bits_per_value", ea_kv_codec_bits_per_value(kv[i]));
             cJSON_AddNumberToObject(o, "overhead_bytes", (double)ea_kv_codec_overhead(kv[i]));
             cJSON_AddNumberToObject(o, "resident_bytes", (double)ea_kv_codec_resident(kv[i]));
@@ -229,7 +223,7 @@ int cmd_fit(int argc, char **argv) {
                    ea_projector_variance_kept(p));
         }
         for (int i = 0; i < n_kv; i++)
-            printf("kv codec %s: %.3f bits/value, overhead %zu bytes (stored inside)\n", kv[i]->name,
+            printf("kv codec %s: %.3f bits/value, overhead %zu bytes (stored inside)\n", ea_kv_codec_name(kv[i]),
                    ea_kv_codec_bits_per_value(kv[i]), ea_kv_codec_overhead(kv[i]));
         printf("\nwrote %s (%.0f bytes)\n", out, bytes);
     }

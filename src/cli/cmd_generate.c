@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "compress/kv_internal.h" /* ea_kv_codec_check_spec */
 
 static const char *usage =
     "usage: eigenalign generate [--model DIR] --prompt STR [-n 40] [--temperature T] [--top-k K]\n"
@@ -63,12 +62,12 @@ int cmd_generate(int argc, char **argv) {
         int ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
         if (!calib) calib = cli_default_calib();
         if ((st = cli_load_text_ids(tok, calib, (size_t)calib_max, &cids, &n_cids))) { cli_fail_status("generate", st); goto done; }
-        if ((st = ea_kv_codec_fit_model(m, kv, cids, n_cids, ctx, 1, &codec))) { cli_fail_status("generate", st); goto done; }
+        if ((st = ea_kv_codec_fit_model(m, kv, cids, n_cids, ctx, cli_progress, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
     } else if (kv && (st = ea_kv_codec_create(kv, cfg, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
     if (save_kv && !codec) { cli_error("generate", "--save-kv needs --kv klt:B"); goto done; }
     if (save_kv) {
         if ((st = ea_kv_codec_save(codec, save_kv))) { cli_fail_status("generate", st); goto done; }
-        fprintf(stderr, "generate: saved kv codec %s to %s\n", codec->name, save_kv);
+        fprintf(stderr, "generate: saved kv codec %s to %s\n", ea_kv_codec_name(codec), save_kv);
     }
     if ((st = ea_kvcache_init(&cache, cfg, cfg->n_positions, codec))) { cli_fail_status("generate", st); goto done; }
     out = malloc(sizeof(int) * ((size_t)n_new + 1));

@@ -72,7 +72,7 @@ int cmd_message(int argc, char **argv) {
                  : ea_esap_message_eval(p.ba, an->a, p.bb, an->b, an->n, ranks[i], (int)n_train, (int)n_test,
                                         (uint64_t)seed, &reps[i]);
         if (st) goto fail;
-        cli_progress("ranks", (size_t)i + 1, (size_t)nr);
+        cli_progress(NULL, "ranks", (size_t)i + 1, (size_t)nr);
     }
     cli_progress_done();
     char name_a[64], name_b[64];

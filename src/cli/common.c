@@ -172,7 +172,7 @@ ea_status cli_load_text_ids(const ea_tokenizer *t, const char *path, size_t max_
 static int progress_on = -1;
 static int progress_active;
 
-void cli_progress(const char *label, size_t done, size_t total) {
+void cli_progress(void *user, const char *label, size_t done, size_t total) {
     if (progress_on < 0) {
         const char *e = getenv("EA_PROGRESS");
         progress_on = e ? atoi(e) != 0 : isatty(2);

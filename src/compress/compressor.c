@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
+#include "kv/kv_internal.h"
 #include "ea/compress.h"
 
 /* A float32 basis written from float64 eigenvectors is orthonormal to ~1e-6 at d = 768;

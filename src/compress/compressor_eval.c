@@ -46,10 +46,14 @@ typedef struct {
     int *first[4], *count[4]; /* projectors of (site, layer): indices first..first+count-1 */
     int inject;               /* this run replaces hidden states when >= EA_INJECT_ALL */
     float *z, *xhat;          /* ctx × d scratch */
-    ea_status err;
+    ea_model *m;
+    int inject_want;          /* the inject asked for (the first pass of a window runs without) */
+    float *comp;              /* logits of the compressed pass */
+    int vocab;
+    ea_eval_result *r;
 } eval_ctx;
 
-static int eval_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status eval_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     eval_ctx *e = user;
     if ((int)site < 0 || (int)site > 3 || layer < 0 || layer > e->n_layer) return 0;
     int skip = (e->exclude_first && pos0 == 0) ? 1 : 0;
@@ -75,11 +79,7 @@ static int eval_capture(void *user, ea_site site, int layer, int pos0, int n, in
             if (!st) ea_recon_stats_add(&e->res->site[idx], row0 + off, ld, e->xhat, pd, n - skip, pd);
         }
     }
-    if (st) {
-        e->err = st;
-        return 1;
-    }
-    return 0;
+    return st;
 }
 
 static void eval_ctx_free(eval_ctx *e) {
@@ -148,6 +148,23 @@ static void score_window(ea_eval_result *r, const int *ids, int len, const float
     r->scored += (size_t)(len > 1 ? len - 1 : 0);
 }
 
+/* After a window's exact pass: the compressed pass (hidden states replaced) and its scores. */
+static ea_status eval_window(void *user, ea_kvcache *cache, const int *ids, size_t off, int len, const float *full) {
+    eval_ctx *e = user;
+    ea_status st = EA_OK;
+    if (e->inject_want != EA_INJECT_NONE) {
+        e->inject = e->inject_want;
+        ea_kvcache_reset(cache);
+        st = ea_model_forward(e->m, cache, ids + off, len, e->comp, 1);
+        e->inject = EA_INJECT_NONE;
+        if (st) return st;
+        score_window(e->r, ids + off, len, full, e->comp, e->vocab);
+    }
+    e->r->windows++;
+    e->r->tokens += (size_t)len;
+    return EA_OK;
+}
+
 ea_status ea_compressor_evaluate(ea_model *m, const ea_compressor *c, const int *ids, size_t n,
                                  const ea_eval_params *p, ea_eval_result *r) {
     const ea_config *cfg = ea_model_config(m);
@@ -185,25 +202,14 @@ ea_status ea_compressor_evaluate(ea_model *m, const ea_compressor *c, const int 
             goto done;
         }
     }
-    ea_model_set_capture(m, eval_capture, &e);
-    for (size_t off = 0; off < n && !st; off += (size_t)ctx) {
-        int len = (int)(n - off < (size_t)ctx ? n - off : (size_t)ctx);
-        e.inject = EA_INJECT_NONE;
-        ea_kvcache_reset(cache);
-        st = ea_model_forward(m, cache, ids + off, len, full, 1);
-        if (!st && inject != EA_INJECT_NONE) {
-            e.inject = inject;
-            ea_kvcache_reset(cache);
-            st = ea_model_forward(m, cache, ids + off, len, comp, 1);
-        }
-        if (e.err) st = e.err; /* the hook's own reason beats the generic abort */
-        if (st) break;
-        if (inject != EA_INJECT_NONE) score_window(r, ids + off, len, full, comp, vocab);
-        r->windows++;
-        r->tokens += (size_t)len;
-        if (p->progress) p->progress(p->progress_user, off + (size_t)len, n);
-    }
-    ea_model_set_capture(m, NULL, NULL);
+    e.m = m;
+    e.inject_want = inject;
+    e.comp = comp;
+    e.vocab = vocab;
+    e.r = r;
+    ea_window_run run = {.cache = cache, .logits = full, .hook = eval_capture, .hook_user = &e, .end = eval_window,
+                         .user = &e, .progress = p->progress, .progress_user = p->progress_user, .stage = "evaluate"};
+    st = ea_model_run_windows(m, ids, n, ctx, &run);
 done:
     free(full);
     free(comp);

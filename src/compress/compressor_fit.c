@@ -28,18 +28,16 @@ typedef struct {
     int n_slots;
     int *first[4], *count[4]; /* per site: first slot and slot count for each layer */
     int n_layer, n_embd, hd, exclude_first;
-    ea_status err;
 } fit_ctx;
 
-static int fit_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status fit_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     fit_ctx *f = user;
     if ((int)site < 0 || (int)site > 3 || !f->first[site] || layer < 0 || layer > f->n_layer) return 0;
     int cnt = f->count[site][layer];
     if (!cnt) return 0;
     if (d != f->n_embd) {
-        f->err = ea_error(EA_ERR_ARG, "fit: %s layer %d delivered %d columns, expected %d", ea_site_name(site), layer,
-                          d, f->n_embd);
-        return 1;
+        return ea_error(EA_ERR_ARG, "fit: %s layer %d delivered %d columns, expected %d", ea_site_name(site), layer, d,
+                        f->n_embd);
     }
     int skip = (f->exclude_first && pos0 == 0) ? 1 : 0;
     if (n - skip <= 0) return 0;
@@ -47,12 +45,9 @@ static int fit_capture(void *user, ea_site site, int layer, int pos0, int n, int
         slot *s = &f->slots[f->first[site][layer] + i];
         int off = s->ref.head >= 0 ? s->ref.head * f->hd : 0;
         ea_status st = ea_cov_add(s->cov, x + (size_t)skip * ld + off, n - skip, ld);
-        if (st) {
-            f->err = st;
-            return 1;
-        }
+        if (st) return st;
     }
-    return 0;
+    return EA_OK;
 }
 
 static void fit_ctx_free(fit_ctx *f) {
@@ -128,15 +123,9 @@ ea_status ea_compressor_fit(ea_model *m, const int *ids, size_t n, const ea_fit_
     ea_status st = fit_ctx_init(&f, cfg, p);
     if (!st) st = ea_kvcache_init(&cache, cfg, ctx, NULL);
     if (st) goto done;
-    ea_model_set_capture(m, fit_capture, &f);
-    for (size_t off = 0; off < n && !st; off += (size_t)ctx) {
-        int len = (int)(n - off < (size_t)ctx ? n - off : (size_t)ctx);
-        ea_kvcache_reset(cache);
-        st = ea_model_forward(m, cache, ids + off, len, NULL, 0);
-        if (f.err) st = f.err; /* the hook's own reason beats the generic abort */
-        if (p->progress) p->progress(p->progress_user, off + (size_t)len, n);
-    }
-    ea_model_set_capture(m, NULL, NULL);
+    ea_window_run run = {.cache = cache, .hook = fit_capture, .hook_user = &f, .progress = p->progress,
+                         .progress_user = p->progress_user, .stage = "fit"};
+    st = ea_model_run_windows(m, ids, n, ctx, &run);
     if (st) goto done;
     proj = calloc((size_t)f.n_slots, sizeof *proj);
     if (!proj) {

@@ -7,15 +7,6 @@
 
 #include "ea/compress.h"
 
-void ea_kv_stats_free(ea_kv_stats *s) {
-    if (!s) return;
-    for (int k = 0; k < 2; k++) {
-        free(s->mean[k]);
-        free(s->cov[k]);
-    }
-    memset(s, 0, sizeof *s);
-}
-
 /* Σ = E Λ Eᵀ for one site into cov (d × d, float64). */
 static ea_status rebuild_cov(const ea_projector *p, double *cov) {
     int d = ea_projector_dim(p);

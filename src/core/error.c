@@ -30,6 +30,7 @@ const char *ea_status_name(ea_status s) {
     case EA_ERR_UNSUPPORTED: return "unsupported";
     case EA_ERR_NUMERIC: return "numeric error";
     case EA_ERR_MISMATCH: return "mismatch";
+    case EA_STOPPED: return "stopped";
     }
     return "unknown";
 }

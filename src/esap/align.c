@@ -10,7 +10,7 @@
 /* Stream for the null's shuffle, distinct from the split's. */
 #define NULL_SEED_SALT 0x6e756c6c5f736565ull
 
-void esap_null_partners(const int *train, int n_train, uint64_t seed, int shuffle, int *partner) {
+void ea_esap_null_partners(const int *train, int n_train, uint64_t seed, int shuffle, int *partner) {
     memcpy(partner, train, (size_t)n_train * sizeof *partner);
     ea_rng rng;
     ea_rng_seed(&rng, (seed ^ NULL_SEED_SALT) + (uint64_t)shuffle);
@@ -21,8 +21,8 @@ void esap_null_partners(const int *train, int n_train, uint64_t seed, int shuffl
     }
 }
 
-ea_status esap_fit_rotation(const float *za, const float *zb, int k, const int *src, const int *dst, int m, double *w) {
-    double *a = esap_alloc((size_t)m, (size_t)k, sizeof *a), *b = esap_alloc((size_t)m, (size_t)k, sizeof *b);
+ea_status ea_esap_fit_rotation(const float *za, const float *zb, int k, const int *src, const int *dst, int m, double *w) {
+    double *a = ea_esap_alloc((size_t)m, (size_t)k, sizeof *a), *b = ea_esap_alloc((size_t)m, (size_t)k, sizeof *b);
     if (!a || !b) {
         free(a); free(b);
         return ea_error(EA_ERR_NOMEM, "align: cannot allocate %d anchors of %d dims", m, k);
@@ -71,13 +71,13 @@ static ea_status fit_and_eval(const float *za, const float *zb, int k, const int
                               const int *test, int n_test, double *w, double *train_cos, ea_esap_retrieval *res) {
     ea_status st = EA_OK;
     int mm = m > n_test ? m : n_test;
-    float *x = esap_alloc((size_t)mm, (size_t)k, sizeof *x), *y = esap_alloc((size_t)mm, (size_t)k, sizeof *y);
-    double *tmp = esap_alloc((size_t)mm, 2 * (size_t)k, sizeof *tmp);
+    float *x = ea_esap_alloc((size_t)mm, (size_t)k, sizeof *x), *y = ea_esap_alloc((size_t)mm, (size_t)k, sizeof *y);
+    double *tmp = ea_esap_alloc((size_t)mm, 2 * (size_t)k, sizeof *tmp);
     if (!x || !y || !tmp) {
         st = ea_error(EA_ERR_NOMEM, "align: cannot allocate %d anchors of %d dims", mm, k);
         goto done;
     }
-    if ((st = esap_fit_rotation(za, zb, k, src, dst, m, w))) goto done;
+    if ((st = ea_esap_fit_rotation(za, zb, k, src, dst, m, w))) goto done;
     map_rows(za, src, m, k, w, tmp, x);
     gather(zb, dst, m, k, y);
     *train_cos = mean_pair_cos(x, y, m, k);
@@ -92,12 +92,12 @@ done:
 /* One shuffled W is by chance a little aligned or anti-aligned with the true map (its mean pair
  * cosine has a spread of about 1/sqrt(k·Df)), which widens the spread of a single null; the
  * average of several shuffles estimates the null level more steadily. */
-ea_status esap_shuffled_null(const float *za, const float *zb, int k, const int *train, int n_train, const int *test,
+ea_status ea_esap_shuffled_null(const float *za, const float *zb, int k, const int *train, int n_train, const int *test,
                              int n_test, uint64_t seed, ea_esap_retrieval *null, double *null_train_cos) {
     memset(null, 0, sizeof *null);
     *null_train_cos = 0;
     int *shuf = malloc((size_t)(n_train > 0 ? n_train : 1) * sizeof *shuf);
-    double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
+    double *w = ea_esap_alloc((size_t)k, (size_t)k, sizeof *w);
     ea_status st = EA_OK;
     if (!shuf || !w) {
         st = ea_error(EA_ERR_NOMEM, "align: cannot allocate for %d anchors", n_train);
@@ -106,7 +106,7 @@ ea_status esap_shuffled_null(const float *za, const float *zb, int k, const int 
     for (int sh = 0; sh < EA_ESAP_NULL_SHUFFLES; sh++) {
         ea_esap_retrieval res;
         double tc;
-        esap_null_partners(train, n_train, seed, sh, shuf);
+        ea_esap_null_partners(train, n_train, seed, sh, shuf);
         if ((st = fit_and_eval(za, zb, k, train, shuf, n_train, test, n_test, w, &tc, &res))) goto done;
         *null_train_cos += tc / EA_ESAP_NULL_SHUFFLES;
         null->p_at_1 += res.p_at_1 / EA_ESAP_NULL_SHUFFLES;
@@ -122,10 +122,10 @@ done:
     return st;
 }
 
-ea_status esap_eval_rotation(const float *za, const float *zb, int k, const int *rows, int m, const double *w,
+ea_status ea_esap_eval_rotation(const float *za, const float *zb, int k, const int *rows, int m, const double *w,
                              double *pair_cos, ea_esap_retrieval *res) {
-    float *x = esap_alloc((size_t)m, (size_t)k, sizeof *x), *y = esap_alloc((size_t)m, (size_t)k, sizeof *y);
-    double *tmp = esap_alloc((size_t)m, 2 * (size_t)k, sizeof *tmp);
+    float *x = ea_esap_alloc((size_t)m, (size_t)k, sizeof *x), *y = ea_esap_alloc((size_t)m, (size_t)k, sizeof *y);
+    double *tmp = ea_esap_alloc((size_t)m, 2 * (size_t)k, sizeof *tmp);
     ea_status st = EA_OK;
     if (!x || !y || !tmp) st = ea_error(EA_ERR_NOMEM, "align: cannot allocate %d anchors of %d dims", m, k);
     else {
@@ -143,7 +143,7 @@ ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int
     memset(out, 0, sizeof *out);
     if (k < 1) return ea_error(EA_ERR_ARG, "align: rank %d must be positive", k);
     int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm);
-    double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
+    double *w = ea_esap_alloc((size_t)k, (size_t)k, sizeof *w);
     ea_status st = EA_OK;
     if (!perm || !w) {
         st = ea_error(EA_ERR_NOMEM, "align: cannot allocate for %d anchors", n);
@@ -158,7 +158,7 @@ ea_status ea_esap_align_eval(const float *za, const float *zb, int n, int k, int
     if ((st = fit_and_eval(za, zb, k, train, train, n_train, test, n_test, w, &out->train_cosine, &out->test)))
         goto done;
     if (w_out) memcpy(w_out, w, (size_t)k * k * sizeof *w);
-    st = esap_shuffled_null(za, zb, k, train, n_train, test, n_test, seed, &out->null, &out->null_train_cosine);
+    st = ea_esap_shuffled_null(za, zb, k, train, n_train, test, n_test, seed, &out->null, &out->null_train_cosine);
 done:
     free(perm); free(w);
     return st;

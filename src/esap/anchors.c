@@ -100,8 +100,8 @@ ea_status ea_esap_anchors_build(const ea_model *ma, const ea_model *mb, const ea
         goto fail;
     }
     int da = ca->n_embd, db = cb->n_embd;
-    out->a = esap_alloc((size_t)n, (size_t)da, sizeof *out->a);
-    out->b = esap_alloc((size_t)n, (size_t)db, sizeof *out->b);
+    out->a = ea_esap_alloc((size_t)n, (size_t)da, sizeof *out->a);
+    out->b = ea_esap_alloc((size_t)n, (size_t)db, sizeof *out->b);
     if (!out->a || !out->b) {
         st = ea_error(EA_ERR_NOMEM, "anchors: cannot allocate %d x (%d + %d)", n, da, db);
         goto fail;

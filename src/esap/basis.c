@@ -18,12 +18,12 @@ ea_status ea_esap_basis_fit(const float *x, int n, int d, ea_esap_basis **out) {
     *out = NULL;
     if (n < 2 || d < 1) return ea_error(EA_ERR_ARG, "eigenbasis: %d rows of %d dims (need >= 2 rows)", n, d);
     ea_esap_basis *b = calloc(1, sizeof *b);
-    double *cov = esap_alloc((size_t)d, (size_t)d, sizeof *cov);
+    double *cov = ea_esap_alloc((size_t)d, (size_t)d, sizeof *cov);
     if (b) {
         b->d = d;
         b->mean = malloc((size_t)d * sizeof *b->mean);
         b->values = malloc((size_t)d * sizeof *b->values);
-        b->vectors = esap_alloc((size_t)d, (size_t)d, sizeof *b->vectors);
+        b->vectors = ea_esap_alloc((size_t)d, (size_t)d, sizeof *b->vectors);
     }
     if (!b || !cov || !b->mean || !b->values || !b->vectors) {
         free(cov);
@@ -67,7 +67,7 @@ const double *ea_esap_basis_eigenvalues(const ea_esap_basis *b) { return b->valu
 ea_status ea_esap_basis_project(const ea_esap_basis *b, const float *x, int n, int k, float *out) {
     int d = b->d;
     if (k < 1 || k > d) return ea_error(EA_ERR_ARG, "project: rank %d not in [1, %d]", k, d);
-    double *in = esap_alloc(PROJ_BLOCK, (size_t)d, sizeof *in), *res = esap_alloc(PROJ_BLOCK, (size_t)k, sizeof *res);
+    double *in = ea_esap_alloc(PROJ_BLOCK, (size_t)d, sizeof *in), *res = ea_esap_alloc(PROJ_BLOCK, (size_t)k, sizeof *res);
     if (!in || !res) {
         free(in); free(res);
         return ea_error(EA_ERR_NOMEM, "project: cannot allocate a block of %d dims", d);
@@ -87,7 +87,7 @@ ea_status ea_esap_basis_project(const ea_esap_basis *b, const float *x, int n, i
 ea_status ea_esap_basis_lift(const ea_esap_basis *b, const float *z, int n, int k, float *out) {
     int d = b->d;
     if (k < 1 || k > d) return ea_error(EA_ERR_ARG, "lift: rank %d not in [1, %d]", k, d);
-    double *in = esap_alloc(PROJ_BLOCK, (size_t)k, sizeof *in), *res = esap_alloc(PROJ_BLOCK, (size_t)d, sizeof *res);
+    double *in = ea_esap_alloc(PROJ_BLOCK, (size_t)k, sizeof *in), *res = ea_esap_alloc(PROJ_BLOCK, (size_t)d, sizeof *res);
     if (!in || !res) {
         free(in); free(res);
         return ea_error(EA_ERR_NOMEM, "lift: cannot allocate a block of %d dims", d);

@@ -38,7 +38,7 @@ static ea_status collect(ea_model *m, const ea_tokenizer *t, int side_b, const e
     if ((st = text_ids(t, src->text_path, src->max_tokens, &ids, &n))) return st;
     const ea_config *c = ea_model_config(m);
     int ctx = src->ctx > 0 ? src->ctx : c->n_positions < EA_ESAP_DEFAULT_CTX ? c->n_positions : EA_ESAP_DEFAULT_CTX;
-    st = ea_esap_hidden_collect(m, layer, ids, n, ctx, src->progress, side_b ? "model b" : "model a", out);
+    st = ea_esap_hidden_collect(m, layer, ids, n, ctx, src->progress, src->progress_user, side_b ? "model b" : "model a", out);
     free(ids);
     return st;
 }
@@ -62,7 +62,7 @@ ea_status ea_esap_spectrum_from_model(ea_model *m, const ea_tokenizer *t, int si
     memset(out, 0, sizeof *out);
     const ea_config *c = ea_model_config(m);
     int d = c->n_embd;
-    double *cov = esap_alloc((size_t)d, (size_t)d, sizeof *cov), *ev = malloc((size_t)d * sizeof *ev);
+    double *cov = ea_esap_alloc((size_t)d, (size_t)d, sizeof *cov), *ev = malloc((size_t)d * sizeof *ev);
     ea_esap_hidden *h = NULL;
     ea_cov *acc = NULL;
     ea_status st = EA_OK;

@@ -1,5 +1,4 @@
 /* Hidden states of one model over a text: covariance of all positions and per-token sums. */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,23 +15,14 @@ struct ea_esap_hidden {
     int n_slots;
     const int *win; /* token ids of the window being run */
     int n_layer;
-    int stopped;    /* the hook ended the pass on purpose after the captured layer */
-    ea_status err;  /* why the hook stopped the forward pass, and the message */
-    char msg[512];
 };
 
-static int hook_fail(ea_esap_hidden *h, ea_status st) {
-    h->err = st;
-    snprintf(h->msg, sizeof h->msg, "%s", ea_last_error());
-    return 1;
-}
-
-static int on_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status on_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     ea_esap_hidden *h = user;
-    if (site != EA_SITE_HIDDEN || layer != h->layer) return 0;
-    if (d != h->d) return hook_fail(h, ea_error(EA_ERR_MISMATCH, "hidden capture: width %d, expected %d", d, h->d));
+    if (site != EA_SITE_HIDDEN || layer != h->layer) return EA_OK;
+    if (d != h->d) return ea_error(EA_ERR_MISMATCH, "hidden capture: width %d, expected %d", d, h->d);
     ea_status st = ea_cov_add(h->cov, x, n, ld);
-    if (st) return hook_fail(h, st);
+    if (st) return st;
     for (int r = 0; r < n; r++) {
         int s = h->slot[h->win[pos0 + r]];
         double *sum = h->sums + (size_t)s * d;
@@ -43,12 +33,16 @@ static int on_capture(void *user, ea_site site, int layer, int pos0, int n, int 
     h->positions += (size_t)n;
     /* Nothing above this layer is needed: stop the pass here (the cache is reset before every
      * window, so the half-run window leaves nothing behind). */
-    h->stopped = layer < h->n_layer;
-    return h->stopped;
+    return layer < h->n_layer ? EA_STOPPED : EA_OK;
 }
 
-ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx, ea_esap_progress_fn progress,
-                                 const char *label, ea_esap_hidden **out) {
+static ea_status on_window(void *user, ea_kvcache *cache, const int *ids, size_t start, int len) {
+    ((ea_esap_hidden *)user)->win = ids + start;
+    return EA_OK;
+}
+
+ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t n, int ctx, ea_progress_fn progress,
+                                 void *progress_user, const char *label, ea_esap_hidden **out) {
     *out = NULL;
     const ea_config *cfg = ea_model_config(m);
     if (layer < 0 || layer > cfg->n_layer)
@@ -83,22 +77,9 @@ ea_status ea_esap_hidden_collect(ea_model *m, int layer, const int *ids, size_t 
         goto fail;
     }
     if ((st = ea_cov_init(&h->cov, h->d))) goto fail;
-    ea_kvcache *cache;
-    if ((st = ea_kvcache_init(&cache, cfg, ctx, NULL))) goto fail;
-    ea_model_set_capture(m, on_capture, h);
-    for (size_t off = 0; off < n && !st; off += (size_t)ctx) {
-        int len = n - off < (size_t)ctx ? (int)(n - off) : ctx;
-        h->win = ids + off;
-        ea_kvcache_reset(cache);
-        h->stopped = 0;
-        st = ea_model_forward(m, cache, ids + off, len, NULL, 0);
-        if (st && h->stopped && !h->err) st = EA_OK;
-        if (st && h->err) st = ea_error(h->err, "%s: hidden layer %d, window at token %zu: %s", ea_model_dir(m), layer,
-                                        off, h->msg);
-        if (progress) progress(label ? label : "hidden", off + (size_t)len, n);
-    }
-    ea_model_set_capture(m, NULL, NULL);
-    ea_kvcache_free(cache);
+    ea_window_run run = {.hook = on_capture, .hook_user = h, .begin = on_window, .user = h, .progress = progress,
+                         .progress_user = progress_user, .stage = label ? label : "hidden"};
+    st = ea_model_run_windows(m, ids, n, ctx, &run);
     if (st) goto fail;
     if (h->positions < 2) {
         st = ea_error(EA_ERR_ARG, "%s: hidden layer %d captured %zu positions (need at least 2)", ea_model_dir(m),

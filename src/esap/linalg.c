@@ -4,13 +4,13 @@
 
 #include "esap/esap_internal.h"
 
-void *esap_alloc(size_t a, size_t b, size_t sz) {
+void *ea_esap_alloc(size_t a, size_t b, size_t sz) {
     size_t n;
     if (ea_mul_size(a, b, &n) || ea_mul_size(n, sz, &n)) return NULL;
     return malloc(n ? n : 1);
 }
 
-void esap_normalize_rows(float *x, int n, int k) {
+void ea_esap_normalize_rows(float *x, int n, int k) {
     for (int i = 0; i < n; i++) {
         float *r = x + (size_t)i * k;
         double s = 0;

@@ -37,13 +37,13 @@ static ea_status message_eval(const ea_esap_basis *basis_a, const float *a, cons
     ea_status st = EA_OK;
     int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm);
     int *partner = malloc((size_t)(n_train > 0 ? n_train : 1) * sizeof *partner);
-    float *za = esap_alloc((size_t)(n > 0 ? n : 1), (size_t)k, sizeof *za);
-    float *zb = esap_alloc((size_t)(n > 0 ? n : 1), (size_t)k, sizeof *zb);
-    float *zr = esap_alloc((size_t)(n > 0 ? n : 1), (size_t)k, sizeof *zr);
-    float *tmp = esap_alloc((size_t)(n_test > 0 ? n_test : 1), (size_t)k, sizeof *tmp);
-    float *lifted = esap_alloc((size_t)(n_test > 0 ? n_test : 1), (size_t)db, sizeof *lifted);
-    float *cand = esap_alloc((size_t)(n_test > 0 ? n_test : 1), (size_t)db, sizeof *cand);
-    double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
+    float *za = ea_esap_alloc((size_t)(n > 0 ? n : 1), (size_t)k, sizeof *za);
+    float *zb = ea_esap_alloc((size_t)(n > 0 ? n : 1), (size_t)k, sizeof *zb);
+    float *zr = ea_esap_alloc((size_t)(n > 0 ? n : 1), (size_t)k, sizeof *zr);
+    float *tmp = ea_esap_alloc((size_t)(n_test > 0 ? n_test : 1), (size_t)k, sizeof *tmp);
+    float *lifted = ea_esap_alloc((size_t)(n_test > 0 ? n_test : 1), (size_t)db, sizeof *lifted);
+    float *cand = ea_esap_alloc((size_t)(n_test > 0 ? n_test : 1), (size_t)db, sizeof *cand);
+    double *w = ea_esap_alloc((size_t)k, (size_t)k, sizeof *w);
     if (!perm || !partner || !za || !zb || !zr || !tmp || !lifted || !cand || !w) {
         st = ea_error(EA_ERR_NOMEM, "message: cannot allocate for %d anchors", n);
         goto done;
@@ -65,8 +65,8 @@ static ea_status message_eval(const ea_esap_basis *basis_a, const float *a, cons
     out->bytes_full = (size_t)da * sizeof(float);
     out->chance = 1.0 / n_test;
     ea_esap_retrieval res;
-    if ((st = unanchored ? esap_unanchored_train(za, zb, k, train, n_train, seed, w, NULL)
-                         : esap_fit_rotation(za, zb, k, train, train, n_train, w)))
+    if ((st = unanchored ? ea_esap_unanchored_train(za, zb, k, train, n_train, seed, w, NULL)
+                         : ea_esap_fit_rotation(za, zb, k, train, train, n_train, w)))
         goto done;
     if ((st = resolve(za, w, basis_b, cand, test, n_test, k, tmp, lifted, &res))) goto done;
     out->acc_f32 = res.p_at_1;
@@ -82,8 +82,8 @@ static ea_status message_eval(const ea_esap_basis *basis_a, const float *a, cons
     if ((st = resolve(zr, w, basis_b, cand, test, n_test, k, tmp, lifted, &res))) goto done;
     out->acc_f16 = res.p_at_1;
     for (int sh = 0; sh < EA_ESAP_NULL_SHUFFLES; sh++) {
-        esap_null_partners(train, n_train, seed, sh, partner);
-        if ((st = esap_fit_rotation(za, zb, k, train, partner, n_train, w))) goto done;
+        ea_esap_null_partners(train, n_train, seed, sh, partner);
+        if ((st = ea_esap_fit_rotation(za, zb, k, train, partner, n_train, w))) goto done;
         if ((st = resolve(za, w, basis_b, cand, test, n_test, k, tmp, lifted, &res))) goto done;
         out->null_acc_f32 += res.p_at_1 / EA_ESAP_NULL_SHUFFLES;
     }

@@ -37,14 +37,14 @@ ea_status ea_esap_knn(const float *x, int n, int d, int k, int *nbr) {
     int rb = (int)(((size_t)8 << 20) / (size_t)n);
     if (rb < 1) rb = 1;
     if (rb > n) rb = n;
-    float *xn = esap_alloc((size_t)n, (size_t)d, sizeof *xn), *sim = esap_alloc((size_t)rb, (size_t)n, sizeof *sim);
+    float *xn = ea_esap_alloc((size_t)n, (size_t)d, sizeof *xn), *sim = ea_esap_alloc((size_t)rb, (size_t)n, sizeof *sim);
     float *ts = malloc((size_t)k * sizeof *ts);
     if (!xn || !sim || !ts) {
         free(xn); free(sim); free(ts);
         return ea_error(EA_ERR_NOMEM, "knn: cannot allocate for %d rows of %d dims", n, d);
     }
     memcpy(xn, x, (size_t)n * d * sizeof *xn);
-    esap_normalize_rows(xn, n, d);
+    ea_esap_normalize_rows(xn, n, d);
     for (int i0 = 0; i0 < n; i0 += rb) {
         int nb = n - i0 < rb ? n - i0 : rb;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n, d, 1.0f, xn + (size_t)i0 * d, d, xn, d, 0.0f, sim, n);
@@ -85,7 +85,7 @@ ea_status ea_esap_mutual_knn(const float *a, int da, const float *b, int db, int
     if (n_perm < 1) return ea_error(EA_ERR_ARG, "mutual knn: %d permutations (need >= 1)", n_perm);
     if (n < 2 || k < 1 || k > n - 1)
         return ea_error(EA_ERR_ARG, "mutual knn: k = %d neighbours among %d items (need 1 <= k < n)", k, n);
-    int *na = esap_alloc((size_t)n, (size_t)k, sizeof *na), *nb = esap_alloc((size_t)n, (size_t)k, sizeof *nb);
+    int *na = ea_esap_alloc((size_t)n, (size_t)k, sizeof *na), *nb = ea_esap_alloc((size_t)n, (size_t)k, sizeof *nb);
     int *pi = malloc((size_t)n * sizeof *pi), *pinv = malloc((size_t)n * sizeof *pinv);
     int *mark = calloc((size_t)n, sizeof *mark);
     double *null = malloc((size_t)n_perm * sizeof *null);

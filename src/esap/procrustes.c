@@ -11,8 +11,8 @@ ea_status ea_procrustes(const double *a, const double *b, int n, int da, int db,
     if (n < 1 || da < 1 || db < 1)
         return ea_error(EA_ERR_ARG, "procrustes: n = %d, da = %d, db = %d (all must be positive)", n, da, db);
     int r = da < db ? da : db;
-    double *m = esap_alloc((size_t)da, (size_t)db, sizeof *m), *u = esap_alloc((size_t)da, (size_t)r, sizeof *u);
-    double *vt = esap_alloc((size_t)r, (size_t)db, sizeof *vt), *s = esap_alloc((size_t)r, 1, sizeof *s);
+    double *m = ea_esap_alloc((size_t)da, (size_t)db, sizeof *m), *u = ea_esap_alloc((size_t)da, (size_t)r, sizeof *u);
+    double *vt = ea_esap_alloc((size_t)r, (size_t)db, sizeof *vt), *s = ea_esap_alloc((size_t)r, 1, sizeof *s);
     if (!m || !u || !vt || !s) {
         free(m); free(u); free(vt); free(s);
         return ea_error(EA_ERR_NOMEM, "procrustes: cannot allocate %d x %d", da, db);

@@ -31,9 +31,9 @@ ea_status ea_esap_retrieve(const float *x, const float *y, int n, int k, int csl
     int rb = (int)((size_t)8 << 20) / n;
     if (rb < 1) rb = 1;
     if (rb > n) rb = n;
-    float *xn = esap_alloc((size_t)n, (size_t)k, sizeof *xn), *yn = esap_alloc((size_t)n, (size_t)k, sizeof *yn);
-    float *sim = esap_alloc((size_t)rb, (size_t)n, sizeof *sim);
-    float *col_top = esap_alloc((size_t)n, (size_t)t, sizeof *col_top);
+    float *xn = ea_esap_alloc((size_t)n, (size_t)k, sizeof *xn), *yn = ea_esap_alloc((size_t)n, (size_t)k, sizeof *yn);
+    float *sim = ea_esap_alloc((size_t)rb, (size_t)n, sizeof *sim);
+    float *col_top = ea_esap_alloc((size_t)n, (size_t)t, sizeof *col_top);
     double *r_s = malloc((size_t)n * sizeof *r_s);
     if (!xn || !yn || !sim || !col_top || !r_s) {
         free(xn); free(yn); free(sim); free(col_top); free(r_s);
@@ -41,8 +41,8 @@ ea_status ea_esap_retrieve(const float *x, const float *y, int n, int k, int csl
     }
     memcpy(xn, x, (size_t)n * k * sizeof *xn);
     memcpy(yn, y, (size_t)n * k * sizeof *yn);
-    esap_normalize_rows(xn, n, k);
-    esap_normalize_rows(yn, n, k);
+    ea_esap_normalize_rows(xn, n, k);
+    ea_esap_normalize_rows(yn, n, k);
     for (size_t i = 0; i < (size_t)n * t; i++) col_top[i] = -2.0f; /* below any cosine */
 
     /* Pass 1: r_S (mean cosine of each target to its t nearest mapped sources) and the pair

@@ -126,7 +126,7 @@ ea_status ea_esap_isotropic_spectrum(int d, int n, uint64_t seed, double *ev) {
     if (d < 1 || d > EA_ESAP_MAX_DIM || n < 2)
         return ea_error(EA_ERR_ARG, "isotropic control: d = %d, n = %d (need 1 <= d <= %d, n >= 2)", d, n,
                         EA_ESAP_MAX_DIM);
-    double *cov = esap_alloc((size_t)d, (size_t)d, sizeof *cov), *blk = esap_alloc(ISO_BLOCK, (size_t)d, sizeof *blk);
+    double *cov = ea_esap_alloc((size_t)d, (size_t)d, sizeof *cov), *blk = ea_esap_alloc(ISO_BLOCK, (size_t)d, sizeof *blk);
     ea_cov *acc = NULL;
     ea_status st = EA_OK;
     if (!cov || !blk) {

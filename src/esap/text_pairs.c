@@ -181,7 +181,7 @@ static ea_status side_init(side *s, ea_model *m, const ea_tokenizer *t, int laye
     s->n_layer = c->n_layer;
     s->d = c->n_embd;
     s->ctx = ctx;
-    s->h = esap_alloc((size_t)ctx, (size_t)s->d, sizeof *s->h);
+    s->h = ea_esap_alloc((size_t)ctx, (size_t)s->d, sizeof *s->h);
     if (!s->h) return ea_error(EA_ERR_NOMEM, "text pairs: cannot allocate %d x %d hidden states", ctx, s->d);
     return ea_kvcache_init(&s->cache, c, ctx, NULL);
 }
@@ -285,7 +285,7 @@ ea_status ea_esap_text_anchors(ea_model *ma, const ea_tokenizer *ta, ea_model *m
             ws = we;
         }
         tokens_a += A.n_ids;
-        if (src->progress) src->progress("text pairs", end, len);
+        if (src->progress) src->progress(src->progress_user, "text pairs", end, len);
         if (src->max_tokens > 0 && tokens_a >= src->max_tokens) break;
         off = end;
     }
@@ -295,8 +295,8 @@ ea_status ea_esap_text_anchors(ea_model *ma, const ea_tokenizer *ta, ea_model *m
         goto done;
     }
     int n = wt.n, da = A.d, db = B.d;
-    out->a = esap_alloc((size_t)n, (size_t)da, sizeof *out->a);
-    out->b = esap_alloc((size_t)n, (size_t)db, sizeof *out->b);
+    out->a = ea_esap_alloc((size_t)n, (size_t)da, sizeof *out->a);
+    out->b = ea_esap_alloc((size_t)n, (size_t)db, sizeof *out->b);
     out->id_a = malloc((size_t)n * sizeof *out->id_a);
     out->id_b = malloc((size_t)n * sizeof *out->id_b);
     if (!out->a || !out->b || !out->id_a || !out->id_b) {

@@ -42,7 +42,7 @@ static void prepare(const float *x, int n, int k, double power, float *out) {
         double s = power > 0 && v > 0 ? pow(v, -power) : 1.0;
         for (int i = 0; i < n; i++) out[(size_t)i * k + j] = (float)((x[(size_t)i * k + j] - m) * s);
     }
-    esap_normalize_rows(out, n, k);
+    ea_esap_normalize_rows(out, n, k);
 }
 
 /* Profiles (n × PROFILE_LEN, unit rows, centred over the profile positions) of unit rows x. */
@@ -50,7 +50,7 @@ static ea_status profiles(const float *x, int n, int k, float *prof) {
     int rb = (int)(((size_t)4 << 20) / (size_t)n);
     if (rb < 1) rb = 1;
     if (rb > n) rb = n;
-    float *sim = esap_alloc((size_t)rb, (size_t)n, sizeof *sim);
+    float *sim = ea_esap_alloc((size_t)rb, (size_t)n, sizeof *sim);
     if (!sim) return ea_error(EA_ERR_NOMEM, "unanchored: cannot allocate profiles for %d points", n);
     for (int i0 = 0; i0 < n; i0 += rb) {
         int nb = n - i0 < rb ? n - i0 : rb;
@@ -69,7 +69,7 @@ static ea_status profiles(const float *x, int n, int k, float *prof) {
             for (int t = 0; t < PROFILE_LEN; t++) p[t] -= (float)mean;
         }
     }
-    esap_normalize_rows(prof, n, PROFILE_LEN);
+    ea_esap_normalize_rows(prof, n, PROFILE_LEN);
     free(sim);
     return EA_OK;
 }
@@ -79,7 +79,7 @@ static ea_status profiles(const float *x, int n, int k, float *prof) {
  * the REFINE_CSLS_K nearest in the other set. */
 static ea_status csls_nn(const float *x, int na, const float *y, int nb, int d, int *fwd, int *bwd) {
     int t = REFINE_CSLS_K < na && REFINE_CSLS_K < nb ? REFINE_CSLS_K : (na < nb ? na : nb);
-    float *sim = esap_alloc((size_t)na, (size_t)nb, sizeof *sim);
+    float *sim = ea_esap_alloc((size_t)na, (size_t)nb, sizeof *sim);
     double *rx = calloc((size_t)na, sizeof *rx), *ry = calloc((size_t)nb, sizeof *ry);
     float *top = malloc((size_t)t * sizeof *top);
     float *best_b = malloc((size_t)nb * sizeof *best_b);
@@ -161,7 +161,7 @@ static void map_unit(const float *x, int n, int k, const double *w, float *out) 
                 out[(size_t)i * k + j] = (float)s;
             }
     }
-    esap_normalize_rows(out, n, k);
+    ea_esap_normalize_rows(out, n, k);
 }
 
 ea_status ea_esap_unanchored_fit(const float *xa, int na, const float *xb, int nb, int k, double *w,
@@ -171,9 +171,9 @@ ea_status ea_esap_unanchored_fit(const float *xa, int na, const float *xb, int n
         return ea_error(EA_ERR_ARG, "unanchored: %d and %d points of %d dims (need k >= 1 and more than %d points a side)",
                         na, nb, k, PROFILE_LEN);
     int nmax = na > nb ? na : nb;
-    float *ua = esap_alloc((size_t)na, (size_t)k, sizeof *ua), *ub = esap_alloc((size_t)nb, (size_t)k, sizeof *ub);
-    float *wa = esap_alloc((size_t)na, (size_t)k, sizeof *wa), *wb = esap_alloc((size_t)nb, (size_t)k, sizeof *wb);
-    float *pa = esap_alloc((size_t)na, PROFILE_LEN, sizeof *pa), *pb = esap_alloc((size_t)nb, PROFILE_LEN, sizeof *pb);
+    float *ua = ea_esap_alloc((size_t)na, (size_t)k, sizeof *ua), *ub = ea_esap_alloc((size_t)nb, (size_t)k, sizeof *ub);
+    float *wa = ea_esap_alloc((size_t)na, (size_t)k, sizeof *wa), *wb = ea_esap_alloc((size_t)nb, (size_t)k, sizeof *wb);
+    float *pa = ea_esap_alloc((size_t)na, PROFILE_LEN, sizeof *pa), *pb = ea_esap_alloc((size_t)nb, PROFILE_LEN, sizeof *pb);
     int *fwd = malloc((size_t)na * sizeof *fwd), *bwd = malloc((size_t)nb * sizeof *bwd);
     int *src = malloc((size_t)nmax * sizeof *src), *dst = malloc((size_t)nmax * sizeof *dst);
     int *prev = malloc((size_t)na * sizeof *prev);
@@ -194,7 +194,7 @@ ea_status ea_esap_unanchored_fit(const float *xa, int na, const float *xb, int n
         st = ea_error(EA_ERR_NUMERIC, "unanchored: the profiles gave %d mutual pseudo-pairs (need >= 2)", m);
         goto done;
     }
-    if ((st = esap_fit_rotation(ua, ub, k, src, dst, m, w))) goto done;
+    if ((st = ea_esap_fit_rotation(ua, ub, k, src, dst, m, w))) goto done;
     for (int i = 0; i < na; i++) prev[i] = fwd[i];
     int it = 0;
     for (; it < REFINE_MAX; it++) {
@@ -208,7 +208,7 @@ ea_status ea_esap_unanchored_fit(const float *xa, int na, const float *xb, int n
             st = ea_error(EA_ERR_NUMERIC, "unanchored: refinement %d kept %d mutual pairs (need >= 2)", it, m);
             goto done;
         }
-        if ((st = esap_fit_rotation(ua, ub, k, src, dst, m, w))) goto done;
+        if ((st = ea_esap_fit_rotation(ua, ub, k, src, dst, m, w))) goto done;
         if (info) info->final_pairs = m;
         if (changed == 0) {
             it++;
@@ -225,11 +225,11 @@ done:
 /* Stream of the order B's training rows are handed over in, distinct from the split's. */
 #define ORDER_SEED_SALT 0x756e616e63686f72ull
 
-ea_status esap_unanchored_train(const float *za, const float *zb, int k, const int *train, int n_train, uint64_t seed,
+ea_status ea_esap_unanchored_train(const float *za, const float *zb, int k, const int *train, int n_train, uint64_t seed,
                                 double *w, ea_esap_unanchored_info *info) {
     int *order = malloc((size_t)(n_train > 0 ? n_train : 1) * sizeof *order);
-    float *xa = esap_alloc((size_t)(n_train > 0 ? n_train : 1), (size_t)k, sizeof *xa);
-    float *xb = esap_alloc((size_t)(n_train > 0 ? n_train : 1), (size_t)k, sizeof *xb);
+    float *xa = ea_esap_alloc((size_t)(n_train > 0 ? n_train : 1), (size_t)k, sizeof *xa);
+    float *xb = ea_esap_alloc((size_t)(n_train > 0 ? n_train : 1), (size_t)k, sizeof *xb);
     ea_status st = EA_OK;
     if (!order || !xa || !xb) {
         st = ea_error(EA_ERR_NOMEM, "unanchored: cannot allocate for %d anchors", n_train);
@@ -262,7 +262,7 @@ ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k
     if (info) memset(info, 0, sizeof *info);
     if (k < 1) return ea_error(EA_ERR_ARG, "unanchored: rank %d must be positive", k);
     int *perm = malloc((size_t)(n > 0 ? n : 1) * sizeof *perm);
-    double *w = esap_alloc((size_t)k, (size_t)k, sizeof *w);
+    double *w = ea_esap_alloc((size_t)k, (size_t)k, sizeof *w);
     ea_status st = EA_OK;
     if (!perm || !w) {
         st = ea_error(EA_ERR_NOMEM, "unanchored: cannot allocate for %d anchors", n);
@@ -270,16 +270,16 @@ ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k
     }
     if ((st = ea_esap_split(n, n_train, n_test, seed, perm))) goto done;
     const int *train = perm, *test = perm + (n - n_test);
-    if ((st = esap_unanchored_train(za, zb, k, train, n_train, seed, w, info))) goto done;
+    if ((st = ea_esap_unanchored_train(za, zb, k, train, n_train, seed, w, info))) goto done;
     out->rank = k;
     out->train_anchors = n_train;
     out->test_anchors = n_test;
     out->chance_p_at_1 = 1.0 / n_test;
-    if ((st = esap_eval_rotation(za, zb, k, train, n_train, w, &out->train_cosine, NULL)) ||
-        (st = esap_eval_rotation(za, zb, k, test, n_test, w, NULL, &out->test)))
+    if ((st = ea_esap_eval_rotation(za, zb, k, train, n_train, w, &out->train_cosine, NULL)) ||
+        (st = ea_esap_eval_rotation(za, zb, k, test, n_test, w, NULL, &out->test)))
         goto done;
     if (w_out) memcpy(w_out, w, (size_t)k * k * sizeof *w);
-    st = esap_shuffled_null(za, zb, k, train, n_train, test, n_test, seed, &out->null, &out->null_train_cosine);
+    st = ea_esap_shuffled_null(za, zb, k, train, n_train, test, n_test, seed, &out->null, &out->null_train_cosine);
 done:
     free(perm); free(w);
     return st;

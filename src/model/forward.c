@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_rows.h"
+#include "kv/kv_rows.h"
 #include "model/internal.h"
 
 static ea_status run_state_reserve(ea_model *m, int t, int kv) {
@@ -87,8 +87,8 @@ static void gelu_new(float *x, size_t n) {
     }
 }
 
-static int capture(ea_model *m, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
-    return m->capture ? m->capture(m->capture_user, site, layer, pos0, n, d, x, ld) : 0;
+static ea_status capture(ea_model *m, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+    return m->capture ? m->capture(m->capture_user, site, layer, pos0, n, d, x, ld) : EA_OK;
 }
 
 static ea_status check_finite(const ea_model *m, const float *x, size_t n, const char *where, int layer) {
@@ -126,7 +126,7 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
         } else
             memcpy(x + (size_t)i * C, te, sizeof(float) * (size_t)C);
     }
-    if (capture(m, EA_SITE_HIDDEN, 0, pos0, n, C, x, C)) return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+    if ((st = capture(m, EA_SITE_HIDDEN, 0, pos0, n, C, x, C))) return st;
     if (m->inv_freq) ea_rope_table(m->inv_freq, HD, pos0, n, r->rope);
 
     for (int l = 0; l < c->n_layer; l++) {
@@ -139,15 +139,15 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
                     ea_rmsnorm(qkv + (size_t)i * W, qkv + (size_t)i * W, w->q_norm, c->n_head, HD, HD, c->layer_norm_epsilon);
                     ea_rmsnorm(qkv + (size_t)i * W + QD, qkv + (size_t)i * W + QD, w->k_norm, NKV, HD, HD, c->layer_norm_epsilon);
                 }
-            if (m->capture_prerot && (capture(m, EA_SITE_Q_PRE, l, pos0, n, QD, qkv, W) ||
-                                      capture(m, EA_SITE_K_PRE, l, pos0, n, KVD, qkv + QD, W)))
-                return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+            if (m->capture_prerot && ((st = capture(m, EA_SITE_Q_PRE, l, pos0, n, QD, qkv, W)) ||
+                                      (st = capture(m, EA_SITE_K_PRE, l, pos0, n, KVD, qkv + QD, W))))
+                return st; /* the hook's status and message, unchanged */
             ea_rope_apply(qkv, n, W, c->n_head, HD, r->rope);
             ea_rope_apply(qkv + QD, n, W, NKV, HD, r->rope);
         }
-        if (capture(m, EA_SITE_Q, l, pos0, n, QD, qkv, W) || capture(m, EA_SITE_K, l, pos0, n, KVD, qkv + QD, W) ||
-            capture(m, EA_SITE_V, l, pos0, n, KVD, qkv + QD + KVD, W))
-            return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+        if ((st = capture(m, EA_SITE_Q, l, pos0, n, QD, qkv, W)) || (st = capture(m, EA_SITE_K, l, pos0, n, KVD, qkv + QD, W)) ||
+            (st = capture(m, EA_SITE_V, l, pos0, n, KVD, qkv + QD + KVD, W)))
+            return st; /* the hook's status and message, unchanged */
         ea_kvcache_append(cache, l, pos0, n, qkv + QD, qkv + QD + KVD, W);
         for (int i = 0; i < n; i++) memcpy(r->q + (size_t)i * QD, qkv + (size_t)i * W, sizeof(float) * (size_t)QD);
         ea_model_attend(m, cache, l, r->q, n, pos0, r->att);
@@ -166,12 +166,11 @@ ea_status ea_model_forward(ea_model *m, ea_kvcache *cache, const int *tokens, in
         }
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] += r->tmp[i];
         if ((st = check_finite(m, x, (size_t)n * C, "the output", l))) return st;
-        if (l + 1 < c->n_layer && capture(m, EA_SITE_HIDDEN, l + 1, pos0, n, C, x, C))
-            return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+        if (l + 1 < c->n_layer && (st = capture(m, EA_SITE_HIDDEN, l + 1, pos0, n, C, x, C))) return st;
     }
     cache->len = pos0 + n;
     norm(m, xn, x, m->lnf_w, m->lnf_b, n, C);
-    if (capture(m, EA_SITE_HIDDEN, c->n_layer, pos0, n, C, xn, C)) return ea_error(EA_ERR_ARG, "forward: aborted by capture hook");
+    if ((st = capture(m, EA_SITE_HIDDEN, c->n_layer, pos0, n, C, xn, C))) return st;
     if (!logits) return EA_OK;
     /* logits = h · lm_headᵀ (lm_head is wte when tied) */
     if (all_logits && n > 1)

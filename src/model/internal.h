@@ -2,7 +2,7 @@
 #ifndef EA_MODEL_INTERNAL_H
 #define EA_MODEL_INTERNAL_H
 
-#include "ea/kvcodec.h"
+#include "kv/kv_codec.h"
 #include "ea/model.h"
 #include "model/matmul.h"
 

@@ -23,6 +23,26 @@ int ea_ppl_first_scored(ea_ppl_protocol proto, int len) {
     return proto == EA_PPL_LLAMA ? (len / 2 > 1 ? len / 2 : 1) : 1;
 }
 
+typedef struct {
+    ea_ppl_protocol proto;
+    int V;
+    double nll;
+    size_t scored;
+} ppl_acc;
+
+static ea_status ppl_chunk(void *user, const int *ids, size_t start, int len, int c0, int cl, const float *logits) {
+    ppl_acc *a = user;
+    int first = ea_ppl_first_scored(a->proto, len);
+    for (int i = 0; i < cl; i++) {
+        int t = c0 + i + 1; /* target position, predicted by row i */
+        if (t < first || t >= len) continue;
+        const float *row = logits + (size_t)i * a->V;
+        a->nll += ea_log_softmax(row, a->V, NULL) - row[ids[start + t]];
+        a->scored++;
+    }
+    return EA_OK;
+}
+
 ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n, int ctx, ea_ppl_protocol proto,
                         ea_ppl_result *res) {
     res->tokens_scored = 0;
@@ -36,28 +56,13 @@ ea_status ea_perplexity(ea_model *m, ea_kvcache *cache, const int *ids, size_t n
     int chunk = ctx < EA_PPL_CHUNK ? ctx : EA_PPL_CHUNK;
     float *logits = malloc(sizeof(float) * (size_t)V * (size_t)chunk);
     if (!logits) return ea_error(EA_ERR_NOMEM, "perplexity: out of memory");
-    double nll = 0;
-    size_t scored = 0;
-    ea_status st = EA_OK;
-    for (size_t start = 0; start + 1 < n && !st; start += (size_t)ctx) {
-        int len = (int)((n - start) < (size_t)ctx ? (n - start) : (size_t)ctx);
-        if (len < 2) break;
-        ea_kvcache_reset(cache);
-        int first = ea_ppl_first_scored(proto, len);
-        /* the window's last token predicts nothing but is run too: a window of at most one chunk is
-         * then the same single forward pass as evaluate's, bit for bit */
-        for (int c0 = 0; c0 < len; c0 += chunk) {
-            int cl = len - c0 < chunk ? len - c0 : chunk;
-            if ((st = ea_model_forward(m, cache, ids + start + c0, cl, logits, 1))) break;
-            for (int i = 0; i < cl; i++) {
-                int t = c0 + i + 1; /* target position, predicted by row i */
-                if (t < first || t >= len) continue;
-                const float *row = logits + (size_t)i * V;
-                nll += ea_log_softmax(row, V, NULL) - row[ids[start + t]];
-                scored++;
-            }
-        }
-    }
+    ppl_acc a = {proto, V, 0, 0};
+    /* the window's last token predicts nothing but is run too: a window of at most one chunk is then
+     * the same single forward pass as evaluate's, bit for bit */
+    ea_window_run run = {.cache = cache, .logits = logits, .chunk = chunk, .chunk_end = ppl_chunk, .user = &a, .min_len = 2};
+    ea_status st = ea_model_run_windows(m, ids, n, ctx, &run);
+    double nll = a.nll;
+    size_t scored = a.scored;
     free(logits);
     if (st) return st;
     res->tokens_scored = scored;

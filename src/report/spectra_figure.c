@@ -1,12 +1,12 @@
 /* Figure for `analyze`: per site kind, one C(k) panel per variant (a curve per layer, log k) and
  * one Df-per-layer panel (a line per variant, log Df), each with its null reference dashed. */
-#include "report/spectra_figure.h"
+#include "ea/report.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "report/svg.h"
+#include "ea/report.h"
 
 static const char *variant_title(ea_variant v) {
     return v == EA_VARIANT_ALL ? "all tokens" : v == EA_VARIANT_EXCLUDE_FIRST ? "position 0 excluded" : "standardized";

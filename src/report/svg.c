@@ -1,5 +1,5 @@
 /* SVG line charts: grid of panels, axes with "nice" ticks, log scales, legends. See svg.h. */
-#include "report/svg.h"
+#include "ea/report.h"
 
 #include <math.h>
 #include <stdarg.h>

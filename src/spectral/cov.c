@@ -224,11 +224,6 @@ const double *ea_cov_mean(const ea_cov *c) {
     return c->mean;
 }
 
-const double *ea_cov_m2_upper(const ea_cov *c) {
-    ea_cov_flush_pending(c);
-    return c->m2;
-}
-
 ea_status ea_cov_matrix(const ea_cov *c, int standardize, double *out) {
     ea_cov_flush_pending(c);
     int d = c->d;

@@ -17,8 +17,6 @@ struct ea_cov {
 
 /* Fold pending rows into (n, mean, m2). Logically const; not thread-safe on one accumulator. */
 void ea_cov_flush_pending(const ea_cov *c);
-/* The flushed upper-triangular M2 (sum of centred outer products, not divided by n-1). */
-const double *ea_cov_m2_upper(const ea_cov *c);
 /* Merge a raw state (nb rows with mean_b and upper-triangular m2_b) into dst. */
 ea_status ea_cov_merge_raw(ea_cov *dst, double nb, const double *mean_b, const double *m2_b);
 

@@ -1,8 +1,8 @@
 /* f32 KV codec: rows stored as they are (the exact reference; the cache's default). */
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_rows.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_rows.h"
 
 static size_t f32_row_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) { return sizeof(float) * (size_t)c->d; }
 

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
+#include "kv/kv_internal.h"
 
 typedef struct {
     ea_kv_basis *b; /* [layer*2 + kind] */

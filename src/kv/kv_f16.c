@@ -1,6 +1,6 @@
 /* f16 KV codec: IEEE half per value (F16C when the build targets it). */
-#include "compress/kv_internal.h"
-#include "compress/kv_rows.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_rows.h"
 
 static size_t f16_row_bytes(const ea_kv_codec *c, int layer, ea_kv_kind kind) { return sizeof(uint16_t) * (size_t)c->d; }
 

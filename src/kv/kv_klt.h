@@ -11,10 +11,11 @@
 #define EA_KV_KLT_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_quant.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_quant.h"
 
 #define EA_KV_KLT_BLOCK 16
 
@@ -52,6 +53,29 @@ typedef struct {
     size_t n_pad;           /* floats in pad */
     float *post;            /* n_coef: factor of a decoded level (σ for tables, 1 for uniform levels) */
 } klt_part;
+
+
+/* The codec's state (c->state of a klt codec). */
+typedef struct {
+    ea_kv_klt_opts o;
+    ea_kv_quant q[EA_KV_QBITS + 1]; /* by width; [0] unused */
+    ea_kv_quant *pq;                /* measured tables: [part*(EA_KV_QBITS+1) + width], or NULL */
+    klt_part *p;                    /* [layer*2 + kind] */
+    size_t overhead;
+    /* work memory of one-token attention, kept between calls (a fresh large malloc is an mmap
+     * and page faults every decode step); one caller at a time, others allocate their own */
+    atomic_int work_busy;
+    float *work;
+    size_t work_n;
+} klt_state;
+/* The operations of a klt codec (kv_klt.c); setup and load install them. */
+extern const ea_kv_codec_ops ea_kv_klt_ops;
+/* The per-coefficient arrays of a part with n coefficients; 0 when out of memory (the codec's
+ * destroy frees what was allocated). */
+int ea_kv_klt_part_alloc(klt_part *kp, int n);
+/* What a part derives from its widths, σ and quantizers: level scales, runs of equal width, the
+ * block layout and the row size (setup and load share it). */
+ea_status ea_kv_klt_part_finish(klt_part *kp, const char *name);
 
 #if defined(EA_KV_KLT_AVX512) || defined(EA_KV_KLT_AVX2)
 /* What a decode kernel provides to kv_klt_attend.c, which splits the blocks over threads: */

@@ -20,8 +20,8 @@
 #include <immintrin.h>
 #endif
 
-#include "compress/kv_rows.h"
-#include "compress/kv_simd.h"
+#include "kv/kv_rows.h"
+#include "kv/kv_simd.h"
 
 #if defined(__AVX512F__)
 #define ROWS_AVX512 1

@@ -3,7 +3,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "ea/kvcodec.h"
+#include "kv/kv_codec.h"
 
 void ea_attention_ref(int n_head, int d, const float *q, int nq, int pos0, const float *k, const float *v,
                       float *out, float *scratch) {

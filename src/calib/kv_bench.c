@@ -1,7 +1,7 @@
 /* Decode speed of a KV codec at a given context: what generation pays per token. */
 #include <stdlib.h>
 
-#include "compress/kv_internal.h"
+#include "calib/calib_internal.h"
 
 ea_status ea_kv_decode_rate(ea_model *m, const ea_kv_codec *codec, const int *ids, size_t n, int ctx, int n_decode,
                             double *tok_s) {

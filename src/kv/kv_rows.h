@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "ea/kvcodec.h"
+#include "kv/kv_codec.h"
 
 /* Layout of one stored row of d values (q8_0/q4_0: llama.cpp's blocks of 32 values, the last one
  * zero-padded; see kv_qblock.c). */

@@ -5,7 +5,7 @@
  * 8: eight codes of b bits fill b bytes exactly, so a half's codes are one 64-bit word, spread to
  * lanes by a byte shuffle and a per-lane shift; levels come from register tables (vpermps) up to
  * 5 bits, a gather above, arithmetic for uniform levels. */
-#include "compress/kv_klt.h"
+#include "kv/kv_klt.h"
 
 #ifdef EA_KV_KLT_AVX2
 
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_simd.h"
+#include "kv/kv_simd.h"
 
 #define BLK EA_KV_KLT_BLOCK
 #define HALF 8

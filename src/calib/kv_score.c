@@ -1,7 +1,7 @@
 /* Comparing a codec's next-token distributions with the exact model's, window by window. */
 #include <math.h>
 
-#include "compress/kv_internal.h"
+#include "calib/calib_internal.h"
 
 void ea_kv_ref_prepare(const float *base, int first, int len, int V, float *prob, double *lse) {
 #pragma omp parallel for schedule(static)

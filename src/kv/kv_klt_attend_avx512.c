@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_klt.h"
-#include "compress/kv_simd.h"
+#include "kv/kv_klt.h"
+#include "kv/kv_simd.h"
 
 #ifdef EA_KV_KLT_AVX512
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
+#include "kv/kv_internal.h"
 
 /* Symmetric eigen-decomposition (LAPACK dsyevd), descending; a (n × n) is overwritten. */
 ea_status ea_kv_eigh(double *a, int n, double *vals, double *vecs) {

@@ -15,8 +15,8 @@
 #include <omp.h>
 #endif
 
-#include "compress/kv_internal.h"
-#include "compress/kv_rows.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_rows.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>

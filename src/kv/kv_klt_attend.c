@@ -7,7 +7,7 @@
 #include <omp.h>
 #endif
 
-#include "compress/kv_klt.h"
+#include "kv/kv_klt.h"
 
 #if defined(EA_KV_KLT_AVX512) || defined(EA_KV_KLT_AVX2)
 

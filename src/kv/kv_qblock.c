@@ -7,8 +7,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_rows.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_rows.h"
 
 #define QK 32
 

@@ -3,35 +3,25 @@
  * and the coded error came out 1.1-6x the Gaussian prediction. So the fit runs the calibration text
  * once more, histograms every coefficient (in units of its standard deviation), and from those fits
  * the level tables (Lloyd's algorithm on the histogram) and the distortion-rate curve of every
- * coefficient that the bit allocator uses. */
+ * coefficient that the bit allocator uses. This file takes the histograms; kv/kv_hist_quant.c fits
+ * quantizers to them. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "compress/kv_quant.h"
+#include "calib/calib_internal.h"
 
 #define HIST_BINS 2048
 #define HIST_LIM 12.0f /* bins cover [-12σ, 12σ]; values beyond land in the end bins */
-
-void ea_kv_hist_free(ea_kv_hist *h) {
-    if (!h) return;
-    free(h->h);
-    free(h->enc);
-    free(h->mean);
-    free(h->sig);
-    memset(h, 0, sizeof *h);
-}
 
 typedef struct {
     ea_kv_hist *h;
     float *buf, *y;
     int cap;
-    ea_status err;
 } hist_acc;
 
-static int hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     hist_acc *a = user;
     if (site != EA_SITE_K && site != EA_SITE_V) return 0;
     ea_kv_hist *h = a->h;
@@ -41,10 +31,7 @@ static int hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d
     if (rows > a->cap) {
         float *nb = realloc(a->buf, sizeof(float) * (size_t)rows * d), *ny = nb ? realloc(a->y, sizeof(float) * (size_t)rows * d) : NULL;
         if (nb) a->buf = nb;
-        if (!nb || !ny) {
-            a->err = ea_error(EA_ERR_NOMEM, "kv histograms: out of memory");
-            return 1;
-        }
+        if (!nb || !ny) return ea_error(EA_ERR_NOMEM, "kv histograms: out of memory");
         a->y = ny;
         a->cap = rows;
     }
@@ -71,7 +58,7 @@ static int hist_hook(void *user, ea_site site, int layer, int pos0, int n, int d
 }
 
 ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_stats *s, const ea_kv_metric *mt,
-                             const ea_kv_klt_opts *o, ea_kv_hist *out) {
+                             const ea_kv_klt_opts *o, ea_kv_hist *out, ea_progress_fn progress, void *progress_user) {
     const ea_config *cfg = ea_model_config(m);
     int d = cfg->n_embd, P = 2 * cfg->n_layer;
     memset(out, 0, sizeof *out);
@@ -90,68 +77,12 @@ ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, con
     for (int p = 0; p < P && !st; p++)
         st = ea_kv_klt_transform(s, mt, o, cfg->n_head, p / 2, p % 2, out->enc + (size_t)p * d * d, out->mean + (size_t)p * d,
                                  out->sig + (size_t)p * d);
-    hist_acc a = {out, NULL, NULL, 0, EA_OK};
-    if (!st) st = ea_kv_run_windows(m, ids, n, ctx, hist_hook, &a, &a.err);
+    hist_acc a = {out, NULL, NULL, 0};
+    ea_window_run run = {.hook = hist_hook, .hook_user = &a, .min_len = 2, .progress = progress, .progress_user = progress_user,
+                         .stage = "kv histograms"};
+    if (!st) st = ea_model_run_windows(m, ids, n, ctx, &run);
     free(a.buf);
     free(a.y);
     if (st) ea_kv_hist_free(out);
     return st;
-}
-
-int ea_kv_hist_matches(const ea_kv_hist *h, const ea_kv_klt_opts *o) {
-    return h && h->h && h->key.per_head == o->per_head && h->key.weighted == o->weighted && h->key.reg == o->reg &&
-           h->key.f16_basis == o->f16_basis && h->skip_sink == o->sink && !o->token_scale && o->lloyd;
-}
-
-static double bin_x(const ea_kv_hist *h, int k) { return -h->lim + (k + 0.5) * (2.0 * h->lim / h->nbins); }
-
-double ea_kv_hist_mse(const ea_kv_hist *h, const double *w, const ea_kv_quant *q) {
-    double se = 0, n = 0;
-    int c = 0;
-    for (int k = 0; k < h->nbins; k++) {
-        if (w[k] == 0) continue;
-        double x = bin_x(h, k);
-        while (c < q->n - 1 && x >= q->thr[c]) c++;
-        while (c > 0 && x < q->thr[c - 1]) c--;
-        double e = x - q->level[c];
-        se += w[k] * e * e;
-        n += w[k];
-    }
-    return n > 0 ? se / n : 0;
-}
-
-void ea_kv_hist_lloyd(const ea_kv_hist *h, const double *w, const ea_kv_quant *init, ea_kv_quant *q) {
-    *q = *init;
-    if (init->bits > EA_KV_QTAB_BITS) return; /* wide codes stay uniform */
-    double tot = 0;
-    for (int k = 0; k < h->nbins; k++) tot += w[k];
-    if (!(tot > 0)) return;
-    double lv[EA_KV_QMAX], sw[EA_KV_QMAX], sx[EA_KV_QMAX];
-    for (int i = 0; i < q->n; i++) lv[i] = init->level[i];
-    for (int it = 0; it < 300; it++) {
-        memset(sw, 0, sizeof(double) * (size_t)q->n);
-        memset(sx, 0, sizeof(double) * (size_t)q->n);
-        int c = 0;
-        for (int k = 0; k < h->nbins; k++) {
-            if (w[k] == 0) continue;
-            double x = bin_x(h, k);
-            while (c < q->n - 1 && x >= 0.5 * (lv[c] + lv[c + 1])) c++;
-            sw[c] += w[k];
-            sx[c] += w[k] * x;
-        }
-        double moved = 0;
-        for (int i = 0; i < q->n; i++)
-            if (sw[i] > 0) {
-                double y = sx[i] / sw[i];
-                moved = fmax(moved, fabs(y - lv[i]));
-                lv[i] = y;
-            }
-        for (int i = 1; i < q->n; i++) /* keep the levels strictly ascending (empty cells) */
-            if (lv[i] <= lv[i - 1]) lv[i] = lv[i - 1] + 1e-6;
-        if (moved < 1e-7) break;
-    }
-    for (int i = 0; i < q->n; i++) q->level[i] = ea_f16_to_f32(ea_f32_to_f16((float)lv[i])); /* stored in f16 */
-    for (int i = 0; i < q->n - 1; i++) q->thr[i] = 0.5f * (q->level[i] + q->level[i + 1]);
-    q->uniform = 0;
-    q->mse = ea_kv_hist_mse(h, w, q);
 }

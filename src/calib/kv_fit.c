@@ -2,12 +2,10 @@
  * the mean and covariance of every layer's K and V rows in float64. Each accumulator is shifted
  * by the mean of its first batch so the sums do not lose precision to large means. */
 #include <cblas.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "ea/compress.h"
+#include "calib/calib_internal.h"
 #include "model/internal.h" /* c_proj weights for the V metric */
 
 typedef struct {
@@ -17,11 +15,10 @@ typedef struct {
     double *q2, qn;                   /* raw second moment Σ q qᵀ per layer (NULL: not wanted), rows */
     double *buf;                      /* one batch as float64 */
     int buf_rows;
-    ea_status err;
     int g, hd; /* query heads per KV head, head dim: a query row folds into g rows of d (GQA) */
 } fit_acc;
 
-static int fit_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+static ea_status fit_hook(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     fit_acc *a = user;
     if (site == EA_SITE_Q && a->q2) { /* queries of every position weigh K errors */
         /* With GQA, member r of every group forms one KV-shaped row (query heads h·g + r), so q2 sums
@@ -29,10 +26,7 @@ static int fit_hook(void *user, ea_site site, int layer, int pos0, int n, int d,
         int g = a->g, kd = a->d, hd = a->hd, rows = n * g;
         if (rows > a->buf_rows) {
             double *nb = realloc(a->buf, sizeof(double) * (size_t)rows * kd);
-            if (!nb) {
-                a->err = ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
-                return 1;
-            }
+            if (!nb) return ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
             a->buf = nb;
             a->buf_rows = rows;
         }
@@ -51,10 +45,7 @@ static int fit_hook(void *user, ea_site site, int layer, int pos0, int n, int d,
     int rows = n - first;
     if (rows > a->buf_rows) {
         double *nb = realloc(a->buf, sizeof(double) * (size_t)rows * d);
-        if (!nb) {
-            a->err = ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
-            return 1;
-        }
+        if (!nb) return ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
         a->buf = nb;
         a->buf_rows = rows;
     }
@@ -76,52 +67,6 @@ static int fit_hook(void *user, ea_site site, int layer, int pos0, int n, int d,
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, rows, 1.0, a->buf, d, 1.0, s2, d);
     a->count[layer * 2 + kind] = cnt + rows;
     return 0;
-}
-
-ea_status ea_kvfit_stats_alloc(ea_kv_stats *s, int n_layer, int d) {
-    memset(s, 0, sizeof *s);
-    s->n_layer = n_layer;
-    s->d = d;
-    size_t nm = (size_t)n_layer * d, nc = nm * d;
-    for (int k = 0; k < 2; k++) {
-        s->mean[k] = calloc(nm, sizeof(double));
-        s->cov[k] = calloc(nc, sizeof(double));
-        if (!s->mean[k] || !s->cov[k]) {
-            ea_kvfit_stats_free(s);
-            return ea_error(EA_ERR_NOMEM, "kv stats: cannot allocate %d layers x %d dims", n_layer, d);
-        }
-    }
-    return EA_OK;
-}
-
-void ea_kvfit_stats_free(ea_kv_stats *s) {
-    if (!s) return;
-    for (int k = 0; k < 2; k++) {
-        free(s->mean[k]);
-        free(s->cov[k]);
-        s->mean[k] = s->cov[k] = NULL;
-    }
-}
-
-ea_status ea_kv_run_windows(ea_model *m, const int *ids, size_t n, int ctx, ea_capture_fn hook, void *user,
-                           const ea_status *hook_err) {
-    ea_kvcache *cache = NULL;
-    ea_status st = ea_kvcache_init(&cache, ea_model_config(m), ctx, NULL);
-    if (st) return st;
-    ea_model_set_capture(m, hook, user);
-    for (size_t w0 = 0; w0 + 1 < n && !st; w0 += (size_t)ctx) {
-        int len = n - w0 < (size_t)ctx ? (int)(n - w0) : ctx;
-        ea_kvcache_reset(cache);
-        st = ea_model_forward(m, cache, ids + w0, len, NULL, 0);
-        if (*hook_err) st = *hook_err; /* the hook's own error says more than "aborted" */
-    }
-    ea_model_set_capture(m, NULL, NULL);
-    ea_kvcache_free(cache);
-    return st;
-}
-
-ea_status ea_kvfit_stats(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out) {
-    return ea_kvfit_stats_metric(m, ids, n, ctx, skip, out, NULL);
 }
 
 /* M_K: E[q qᵀ] on each head's diagonal block; M_V = W Wᵀ with W the c_proj weights ([in, out]).
@@ -168,16 +113,15 @@ static ea_status metric_finish(ea_model *m, const fit_acc *a, ea_kv_metric *mt) 
     return EA_OK;
 }
 
-ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
+ea_status ea_kv_stats_fit(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
                                 ea_kv_metric *metric) {
     const ea_config *cfg = ea_model_config(m);
     int L = cfg->n_layer, d = ea_config_kv_dim(cfg); /* cached K/V rows: n_embd without GQA */
     memset(out, 0, sizeof *out);
     if (metric) memset(metric, 0, sizeof *metric);
     if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv stats: window %d outside [2, %d]", ctx, cfg->n_positions);
-    fit_acc a = {L, d, skip, {0}, {0}, {0}, NULL, NULL, 0, NULL, 0, EA_OK, cfg->n_head / ea_config_kv_heads(cfg),
-                 ea_config_head_dim(cfg)};
-    ea_status st = ea_kvfit_stats_alloc(out, L, d);
+    fit_acc a = {L, d, skip, {0}, {0}, {0}, NULL, NULL, 0, NULL, 0, cfg->n_head / ea_config_kv_heads(cfg), ea_config_head_dim(cfg)};
+    ea_status st = ea_kv_stats_alloc(out, L, d);
     if (st) return st;
     size_t nm = (size_t)L * d;
     a.count = calloc((size_t)2 * L, sizeof(double));
@@ -189,7 +133,8 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
     }
     if (metric && !(a.q2 = calloc(nm * d, sizeof(double)))) st = ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
     if (!a.count && !st) st = ea_error(EA_ERR_NOMEM, "kv stats: out of memory");
-    if (!st) st = ea_kv_run_windows(m, ids, n, ctx, fit_hook, &a, &a.err);
+    ea_window_run run = {.hook = fit_hook, .hook_user = &a, .min_len = 2};
+    if (!st) st = ea_model_run_windows(m, ids, n, ctx, &run);
     if (!st) {
         double nmin = a.count[0];
         for (int i = 1; i < 2 * L; i++)
@@ -218,12 +163,12 @@ ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, 
     }
     free(a.count);
     free(a.buf);
-    if (st) ea_kvfit_stats_free(out);
+    if (st) ea_kv_stats_free(out);
     return st;
 }
 
-ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx, int verbose,
-                                ea_kv_codec **out) {
+ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx,
+                                ea_progress_fn progress, void *progress_user, ea_kv_codec **out) {
     const ea_config *cfg = ea_model_config(m);
     *out = NULL;
     ea_status st = ea_kv_codec_check_spec(spec);
@@ -232,11 +177,9 @@ ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib,
     if (!calib || n_calib < 2) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration text (at least 2 tokens)", spec);
     ea_kv_stats stats;
     ea_kv_metric metric;
-    if (verbose) fprintf(stderr, "kv fit: %s: K/V statistics on %zu calibration tokens\n", spec, n_calib);
-    if ((st = ea_kvfit_stats_metric(m, calib, n_calib, ctx, 0, &stats, &metric))) return st;
-    if (verbose && !strncmp(spec, "klt", 3)) fprintf(stderr, "kv fit: %s: distributions and layer sensitivities\n", spec);
-    st = ea_kv_codec_fit(m, spec, &stats, &metric, calib, n_calib, ctx, 4096, NULL, out);
-    ea_kvfit_stats_free(&stats);
+    if ((st = ea_kv_stats_fit(m, calib, n_calib, ctx, 0, &stats, &metric))) return st;
+    st = ea_kv_codec_fit(m, spec, &stats, &metric, calib, n_calib, ctx, 4096, NULL, out, progress, progress_user);
+    ea_kv_stats_free(&stats);
     ea_kv_metric_free(&metric);
     return st;
 }

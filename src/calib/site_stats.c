@@ -1,5 +1,5 @@
 /* Per-site covariance accumulation over calibration windows, and the per-variant summaries. */
-#include "spectral/site_stats.h"
+#include "ea/calib.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -95,12 +95,12 @@ static ea_status acc_add(ea_site_acc *a, const float *x, int pos0, int n, int ld
     return st;
 }
 
-int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
+ea_status ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld) {
     ea_site_stats *s = user;
-    if (s->err) return 1;
-    if ((int)site < 0 || (int)site > EA_SITE_K_PRE || layer < 0 || layer > s->n_layer || n < 1) return 0;
+    if (s->err) return ea_error(s->err, "%s", s->errmsg);
+    if ((int)site < 0 || (int)site > EA_SITE_K_PRE || layer < 0 || layer > s->n_layer || n < 1) return EA_OK;
     int gi = s->index[(int)site * (s->n_layer + 1) + layer];
-    if (gi < 0) return 0; /* not asked for */
+    if (gi < 0) return EA_OK; /* not asked for */
     double t0 = ea_time_now();
     ea_site_acc *g = &s->acc[gi];
     ea_status st = EA_OK;
@@ -115,9 +115,9 @@ int ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, 
     if (st) {
         s->err = st;
         snprintf(s->errmsg, sizeof s->errmsg, "%s layer %d: %s", ea_site_name(site), layer, ea_last_error());
-        return 1;
+        return ea_error(st, "%s", s->errmsg);
     }
-    return 0;
+    return EA_OK;
 }
 
 ea_status ea_site_stats_add_wte(ea_site_stats *s, const float *wte, int vocab, int d) {
@@ -167,25 +167,30 @@ ea_status ea_windows_sample(size_t n, int count, int len, uint64_t seed, ea_wind
     return EA_OK;
 }
 
+typedef struct {
+    ea_site_stats *s;
+    double t0, total, acc0;
+} run_timer;
+
+static ea_status timer_begin(void *user, ea_kvcache *cache, const int *ids, size_t start, int len) {
+    ((run_timer *)user)->t0 = ea_time_now();
+    return EA_OK;
+}
+
+static ea_status timer_end(void *user, ea_kvcache *cache, const int *ids, size_t start, int len, const float *logits) {
+    run_timer *t = user;
+    t->total += ea_time_now() - t->t0;
+    return EA_OK;
+}
+
 ea_status ea_site_stats_run(ea_site_stats *s, ea_model *m, ea_kvcache *cache, const int *ids, const ea_window *w,
                             int n_windows, ea_progress_fn progress, void *progress_user, double *forward_s) {
-    double acc0 = s->accumulate_s, total = 0;
-    for (int i = 0; i < n_windows; i++)
-        if (w[i].len > ea_kvcache_capacity(cache))
-            return ea_error(EA_ERR_ARG, "window %d has %d tokens, above the cache capacity %d", i, w[i].len,
-                            ea_kvcache_capacity(cache));
-    ea_model_set_capture(m, ea_site_stats_capture, s);
-    ea_status st = EA_OK;
-    for (int i = 0; i < n_windows && !st; i++) {
-        ea_kvcache_reset(cache); /* each window starts from an empty cache, position 0 */
-        double t0 = ea_time_now();
-        st = ea_model_forward(m, cache, ids + w[i].start, w[i].len, NULL, 0);
-        total += ea_time_now() - t0;
-        if (st && s->err) st = ea_error(s->err, "%s", s->errmsg);
-        if (!st && progress) progress(progress_user, (size_t)i + 1, (size_t)n_windows);
-    }
-    ea_model_set_capture(m, NULL, NULL);
-    if (forward_s) *forward_s = total - (s->accumulate_s - acc0);
+    run_timer t = {s, 0, 0, s->accumulate_s};
+    ea_window_run run = {.cache = cache, .hook = ea_site_stats_capture, .hook_user = s, .begin = timer_begin,
+                         .end = timer_end, .user = &t, .list = w, .n_list = n_windows, .progress = progress,
+                         .progress_user = progress_user, .stage = "analyze"};
+    ea_status st = ea_model_run_windows(m, ids, 0, 0, &run);
+    if (forward_s) *forward_s = t.total - (s->accumulate_s - t.acc0);
     return st;
 }
 

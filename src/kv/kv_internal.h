@@ -1,28 +1,12 @@
-/* KV-cache codecs: pieces shared by the codec files of src/compress (not public API). */
+/* KV-cache codecs: pieces shared by the codec files of src/kv (not public API): the distortion
+ * metric, codec construction, the klt options and files, histogram quantizers, linear bases and
+ * coefficient-space attention. Nothing here runs the model (that is src/calib). */
 #ifndef EA_KV_INTERNAL_H
 #define EA_KV_INTERNAL_H
 
 #include "ea/kvcodec.h"
-#include "ea/model.h"
+#include "kv/kv_codec.h"
 
-/* Distortion metric of the transform coder, per layer (d × d, symmetric PSD, float64): an error e
- * in a K row costs eᵀ M_K e, in a V row eᵀ M_V e. M_K = E[q qᵀ] restricted to each head's block
- * (what an error does to the attention scores), M_V = W_o W_oᵀ (what it does to the attention
- * block's output). NULL anywhere means plain squared error. */
-typedef struct {
-    int n_layer, d;
-    double *m[2];
-    /* Optional: KL per unit of distortion of each part [layer*2 + kind] (measured by
-     * ea_kv_sensitivity); with it, a pooled klt allocation spends bits where they lower KL most. */
-    double *part_weight;
-    /* Optional: measured coefficient distributions (borrowed; see ea_kv_hist) for klt codecs whose
-     * transform they were taken in. */
-    const struct ea_kv_hist *hist;
-} ea_kv_metric;
-void ea_kv_metric_free(ea_kv_metric *mt);
-/* Syntax of a codec spec (name, parameter, flags) without building it: lets commands reject a typo
- * before loading anything. */
-ea_status ea_kv_codec_check_spec(const char *spec);
 /* ea_kv_codec_create with an optional metric (used by the klt codec). */
 ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
                                 const ea_kv_metric *metric, ea_kv_codec **out);
@@ -74,7 +58,7 @@ ea_status ea_kv_klt_transform(const ea_kv_stats *s, const ea_kv_metric *mt, cons
                               int kind, float *enc, float *mean, float *sig);
 
 /* Histograms of every coefficient of every part, in units of its standard deviation, on
- * calibration rows (kv_hist.c). */
+ * calibration rows (taken by calib/kv_hist.c). */
 typedef struct ea_kv_hist {
     int n_part, d, nbins;
     float lim;            /* bins cover [-lim, lim] */
@@ -83,8 +67,6 @@ typedef struct ea_kv_hist {
     ea_kv_klt_opts key;   /* options that determine the transform */
     int skip_sink;        /* position 0 left out (it is kept in f16) */
 } ea_kv_hist;
-ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_stats *s, const ea_kv_metric *mt,
-                             const ea_kv_klt_opts *o, ea_kv_hist *out);
 void ea_kv_hist_free(ea_kv_hist *h);
 /* Whether h was taken in the transform that options o build (and o uses level tables). */
 int ea_kv_hist_matches(const ea_kv_hist *h, const ea_kv_klt_opts *o);
@@ -166,61 +148,5 @@ void ea_kv_sink_scores(const ea_kv_basis *bk, const uint16_t *ksink, const float
  * NULL when none), then out_h = mean_h + W_h (weighted coefficients) + a_0 (v_0h - mean_h). */
 void ea_kv_attend_merge(const ea_kv_basis *bv, const uint16_t *vsink, const float *states, size_t per, int nth,
                         const float *s0, int h0, int h1, float *out);
-
-/* ---- Fitting statistics from the model (used by eval and the benchmarks). ---- */
-#include "ea/model.h"
-/* Capture K and V over windows of ctx tokens of ids; positions < skip of each window are left
- * out (the attention-sink token). Fills a fresh stats (free with ea_kvfit_stats_free). */
-ea_status ea_kvfit_stats(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out);
-/* The same, also returning the distortion metric (metric may be NULL). */
-ea_status ea_kvfit_stats_metric(ea_model *m, const int *ids, size_t n, int ctx, int skip, ea_kv_stats *out,
-                                ea_kv_metric *metric);
-ea_status ea_kvfit_stats_alloc(ea_kv_stats *s, int n_layer, int d);
-/* Run the model over windows of ctx tokens of ids with a capture hook (no logits); *hook_err is the
- * hook's status, reported instead of the forward pass's "aborted" when set. */
-ea_status ea_kv_run_windows(ea_model *m, const int *ids, size_t n, int ctx, ea_capture_fn hook, void *user,
-                           const ea_status *hook_err);
-void ea_kvfit_stats_free(ea_kv_stats *s);
-
-/* Sensitivity of the model to coding errors in each part: with only part p (layer, kind) coded by
- * probe (a klt codec), the mean KL over the windows of ids divided by the probe's predicted
- * distortion of p. alpha: 2 × n_layer values. */
-ea_status ea_kv_sensitivity(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_codec *probe, double *alpha);
-
-/* Sensitivities already measured, by probe spec (ea_kv_codec_fit fills and reuses it). */
-typedef struct {
-    int n;
-    char spec[8][96];
-    double *alpha[8];
-    int n_hist; /* coefficient histograms already taken, by transform */
-    ea_kv_hist hist[4];
-} ea_kv_sens_cache;
-void ea_kv_sens_cache_free(ea_kv_sens_cache *sc);
-
-/* A codec for this model from its spec, fitted as the eval does: basis codecs from stats and
- * metric (may be NULL); a pooled klt (the default, unless flag 'b') first measures part
- * sensitivities with ea_kv_sensitivity on up to sens_tokens of calib ids (windows of ctx; skipped
- * when calib or metric is NULL). Before that, a klt codec with level tables histograms its
- * coefficients on all calib ids (ea_kv_hist_collect) and is fitted on them; the sensitivity probe
- * too. cache may be NULL. */
-ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
-                          const int *calib, size_t n_calib, int ctx, size_t sens_tokens, ea_kv_sens_cache *cache,
-                          ea_kv_codec **out);
-
-/* Next-token scoring of one window against the exact model's logits (rows first-1..len-2):
- * base logits, base probabilities and log-sum-exps (from ea_kv_ref_prepare) and a codec's logits. */
-typedef struct {
-    double nll, kl;
-    size_t top1, scored;
-} ea_kv_score;
-void ea_kv_ref_prepare(const float *base, int first, int len, int V, float *prob, double *lse);
-void ea_kv_score_window(ea_kv_score *acc, const float *base, const float *prob, const double *lse, const float *logits,
-                        const int *ids, int first, int len, int V);
-
-/* Generation-style decode speed with a codec (NULL: the exact float32 cache): prefill
- * ctx - n_decode tokens of ids (repeated if short), then time n_decode one-token forward passes
- * with logits, so the timed steps attend to about ctx positions. */
-ea_status ea_kv_decode_rate(ea_model *m, const ea_kv_codec *codec, const int *ids, size_t n, int ctx, int n_decode,
-                            double *tok_s);
 
 #endif

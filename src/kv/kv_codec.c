@@ -5,9 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compress/kv_internal.h"
-#include "ea/compress.h"
-#include "compress/kv_quant.h"
+#include "kv/kv_internal.h"
+#include "kv/kv_quant.h"
 
 static ea_status check_stats(const char *spec, const ea_config *cfg, const ea_kv_stats *s) {
     if (!s) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration statistics (a basis is fitted from them)", spec);
@@ -262,3 +261,8 @@ size_t ea_kv_codec_overhead(const ea_kv_codec *c) { return c->ops->overhead_byte
 size_t ea_kv_codec_resident(const ea_kv_codec *c) {
     return c->ops->resident_bytes ? c->ops->resident_bytes(c) : ea_kv_codec_overhead(c);
 }
+
+const char *ea_kv_codec_name(const ea_kv_codec *c) { return c->name; }
+int ea_kv_codec_n_layer(const ea_kv_codec *c) { return c->n_layer; }
+int ea_kv_codec_n_head(const ea_kv_codec *c) { return c->n_head; }
+int ea_kv_codec_dim(const ea_kv_codec *c) { return c->d; }

@@ -9,7 +9,7 @@
 #include <immintrin.h>
 #endif
 
-#include "compress/kv_quant.h"
+#include "kv/kv_quant.h"
 
 static double pdf(double x) { return isinf(x) ? 0.0 : exp(-0.5 * x * x) / sqrt(2.0 * M_PI); }
 static double cdf(double x) { return 0.5 * erfc(-x / sqrt(2.0)); }

@@ -1,4 +1,5 @@
-/* Small SVG line-chart writer for reports: a figure is a grid of panels, each panel a line chart
+/* eigen-alignment reports: the analyze figure (ea_spectra_figure_save) and the small SVG line-chart
+ * writer behind it: a figure is a grid of panels, each panel a line chart
  * (series of (x, y) points) with axes, ticks, optional log scales, a legend and a title.
  * No dependencies beyond the core; files are written atomically through ea_outfile.
  *
@@ -8,12 +9,17 @@
  *   ea_svg_series(s, p, "layer 0", xs, ys, n, NULL, EA_SVG_SOLID, 0);
  *   ea_svg_save(s, "out.svg");  ea_svg_free(s);
  */
-#ifndef EA_REPORT_SVG_H
-#define EA_REPORT_SVG_H
+#ifndef EA_REPORT_H
+#define EA_REPORT_H
 
 #include <stddef.h>
 
+#include "ea/calib.h"
 #include "ea/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct ea_svg ea_svg;
 
@@ -23,23 +29,30 @@ enum { EA_SVG_LOG_X = 1, EA_SVG_LOG_Y = 2, EA_SVG_BLANK = 4, EA_SVG_INT_X = 8 };
 typedef enum { EA_SVG_SOLID = 0, EA_SVG_DASHED = 1, EA_SVG_DOTTED = 2 } ea_svg_dash;
 
 /* cols panels per row; every panel is panel_w × panel_h pixels. title may be NULL. */
-ea_status ea_svg_init(ea_svg **out, const char *title, int cols, double panel_w, double panel_h);
-void ea_svg_free(ea_svg *s);
+EA_API ea_status ea_svg_init(ea_svg **out, const char *title, int cols, double panel_w, double panel_h);
+EA_API void ea_svg_free(ea_svg *s);
 /* Append a panel (grid filled row by row); its index goes to *panel. flags: EA_SVG_LOG_*. */
-ea_status ea_svg_panel(ea_svg *s, const char *title, const char *xlabel, const char *ylabel, unsigned flags,
+EA_API ea_status ea_svg_panel(ea_svg *s, const char *title, const char *xlabel, const char *ylabel, unsigned flags,
                        int *panel);
 /* Fix an axis range; NaN leaves that end automatic (data range, rounded out to ticks). */
-ea_status ea_svg_panel_range(ea_svg *s, int panel, double xmin, double xmax, double ymin, double ymax);
+EA_API ea_status ea_svg_panel_range(ea_svg *s, int panel, double xmin, double xmax, double ymin, double ymax);
 /* Add a series (points copied). Non-finite points, and non-positive ones on a log axis, are
  * skipped and break the line. label NULL: not in the legend. color: any SVG colour, NULL for the
  * default palette. markers: draw a dot at each point. */
-ea_status ea_svg_series(ea_svg *s, int panel, const char *label, const double *x, const double *y, int n,
+EA_API ea_status ea_svg_series(ea_svg *s, int panel, const char *label, const double *x, const double *y, int n,
                         const char *color, ea_svg_dash dash, int markers);
 /* Colour i of n from a sequential (viridis-like) ramp, as "#rrggbb" in buf (8 bytes); returns buf.
  * For series that are ordered (layers). */
-const char *ea_svg_ramp(int i, int n, char buf[8]);
+EA_API const char *ea_svg_ramp(int i, int n, char buf[8]);
 /* Render to a malloc'd NUL-terminated string; or write to path atomically. */
-ea_status ea_svg_render(const ea_svg *s, char **out, size_t *len);
-ea_status ea_svg_save(const ea_svg *s, const char *path);
+EA_API ea_status ea_svg_render(const ea_svg *s, char **out, size_t *len);
+EA_API ea_status ea_svg_save(const ea_svg *s, const char *path);
 
+/* The analyze report's figure: C(k) curves per layer (log k) for each variant, and Df per layer.
+ * Whole-site results only (head -1) are drawn; per-head results are ignored. Written atomically. */
+EA_API ea_status ea_spectra_figure_save(const char *path, const char *title, const ea_site_result *r, int n, int n_layer);
+
+#ifdef __cplusplus
+}
+#endif
 #endif
