@@ -17,13 +17,13 @@ ap = argparse.ArgumentParser()
 ap.add_argument("a")
 ap.add_argument("b")
 ap.add_argument("--rtol", type=float, default=0.0)
-ap.add_argument("--ignore", default=r"tok_s|_sec|seconds|_ms$|time|elapsed|rss|isa$|threads")
+ap.add_argument("--ignore", default=r"tok_s|per_s|_sec|seconds|_ms$|time|timing|elapsed|rss|isa$|threads")
 args = ap.parse_args()
 ignore = re.compile(args.ignore)
 
 
 def load(path):
-    text = open(path).read()
+    text = open(path, encoding="utf-8", errors="surrogateescape").read()
     try:
         return [json.loads(text)]
     except json.JSONDecodeError:
