@@ -21,6 +21,8 @@ static double median(double *v, int n) {
     return v[n / 2];
 }
 
+static const char *isa = "generic"; /* the kernel tier (ea_isa_tier) */
+
 static void bench_model(const char *dir) {
     ea_model *m;
     if (ea_model_load(dir, &m)) { fprintf(stderr, "bench_engine: %s\n", ea_last_error()); return; }
@@ -51,8 +53,9 @@ static void bench_model(const char *dir) {
             for (int i = n - 64; i < n; i++) ea_model_forward(m, cache, ids + i, 1, logits, 0);
             dec[r] = 64 / (ea_time_now() - t0);
         }
-        printf("{\"bench\":\"engine\",\"model\":\"%s\",\"ctx\":%d,\"prefill_tok_s\":%.1f,\"decode_tok_s_at_ctx\":%.1f}\n", name, n,
-               median(pre, 5), median(dec, 5));
+        printf("{\"bench\":\"engine\",\"model\":\"%s\",\"isa\":\"%s\",\"ctx\":%d,\"prefill_tok_s\":%.1f,"
+               "\"decode_tok_s_at_ctx\":%.1f}\n",
+               name, isa, n, median(pre, 5), median(dec, 5));
         fflush(stdout);
     }
     double tg[5];
@@ -65,8 +68,8 @@ static void bench_model(const char *dir) {
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"bench\":\"engine\",\"model\":\"%s\",\"decode_tg128_tok_s\":%.1f,\"peak_rss_kb\":%ld}\n", name, median(tg, 5),
-           ru.ru_maxrss);
+    printf("{\"bench\":\"engine\",\"model\":\"%s\",\"isa\":\"%s\",\"decode_tg128_tok_s\":%.1f,\"peak_rss_kb\":%ld}\n", name,
+           isa, median(tg, 5), ru.ru_maxrss);
     free(ids);
     free(logits);
     ea_kvcache_free(cache);
@@ -75,6 +78,12 @@ static void bench_model(const char *dir) {
 
 int main(int argc, char **argv) {
     ea_process_tune(argv);
+    ea_isa tier;
+    if (ea_isa_tier(&tier)) {
+        fprintf(stderr, "bench_engine: %s\n", ea_last_error());
+        return 2;
+    }
+    isa = ea_isa_name(tier);
     if (argc > 1) {
         for (int i = 1; i < argc; i++) bench_model(argv[i]);
         return 0;

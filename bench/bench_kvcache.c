@@ -24,6 +24,11 @@ static const char *arg(int argc, char **argv, const char *name, const char *def)
 
 int main(int argc, char **argv) {
     ea_process_tune(argv); /* the CLI's runtime choices, so timings match it */
+    ea_isa tier;
+    if (ea_isa_tier(&tier)) {
+        fprintf(stderr, "bench_kvcache: %s\n", ea_last_error());
+        return 2;
+    }
     const char *dir = arg(argc, argv, "--model", EA_SOURCE_DIR "/models/gpt2-micro");
     const char *calib = arg(argc, argv, "--calib", EA_SOURCE_DIR "/data/calib.txt");
     const char *kv = arg(argc, argv, "--kv", "f16,q8,q4,klt:1,klt:2,klt:4");
@@ -77,10 +82,11 @@ int main(int argc, char **argv) {
         qsort(rate + i * reps, (size_t)reps, sizeof(double), cmp_double);
         double med = rate[i * reps + reps / 2];
         if (i == 0) base = med;
-        printf("{\"bench\": \"kvcache_decode\", \"model\": \"%s\", \"codec\": \"%s\", \"ctx\": %d, \"decode_tokens\": %d, "
+        printf("{\"bench\": \"kvcache_decode\", \"model\": \"%s\", \"isa\": \"%s\", \"codec\": \"%s\", \"ctx\": %d, "
+               "\"decode_tokens\": %d, "
                "\"reps\": %d, \"bits_per_value\": %.4f, \"decode_tok_s\": %.2f, \"decode_tok_s_min\": %.2f, "
                "\"decode_tok_s_max\": %.2f, \"speed_vs_f32\": %.3f}\n",
-               dir, specs[i], ctx, n_dec, reps, codecs[i] ? ea_kv_codec_bits_per_value(codecs[i]) : 32.0, med,
+               dir, ea_isa_name(tier), specs[i], ctx, n_dec, reps, codecs[i] ? ea_kv_codec_bits_per_value(codecs[i]) : 32.0, med,
                rate[i * reps], rate[i * reps + reps - 1], med / base);
         fflush(stdout);
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: release build with -Werror, the same tests under ASan+UBSan, the codec and
-# model tests built for x86-64-v3 (AVX2 kernels) and x86-64-v2 (generic paths), fuzz smoke, and
-# the main job under valgrind; install tests (scratch prefix, examples, Python package) and pytest.
+# model tests once per kernel tier of the release binary (EA_ISA=generic, avx2, avx512), fuzz
+# smoke, and the main job under valgrind; install tests (scratch prefix, examples, Python package) and pytest.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +31,16 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEA_SANITIZE=ON -DEA_NATIVE=O
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure
 
-# Each tier runs the codec and model tests on the kernels it selects: x86-64-v3 the AVX2 ones,
-# x86-64-v2 (no AVX) the generic paths; the native build above has whatever this CPU has.
-for level in v3 v2; do
-    echo "== portable build (x86-64-$level): $([ $level = v3 ] && echo 'AVX2 kernels' || echo 'generic paths, no AVX')" >&2
-    cmake -S . -B build-portable-$level -DCMAKE_BUILD_TYPE=Release -DEA_NATIVE=OFF -DCMAKE_C_FLAGS="-march=x86-64-$level" >/dev/null
-    cmake --build build-portable-$level -j"$jobs" --target test_kvcodec test_model
-    ctest --test-dir build-portable-$level --output-on-failure -R '^(test_kvcodec|test_model)$'
+# The one portable release binary runs the codec and model tests once per kernel tier it can
+# select at run time (EA_ISA): generic (no AVX), avx2 and, where this CPU has it, avx512; the
+# release run above used the best tier.
+for tier in generic avx2 avx512; do
+    if ! EA_ISA=$tier ./build/eigenalign --version >/dev/null 2>&1; then
+        echo "== kernel tier $tier: not supported by this CPU, skipped" >&2
+        continue
+    fi
+    echo "== kernel tier $tier (EA_ISA=$tier)" >&2
+    EA_ISA=$tier ctest --test-dir build --output-on-failure -R '^(test_kvcodec|test_model|test_llama|test_llama_family)$'
 done
 
 echo "== fuzz smoke: every libFuzzer target for 3 s" >&2

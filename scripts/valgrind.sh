@@ -5,8 +5,8 @@
 #   scripts/valgrind.sh                 # build build-valgrind, run the default jobs
 #   scripts/valgrind.sh -- generate --prompt "Hello" -n 4     # one command of your own
 #
-# The build is separate (build-valgrind, RelWithDebInfo) and targets x86-64-v3 (AVX2, FMA, F16C)
-# instead of -march=native: valgrind 3.19 does not decode AVX-512, which -march=native emits on
+# The build is separate (build-valgrind, RelWithDebInfo), portable, and runs the avx2 kernel tier
+# (EA_ISA=avx2): valgrind 3.19 does not decode AVX-512, which the run-time choice would pick on
 # machines that have it. OpenMP and OpenBLAS run single-threaded: their thread pools keep memory
 # for the life of the process, which valgrind would report as "possibly lost" without being a leak
 # of ours; definite and indirect leaks are errors.
@@ -18,12 +18,12 @@ if ! command -v valgrind >/dev/null; then
     exit 2
 fi
 BUILD=build-valgrind
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEA_NATIVE=OFF -DCMAKE_C_FLAGS="-march=x86-64-v3" >/dev/null
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEA_NATIVE=OFF >/dev/null
 nice -n 10 cmake --build "$BUILD" -j"${JOBS:-2}" --target eigenalign_cli >/dev/null
 CLI="$BUILD/eigenalign"
 
 # EA_NO_REEXEC: under valgrind /proc/self/exe is the valgrind tool, so the CLI must not re-exec.
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 EA_NO_REEXEC=1
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 EA_NO_REEXEC=1 EA_ISA=avx2
 VG=(valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect
     --track-origins=yes --quiet)
 

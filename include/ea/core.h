@@ -62,6 +62,17 @@ EA_API uint16_t ea_f32_to_f16(float f);
 EA_API float ea_bf16_to_f32(uint16_t h);
 EA_API void ea_f16_to_f32_array(const uint16_t *src, float *dst, size_t n);
 
+/* Kernel tiers. The library is built for baseline x86-64 and carries AVX2 (x86-64-v3: AVX2, FMA,
+ * F16C) and AVX-512 (x86-64-v4) kernels, chosen at run time: the best this CPU supports, or the
+ * tier the environment variable EA_ISA=generic|avx2|avx512 names. */
+typedef enum { EA_ISA_GENERIC = 0, EA_ISA_AVX2 = 1, EA_ISA_AVX512 = 2 } ea_isa;
+/* The tier the kernels run (*tier may be NULL). Fails when EA_ISA names an unknown tier
+ * (EA_ERR_ARG) or one this CPU lacks (EA_ERR_UNSUPPORTED), with a message naming it; the kernels
+ * then run generic, and ea_model_load and the KV codec constructors fail with the same error. */
+ea_status ea_isa_tier(ea_isa *tier);
+ea_isa ea_isa_best(void);             /* the best tier this CPU supports */
+const char *ea_isa_name(ea_isa tier); /* "generic", "avx2", "avx512" */
+
 /* Overflow-checked size arithmetic: return 0 on success, -1 on overflow. */
 EA_API int ea_mul_size(size_t a, size_t b, size_t *out);
 EA_API int ea_add_size(size_t a, size_t b, size_t *out);

@@ -38,8 +38,13 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    ea_isa tier;
+    if (ea_isa_tier(&tier)) { /* EA_ISA names a tier this CPU cannot run: refuse rather than run another */
+        fprintf(stderr, "eigenalign: %s\n", ea_last_error());
+        return 2;
+    }
     if (!strcmp(argv[1], "--version")) {
-        printf("eigenalign %s\n", EA_VERSION);
+        printf("eigenalign %s (kernels: %s)\n", EA_VERSION, ea_isa_name(tier));
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

@@ -9,15 +9,21 @@
 
 #include "ea/compress.h"
 
-#if defined(__AVX__)
-#include <immintrin.h>
+#include "core/isa.h"
+
 /* GCC emits vzeroupper only when optimising, so unoptimised (Debug, sanitizer) AVX code in the
  * forward pass can leave the upper register halves dirty; libm's exp then runs ~10x slower
  * (measured: 100 log-softmax rows of 50257 take 1.65 s instead of 0.12 s). Clear them before
  * the exp-heavy scoring; with optimisation this is a no-op in effect. */
-#define clear_avx_upper() _mm256_zeroupper()
+#ifdef EA_X86
+EA_TARGET_AVX2_BEGIN
+static void zeroupper_avx(void) { _mm256_zeroupper(); }
+EA_TARGET_END
+static void clear_avx_upper(void) {
+    if (ea_isa_now() >= EA_ISA_AVX2) zeroupper_avx();
+}
 #else
-#define clear_avx_upper() ((void)0)
+static void clear_avx_upper(void) {}
 #endif
 
 ea_status ea_eval_result_init(ea_eval_result *r, const ea_compressor *c) {

@@ -1,9 +1,24 @@
-/* Half/bfloat16 conversion. The array path uses F16C when the compiler targets it. */
+/* Half/bfloat16 conversion. With the avx2 tier or above (F16C), f32 -> f16 and the array path use
+ * the hardware conversions; they round the same way as the portable code (to nearest even). */
 #include "ea/core.h"
 
 #include <string.h>
-#if defined(__F16C__)
-#include <immintrin.h>
+
+#include "core/isa.h"
+
+#ifdef EA_X86
+EA_TARGET_AVX2_BEGIN
+static uint16_t f32_to_f16_f16c(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+
+static size_t f16_to_f32_f16c(const uint16_t *src, float *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(src + i))));
+    /* Unoptimised builds omit vzeroupper; dirty upper halves slow every later SSE libm call. */
+    _mm256_zeroupper();
+    return i;
+}
+EA_TARGET_END
 #endif
 
 float ea_f16_to_f32(uint16_t h) {
@@ -23,9 +38,9 @@ float ea_f16_to_f32(uint16_t h) {
 }
 
 uint16_t ea_f32_to_f16(float f) {
-#if defined(__F16C__)
-    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
-#else
+#ifdef EA_X86
+    if (ea_isa_now() >= EA_ISA_AVX2) return f32_to_f16_f16c(f);
+#endif
     uint32_t x;
     memcpy(&x, &f, 4);
     uint32_t sign = (x >> 16) & 0x8000, exp = (x >> 23) & 0xff, man = x & 0x7fffff;
@@ -43,7 +58,6 @@ uint16_t ea_f32_to_f16(float f) {
     uint32_t half = sign | ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1fff;
     if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) half++;
     return (uint16_t)half;
-#endif
 }
 
 float ea_bf16_to_f32(uint16_t h) {
@@ -55,11 +69,8 @@ float ea_bf16_to_f32(uint16_t h) {
 
 void ea_f16_to_f32_array(const uint16_t *src, float *dst, size_t n) {
     size_t i = 0;
-#if defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-    /* Unoptimised builds omit vzeroupper; dirty upper halves slow every later SSE libm call. */
-    _mm256_zeroupper();
+#ifdef EA_X86
+    if (ea_isa_now() >= EA_ISA_AVX2) i = f16_to_f32_f16c(src, dst, n);
 #endif
     for (; i < n; i++) dst[i] = ea_f16_to_f32(src[i]);
 }

@@ -17,11 +17,7 @@
 
 #include "kv/kv_internal.h"
 #include "kv/kv_rows.h"
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define KV_AVX512 1
-#endif
+#include "core/isa.h"
 
 #define CHUNK 64      /* keys unpacked at a time while decoding */
 #define DECODE_MAX 4  /* up to this many queries take the streaming path */
@@ -55,7 +51,8 @@ static void softmax_chunk(stream_state *st, int h, int nvh, int nv, float *s, in
     st->l[h] += l;
 }
 
-#ifdef KV_AVX512
+#ifdef EA_X86
+EA_TARGET_AVX512_BEGIN
 /* The head count is a compile-time constant in each instance, so the per-head accumulators live
  * in registers. */
 static inline __attribute__((always_inline)) void scores_h(const int H, const float *c, int n, int nk, const float *qt,
@@ -99,30 +96,42 @@ static inline __attribute__((always_inline)) void values_h(const int H, const fl
         for (int h = 0; h < H; h++) _mm512_mask_storeu_ps(acc + (size_t)h * nv + j, m, a[h]);
     }
 }
+
+/* The AVX-512 instances for the head counts they exist for; 0: another head count. */
+static int chunk_scores_512(const float *c, int n, int nk, const float *qt, int H, float *s) {
+    switch (H) {
+    case 4: scores_h(4, c, n, nk, qt, s); return 1;
+    case 8: scores_h(8, c, n, nk, qt, s); return 1;
+    case 12: scores_h(12, c, n, nk, qt, s); return 1;
+    case 16: scores_h(16, c, n, nk, qt, s); return 1;
+    }
+    return 0;
+}
+
+static int chunk_values_512(const float *p, int n, const float *c, int nv, int H, float *acc) {
+    switch (H) {
+    case 4: values_h(4, p, n, c, nv, acc); return 1;
+    case 8: values_h(8, p, n, c, nv, acc); return 1;
+    case 12: values_h(12, p, n, c, nv, acc); return 1;
+    case 16: values_h(16, p, n, c, nv, acc); return 1;
+    }
+    return 0;
+}
+EA_TARGET_END
 #endif
 
 /* s (n × H) = c (n × nk) qtᵀ (qt: H × nk): scores of a chunk of keys for every head. */
 static void chunk_scores(const float *c, int n, int nk, const float *qt, int H, float *s) {
-#ifdef KV_AVX512
-    switch (H) {
-    case 4: scores_h(4, c, n, nk, qt, s); return;
-    case 8: scores_h(8, c, n, nk, qt, s); return;
-    case 12: scores_h(12, c, n, nk, qt, s); return;
-    case 16: scores_h(16, c, n, nk, qt, s); return;
-    }
+#ifdef EA_X86
+    if (ea_isa_now() >= EA_ISA_AVX512 && chunk_scores_512(c, n, nk, qt, H, s)) return;
 #endif
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, nk, 1.0f, c, nk, qt, nk, 0.0f, s, H);
 }
 
 /* acc (H × nv) += pᵀ (p: n × H) c (n × nv): attention-weighted sums of a chunk's value coefficients. */
 static void chunk_values(const float *p, int n, const float *c, int nv, int H, float *acc) {
-#ifdef KV_AVX512
-    switch (H) {
-    case 4: values_h(4, p, n, c, nv, acc); return;
-    case 8: values_h(8, p, n, c, nv, acc); return;
-    case 12: values_h(12, p, n, c, nv, acc); return;
-    case 16: values_h(16, p, n, c, nv, acc); return;
-    }
+#ifdef EA_X86
+    if (ea_isa_now() >= EA_ISA_AVX512 && chunk_values_512(p, n, c, nv, H, acc)) return;
 #endif
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, nv, n, 1.0f, p, H, c, nv, 1.0f, acc, nv);
 }

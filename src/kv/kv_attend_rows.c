@@ -16,20 +16,13 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__) || defined(__F16C__)
-#include <immintrin.h>
-#endif
-
 #include "kv/kv_rows.h"
 #include "kv/kv_simd.h"
 
-#if defined(__AVX512F__)
-#define ROWS_AVX512 1
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define ROWS_AVX2 1
-#endif
-#if defined(ROWS_AVX512) || defined(ROWS_AVX2)
-#define ROWS_VEC 1 /* a vector kernel per (format, number of queries): scores_table, values_table */
+#ifdef EA_X86
+/* AVX-512 and AVX2 kernels per (format, number of queries), chosen at run time: scores_table,
+ * values_table */
+#define ROWS_VEC 1
 #define ROWS_INLINE static inline __attribute__((always_inline))
 #endif
 
@@ -55,17 +48,14 @@ static inline float max_f(float a, float b) { return a > b ? a : b; }
 static inline float half_at(const unsigned char *p) {
     uint16_t h;
     memcpy(&h, p, 2);
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
     return ea_f16_to_f32(h);
-#endif
 }
 
 typedef struct {
     ea_kv_rows_format fmt;
     int d, hd, nq, pos0;
     int fast; /* the vector path applies: head slices are whole 16-value segments */
+    ea_isa tier; /* which vector kernels (ea_isa_now) */
     size_t rb;
     const unsigned char *k, *v;
     const float *q;
@@ -137,17 +127,26 @@ static void values_portable(const rows_job *j, int h, int c0, int n, int i0, flo
 
 /* ---- AVX-512 path: head slices made of whole 16-value segments. The format and the number of
  * queries are compile-time constants in each instance, so accumulators stay in registers. ---- */
-#ifdef ROWS_AVX512
+#ifdef ROWS_VEC
+EA_TARGET_AVX2_BEGIN
+ROWS_INLINE float half_at_f16c(const unsigned char *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+EA_TARGET_END
+
+EA_TARGET_AVX512_BEGIN
 
 /* Values s..s+15 of a row (s a multiple of 16; within one q block). */
-ROWS_INLINE __m512 seg_load(const int fmt, const unsigned char *row, int s) {
+ROWS_INLINE __m512 seg_load512(const int fmt, const unsigned char *row, int s) {
     switch (fmt) {
     case EA_KV_ROWS_F32: return _mm512_loadu_ps(row + sizeof(float) * (size_t)s);
     case EA_KV_ROWS_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(row + 2 * (size_t)s)));
     case EA_KV_ROWS_Q8_0: {
         const unsigned char *b = row + (size_t)(s / QK) * (2 + QK);
         __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)(b + 2 + s % QK))));
-        return _mm512_mul_ps(x, _mm512_set1_ps(half_at(b)));
+        return _mm512_mul_ps(x, _mm512_set1_ps(half_at_f16c(b)));
     }
     default: { /* q4_0: the low nibbles are values 0..15 of the block, the high ones 16..31 */
         const unsigned char *b = row + (size_t)(s / QK) * (2 + QK / 2);
@@ -155,34 +154,34 @@ ROWS_INLINE __m512 seg_load(const int fmt, const unsigned char *row, int s) {
         if (s % QK) raw = _mm_srli_epi16(raw, 4);
         __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, _mm_set1_epi8(15))));
         /* (q - 8)·d as q·d - 8d in one rounding: 8d is exact, so this equals the decoder's value */
-        __m512 d = _mm512_set1_ps(half_at(b));
+        __m512 d = _mm512_set1_ps(half_at_f16c(b));
         return _mm512_fmsub_ps(x, d, _mm512_mul_ps(d, _mm512_set1_ps(8.0f)));
     }
     }
 }
 
 /* Values s..s+31 (s a multiple of 16): one scale conversion when they are one q block. */
-ROWS_INLINE void pair_load(const int fmt, const unsigned char *row, int s, __m512 *lo, __m512 *hi) {
+ROWS_INLINE void pair_load512(const int fmt, const unsigned char *row, int s, __m512 *lo, __m512 *hi) {
     if (fmt == EA_KV_ROWS_Q8_0 && s % QK == 0) {
         const unsigned char *b = row + (size_t)(s / QK) * (2 + QK);
-        __m512 d = _mm512_set1_ps(half_at(b));
+        __m512 d = _mm512_set1_ps(half_at_f16c(b));
         *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)(b + 2)))), d);
         *hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)(b + 18)))), d);
     } else if (fmt == EA_KV_ROWS_Q4_0 && s % QK == 0) {
         const unsigned char *b = row + (size_t)(s / QK) * (2 + QK / 2);
         __m128i raw = _mm_loadu_si128((const void *)(b + 2)), m15 = _mm_set1_epi8(15);
-        __m512 d = _mm512_set1_ps(half_at(b)), d8 = _mm512_mul_ps(d, _mm512_set1_ps(8.0f));
+        __m512 d = _mm512_set1_ps(half_at_f16c(b)), d8 = _mm512_mul_ps(d, _mm512_set1_ps(8.0f));
         *lo = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, m15))), d, d8);
         __m128i high = _mm_and_si128(_mm_srli_epi16(raw, 4), m15);
         *hi = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high)), d, d8);
     } else {
-        *lo = seg_load(fmt, row, s);
-        *hi = seg_load(fmt, row, s + 16);
+        *lo = seg_load512(fmt, row, s);
+        *hi = seg_load512(fmt, row, s + 16);
     }
 }
 
 /* {Σa, Σb, Σc, Σd} */
-ROWS_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+ROWS_INLINE __m128 reduce4_512(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
     __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
     __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
@@ -193,7 +192,7 @@ ROWS_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
 }
 
-ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
+ROWS_INLINE void scores_512(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
                             float (*s)[CHUNK]) {
     const int hd = j->hd, base = h * hd, d = j->d;
     const size_t rb = j->rb;
@@ -211,7 +210,7 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
         for (; x + 32 <= hd; x += 32) {
             __m512 lo[4], hi[4];
 #pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) pair_load(fmt, kr + u * rb, base + x, &lo[u], &hi[u]);
+            for (int u = 0; u < 4; u++) pair_load512(fmt, kr + u * rb, base + x, &lo[u], &hi[u]);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
                 __m512 ql = _mm512_loadu_ps(q + (size_t)i * d + x), qh = _mm512_loadu_ps(q + (size_t)i * d + x + 16);
@@ -222,7 +221,7 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
         if (x < hd) {
             __m512 kx[4];
 #pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) kx[u] = seg_load(fmt, kr + u * rb, base + x);
+            for (int u = 0; u < 4; u++) kx[u] = seg_load512(fmt, kr + u * rb, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
                 __m512 qx = _mm512_loadu_ps(q + (size_t)i * d + x);
@@ -233,14 +232,14 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
 #pragma GCC unroll 4
         for (int i = 0; i < NQ; i++)
             _mm_storeu_ps(&s[i0 + i][r],
-                          _mm_mul_ps(reduce4(a[i][0], a[i][1], a[i][2], a[i][3]), _mm_set1_ps(j->scale)));
+                          _mm_mul_ps(reduce4_512(a[i][0], a[i][1], a[i][2], a[i][3]), _mm_set1_ps(j->scale)));
     }
     for (; r < n; r++, kr += rb) {
         __m512 a[NQ_MAX];
 #pragma GCC unroll 4
         for (int i = 0; i < NQ; i++) a[i] = _mm512_setzero_ps();
         for (int x = 0; x < hd; x += 16) {
-            __m512 kx = seg_load(fmt, kr, base + x);
+            __m512 kx = seg_load512(fmt, kr, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) a[i] = _mm512_fmadd_ps(kx, _mm512_loadu_ps(q + (size_t)i * d + x), a[i]);
         }
@@ -249,7 +248,7 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
     }
 }
 
-ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
+ROWS_INLINE void values_512(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
                             float (*s)[CHUNK], float *const *acc) {
     const int hd = j->hd, base = h * hd;
     const size_t rb = j->rb;
@@ -268,8 +267,8 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
         int r = 0;
         for (; r + 2 <= n; r += 2, vr += 2 * rb) {
             __m512 l0, h0, l1, h1;
-            pair_load(fmt, vr, base + x, &l0, &h0);
-            pair_load(fmt, vr + rb, base + x, &l1, &h1);
+            pair_load512(fmt, vr, base + x, &l0, &h0);
+            pair_load512(fmt, vr + rb, base + x, &l1, &h1);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
                 __m512 p0 = _mm512_set1_ps(s[i0 + i][r]), p1 = _mm512_set1_ps(s[i0 + i][r + 1]);
@@ -281,7 +280,7 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
         }
         if (r < n) {
             __m512 l0, h0;
-            pair_load(fmt, vr, base + x, &l0, &h0);
+            pair_load512(fmt, vr, base + x, &l0, &h0);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
                 __m512 p0 = _mm512_set1_ps(s[i0 + i][r]);
@@ -301,7 +300,7 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
         for (int i = 0; i < NQ; i++) a[i] = _mm512_loadu_ps(acc[i0 + i] + x);
         const unsigned char *vr = v0;
         for (int r = 0; r < n; r++, vr += rb) {
-            __m512 vx = seg_load(fmt, vr, base + x);
+            __m512 vx = seg_load512(fmt, vr, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(s[i0 + i][r]), vx, a[i]);
         }
@@ -310,18 +309,20 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
     }
 }
 
-#endif /* ROWS_AVX512 */
+EA_TARGET_END
+#endif /* ROWS_VEC: AVX-512 */
 
 /* ---- AVX2 path (x86-64-v3): the same item structure on 8-lane registers; a 16-value segment is
  * a pair of them, so the formats' block handling stays that of the AVX-512 path. ---- */
-#ifdef ROWS_AVX2
+#ifdef ROWS_VEC
+EA_TARGET_AVX2_BEGIN
 
 typedef struct {
     __m256 lo, hi; /* values s..s+7, s+8..s+15 */
 } seg8x2;
 
 /* Values s..s+15 of a row (s a multiple of 16; within one q block), as the decoder gives them. */
-ROWS_INLINE seg8x2 seg_load(const int fmt, const unsigned char *row, int s) {
+ROWS_INLINE seg8x2 seg_load256(const int fmt, const unsigned char *row, int s) {
     seg8x2 r;
     switch (fmt) {
     case EA_KV_ROWS_F32: {
@@ -339,7 +340,7 @@ ROWS_INLINE seg8x2 seg_load(const int fmt, const unsigned char *row, int s) {
     case EA_KV_ROWS_Q8_0: {
         const unsigned char *b = row + (size_t)(s / QK) * (2 + QK);
         __m128i raw = _mm_loadu_si128((const void *)(b + 2 + s % QK));
-        __m256 d = _mm256_set1_ps(half_at(b));
+        __m256 d = _mm256_set1_ps(half_at_f16c(b));
         r.lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw)), d);
         r.hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(raw, 8))), d);
         return r;
@@ -349,7 +350,7 @@ ROWS_INLINE seg8x2 seg_load(const int fmt, const unsigned char *row, int s) {
         __m128i raw = _mm_loadu_si128((const void *)(b + 2));
         if (s % QK) raw = _mm_srli_epi16(raw, 4);
         raw = _mm_and_si128(raw, _mm_set1_epi8(15));
-        __m256 d = _mm256_set1_ps(half_at(b)), d8 = _mm256_mul_ps(d, _mm256_set1_ps(8.0f));
+        __m256 d = _mm256_set1_ps(half_at_f16c(b)), d8 = _mm256_mul_ps(d, _mm256_set1_ps(8.0f));
         r.lo = _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), d, d8);
         r.hi = _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))), d, d8);
         return r;
@@ -358,12 +359,12 @@ ROWS_INLINE seg8x2 seg_load(const int fmt, const unsigned char *row, int s) {
 }
 
 /* {Σa, Σb, Σc, Σd} */
-ROWS_INLINE __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+ROWS_INLINE __m128 reduce4_256(__m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d)); /* per 128 bits: a b c d */
     return _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
 }
 
-ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
+ROWS_INLINE void scores_256(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
                             float (*s)[CHUNK]) {
     const int hd = j->hd, base = h * hd, d = j->d;
     const size_t rb = j->rb;
@@ -380,7 +381,7 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
         for (int x = 0; x < hd; x += 16) {
             seg8x2 kx[4];
 #pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) kx[u] = seg_load(fmt, kr + u * rb, base + x);
+            for (int u = 0; u < 4; u++) kx[u] = seg_load256(fmt, kr + u * rb, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
                 __m256 ql = _mm256_loadu_ps(q + (size_t)i * d + x), qh = _mm256_loadu_ps(q + (size_t)i * d + x + 8);
@@ -390,14 +391,14 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
         }
 #pragma GCC unroll 4
         for (int i = 0; i < NQ; i++)
-            _mm_storeu_ps(&s[i0 + i][r], _mm_mul_ps(reduce4(a[i][0], a[i][1], a[i][2], a[i][3]), _mm_set1_ps(j->scale)));
+            _mm_storeu_ps(&s[i0 + i][r], _mm_mul_ps(reduce4_256(a[i][0], a[i][1], a[i][2], a[i][3]), _mm_set1_ps(j->scale)));
     }
     for (; r < n; r++, kr += rb) {
         __m256 a[NQ_MAX];
 #pragma GCC unroll 4
         for (int i = 0; i < NQ; i++) a[i] = _mm256_setzero_ps();
         for (int x = 0; x < hd; x += 16) {
-            seg8x2 kx = seg_load(fmt, kr, base + x);
+            seg8x2 kx = seg_load256(fmt, kr, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++)
                 a[i] = _mm256_fmadd_ps(kx.hi, _mm256_loadu_ps(q + (size_t)i * d + x + 8),
@@ -408,7 +409,7 @@ ROWS_INLINE void scores_avx(const int fmt, const int NQ, const rows_job *j, int 
     }
 }
 
-ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
+ROWS_INLINE void values_256(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
                             float (*s)[CHUNK], float *const *acc) {
     const int hd = j->hd, base = h * hd;
     const size_t rb = j->rb;
@@ -425,7 +426,7 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
         const unsigned char *vr = v0;
         int r = 0;
         for (; r + 2 <= n; r += 2, vr += 2 * rb) {
-            seg8x2 v0x = seg_load(fmt, vr, base + x), v1x = seg_load(fmt, vr + rb, base + x);
+            seg8x2 v0x = seg_load256(fmt, vr, base + x), v1x = seg_load256(fmt, vr + rb, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
                 __m256 p0 = _mm256_set1_ps(s[i0 + i][r]), p1 = _mm256_set1_ps(s[i0 + i][r + 1]);
@@ -436,7 +437,7 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
             }
         }
         if (r < n) {
-            seg8x2 v0x = seg_load(fmt, vr, base + x);
+            seg8x2 v0x = seg_load256(fmt, vr, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
                 __m256 p0 = _mm256_set1_ps(s[i0 + i][r]);
@@ -451,90 +452,127 @@ ROWS_INLINE void values_avx(const int fmt, const int NQ, const rows_job *j, int 
         }
     }
 }
-#endif /* ROWS_AVX2 */
+EA_TARGET_END
+#endif /* ROWS_VEC: AVX2 */
 
 #ifdef ROWS_VEC
-/* One instance per (format, number of queries). */
-#define ROWS_INSTANCE(name, F, N)                                                                                    \
-    static void scores_##name##_##N(const rows_job *j, int h, int c0, int n, int i0, float (*s)[CHUNK]) {          \
-        scores_avx(F, N, j, h, c0, n, i0, s);                                                                      \
+/* One instance per (tier, format, number of queries). */
+#define ROWS_INSTANCE(T, name, F, N)                                                                                 \
+    static void scores_##T##_##name##_##N(const rows_job *j, int h, int c0, int n, int i0, float (*s)[CHUNK]) {    \
+        scores_##T(F, N, j, h, c0, n, i0, s);                                                                      \
     }                                                                                                              \
-    static void values_##name##_##N(const rows_job *j, int h, int c0, int n, int i0, float (*s)[CHUNK],           \
-                                    float *const *acc) {                                                           \
-        values_avx(F, N, j, h, c0, n, i0, s, acc);                                                                 \
+    static void values_##T##_##name##_##N(const rows_job *j, int h, int c0, int n, int i0, float (*s)[CHUNK],     \
+                                          float *const *acc) {                                                     \
+        values_##T(F, N, j, h, c0, n, i0, s, acc);                                                                 \
     }
-#define ROWS_INSTANCES(name, F)                                                                                    \
-    ROWS_INSTANCE(name, F, 1) ROWS_INSTANCE(name, F, 2) ROWS_INSTANCE(name, F, 3) ROWS_INSTANCE(name, F, 4)
-ROWS_INSTANCES(f32, EA_KV_ROWS_F32)
-ROWS_INSTANCES(f16, EA_KV_ROWS_F16)
-ROWS_INSTANCES(q8, EA_KV_ROWS_Q8_0)
-ROWS_INSTANCES(q4, EA_KV_ROWS_Q4_0)
+#define ROWS_INSTANCES(T, name, F)                                                                                 \
+    ROWS_INSTANCE(T, name, F, 1) ROWS_INSTANCE(T, name, F, 2) ROWS_INSTANCE(T, name, F, 3) ROWS_INSTANCE(T, name, F, 4)
+#define ROWS_TIER(T)                                                                                               \
+    ROWS_INSTANCES(T, f32, EA_KV_ROWS_F32)                                                                         \
+    ROWS_INSTANCES(T, f16, EA_KV_ROWS_F16) ROWS_INSTANCES(T, q8, EA_KV_ROWS_Q8_0) ROWS_INSTANCES(T, q4, EA_KV_ROWS_Q4_0)
+EA_TARGET_AVX512_BEGIN
+ROWS_TIER(512)
+EA_TARGET_END
+EA_TARGET_AVX2_BEGIN
+ROWS_TIER(256)
+EA_TARGET_END
 
 typedef void (*scores_fn)(const rows_job *, int, int, int, int, float (*)[CHUNK]);
 typedef void (*values_fn)(const rows_job *, int, int, int, int, float (*)[CHUNK], float *const *);
 #define ROWS_ROW(name) {name##_1, name##_2, name##_3, name##_4}
-static const scores_fn scores_table[4][NQ_MAX] = {ROWS_ROW(scores_f32), ROWS_ROW(scores_f16), ROWS_ROW(scores_q8),
-                                                  ROWS_ROW(scores_q4)};
-static const values_fn values_table[4][NQ_MAX] = {ROWS_ROW(values_f32), ROWS_ROW(values_f16), ROWS_ROW(values_q8),
-                                                  ROWS_ROW(values_q4)};
+#define ROWS_TABLE(kind, T)                                                                                        \
+    {ROWS_ROW(kind##_##T##_f32), ROWS_ROW(kind##_##T##_f16), ROWS_ROW(kind##_##T##_q8), ROWS_ROW(kind##_##T##_q4)}
+/* [0]: AVX2, [1]: AVX-512 */
+static const scores_fn scores_table[2][4][NQ_MAX] = {ROWS_TABLE(scores, 256), ROWS_TABLE(scores, 512)};
+static const values_fn values_table[2][4][NQ_MAX] = {ROWS_TABLE(values, 256), ROWS_TABLE(values, 512)};
 
 #endif /* ROWS_VEC */
 
 /* max of s[0..n) */
 static float chunk_max(const float *s, int n) {
     float mx = -INFINITY;
-    int r = 0;
-#ifdef ROWS_AVX512
-    __m512 m = _mm512_set1_ps(-INFINITY);
-    for (; r + 16 <= n; r += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + r));
-    mx = _mm512_reduce_max_ps(m);
-#elif defined(ROWS_AVX2)
-    __m256 m = _mm256_set1_ps(-INFINITY);
-    for (; r + 8 <= n; r += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + r));
-    mx = ea_kv_hmax8(m);
-#endif
-    for (; r < n; r++) mx = max_f(mx, s[r]);
+    for (int r = 0; r < n; r++) mx = max_f(mx, s[r]);
     return mx;
 }
 
 /* s[r] = e^(s[r] - m); returns their sum. */
 static float chunk_exp(float *s, int n, float m) {
     float sum = 0;
+    for (int r = 0; r < n; r++) sum += (s[r] = expf(s[r] - m));
+    return sum;
+}
+
+#ifdef ROWS_VEC
+EA_TARGET_AVX512_BEGIN
+static float chunk_max_512(const float *s, int n) {
     int r = 0;
-#ifdef ROWS_AVX512
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (; r + 16 <= n; r += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + r));
+    float mx = _mm512_reduce_max_ps(m);
+    for (; r < n; r++) mx = max_f(mx, s[r]);
+    return mx;
+}
+
+static float chunk_exp_512(float *s, int n, float m) {
     __m512 vm = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
-    for (; r < n; r += 16) {
+    for (int r = 0; r < n; r += 16) {
         __mmask16 k = n - r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - r)) - 1);
         __m512 e = ea_kv_exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + r), vm));
         _mm512_mask_storeu_ps(s + r, k, e);
         acc = _mm512_mask_add_ps(acc, k, acc, e);
     }
-    sum = _mm512_reduce_add_ps(acc);
-#elif defined(ROWS_AVX2)
+    return _mm512_reduce_add_ps(acc);
+}
+EA_TARGET_END
+
+EA_TARGET_AVX2_BEGIN
+static float chunk_max_256(const float *s, int n) {
+    int r = 0;
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    for (; r + 8 <= n; r += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + r));
+    float mx = ea_kv_hmax8(m);
+    for (; r < n; r++) mx = max_f(mx, s[r]);
+    return mx;
+}
+
+static float chunk_exp_256(float *s, int n, float m) {
+    int r = 0;
     __m256 vm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
     for (; r + 8 <= n; r += 8) {
         __m256 e = ea_kv_exp8_ps(_mm256_sub_ps(_mm256_loadu_ps(s + r), vm));
         _mm256_storeu_ps(s + r, e);
         acc = _mm256_add_ps(acc, e);
     }
-    sum = ea_kv_hsum8(acc);
-#endif
+    float sum = ea_kv_hsum8(acc);
     for (; r < n; r++) sum += (s[r] = expf(s[r] - m));
     return sum;
 }
+EA_TARGET_END
+#endif
 
 /* Keys t0..t1-1 of head h for queries i0..nq-1 (every one of them sees all these keys). */
 static void range_attend(const rows_job *j, int h, int t0, int t1, int i0, float *m, float *l, float *const *acc) {
     float s[NQ_MAX][CHUNK];
+    float (*cmax)(const float *, int) = chunk_max;
+    float (*cexp)(float *, int, float) = chunk_exp;
+    int vec = 0; /* scores_table and values_table apply */
+#ifdef ROWS_VEC
+    if (j->tier >= EA_ISA_AVX2) {
+        int t = j->tier >= EA_ISA_AVX512;
+        cmax = t ? chunk_max_512 : chunk_max_256;
+        cexp = t ? chunk_exp_512 : chunk_exp_256;
+        vec = j->fast;
+    }
+#endif
     for (int c0 = t0; c0 < t1; c0 += CHUNK) {
         int n = t1 - c0 < CHUNK ? t1 - c0 : CHUNK;
 #ifdef ROWS_VEC
-        if (j->fast) scores_table[j->fmt][j->nq - i0 - 1](j, h, c0, n, i0, s);
+        if (vec) scores_table[j->tier >= EA_ISA_AVX512][j->fmt][j->nq - i0 - 1](j, h, c0, n, i0, s);
         else
 #endif
             scores_portable(j, h, c0, n, i0, s);
         for (int i = i0; i < j->nq; i++) {
-            float mx = chunk_max(s[i], n);
+            float mx = cmax(s[i], n);
             if (mx > m[i]) {
                 if (m[i] != -INFINITY) { /* rescale what was summed under the older maximum */
                     float f = expf(m[i] - mx);
@@ -543,10 +581,10 @@ static void range_attend(const rows_job *j, int h, int t0, int t1, int i0, float
                 }
                 m[i] = mx;
             }
-            l[i] += chunk_exp(s[i], n, m[i]);
+            l[i] += cexp(s[i], n, m[i]);
         }
 #ifdef ROWS_VEC
-        if (j->fast) values_table[j->fmt][j->nq - i0 - 1](j, h, c0, n, i0, s, acc);
+        if (vec) values_table[j->tier >= EA_ISA_AVX512][j->fmt][j->nq - i0 - 1](j, h, c0, n, i0, s, acc);
         else
 #endif
             values_portable(j, h, c0, n, i0, s, acc);
@@ -573,7 +611,8 @@ static int gcd(int a, int b) {
 void ea_kv_rows_attend(ea_kv_rows_format fmt, int n_head, int d, const float *q, int nq, int pos0, const void *k,
                        const void *v, float *out) {
     int H = n_head, hd = d / n_head, T = pos0 + nq;
-    rows_job j = {fmt, d, hd, nq, pos0, hd % 16 == 0, ea_kv_rows_row_bytes(fmt, d), k, v, q, 1.0f / sqrtf((float)hd)};
+    rows_job j = {fmt, d, hd, nq, pos0, hd % 16 == 0, ea_isa_now(), ea_kv_rows_row_bytes(fmt, d), k, v, q,
+                  1.0f / sqrtf((float)hd)};
     int nth = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel() && (size_t)T * (size_t)d >= PAR_MIN) nth = omp_get_max_threads();

@@ -98,7 +98,11 @@ ea_status ea_kv_codec_save(const ea_kv_codec *c, const char *path) {
     return ea_kv_klt_save(c, path);
 }
 
-ea_status ea_kv_codec_load(const char *path, const ea_config *cfg, ea_kv_codec **out) { return ea_kv_klt_load(path, cfg, out); }
+ea_status ea_kv_codec_load(const char *path, const ea_config *cfg, ea_kv_codec **out) {
+    *out = NULL;
+    ea_status st = ea_isa_tier(NULL); /* an EA_ISA this CPU cannot run is refused here */
+    return st ? st : ea_kv_klt_load(path, cfg, out);
+}
 
 ea_status ea_kv_codec_load_embedded(const char *path, const char *spec, const ea_config *cfg, ea_kv_codec **out) {
     *out = NULL;
@@ -170,6 +174,8 @@ void ea_kv_metric_free(ea_kv_metric *mt) {
 ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
                                 const ea_kv_metric *metric, ea_kv_codec **out) {
     *out = NULL;
+    ea_status ist = ea_isa_tier(NULL); /* an EA_ISA this CPU cannot run is refused here */
+    if (ist) return ist;
     if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");
     if (!strncmp(spec, "file:", 5) && cfg) return ea_kv_codec_load(spec + 5, cfg, out);
     if (strlen(spec) >= sizeof(((ea_kv_codec *)0)->name))

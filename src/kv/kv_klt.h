@@ -16,16 +16,9 @@
 
 #include "kv/kv_internal.h"
 #include "kv/kv_quant.h"
+#include "core/isa.h"
 
 #define EA_KV_KLT_BLOCK 16
-
-/* Which decode kernel this build has: kv_klt_attend_avx512.c (AVX-512 with VBMI's byte permutes)
- * or kv_klt_attend_avx2.c (x86-64-v3); other builds take the generic coefficient-space attention. */
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
-#define EA_KV_KLT_AVX512 1
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define EA_KV_KLT_AVX2 1
-#endif
 
 /* Consecutive coefficients with the same code width. */
 typedef struct {
@@ -77,15 +70,22 @@ int ea_kv_klt_part_alloc(klt_part *kp, int n);
  * block layout and the row size (setup and load share it). */
 ea_status ea_kv_klt_part_finish(klt_part *kp, const char *name);
 
-#if defined(EA_KV_KLT_AVX512) || defined(EA_KV_KLT_AVX2)
-/* What a decode kernel provides to kv_klt_attend.c, which splits the blocks over threads: */
+#ifdef EA_X86
+/* The decode kernels, kv_klt_attend_avx512.c (AVX-512 with VBMI's byte permutes) and
+ * kv_klt_attend_avx2.c (x86-64-v3); kv_klt_attend.c picks one at run time (ea_isa_now) and splits
+ * the blocks over threads. CPUs with neither take the generic coefficient-space attention.
+ * Each kernel provides: */
 /* floats of scratch one thread needs for nb blocks (H heads, nv value coefficients); */
-size_t ea_kv_klt_kernel_scratch(int H, int nv, int nb);
+size_t ea_kv_klt_kernel_scratch_avx2(int H, int nv, int nb);
+size_t ea_kv_klt_kernel_scratch_avx512(int H, int nv, int nb);
 /* one thread's blocks [b0, b1) of keys first..T-1 (qt: the query in coefficient space, σ and the
  * softmax scale folded in: per-layer bases qt[j·H + h], per-head bases qt[h·n_coef + j]): its
  * softmax state st = max m[H], sum l[H], weighted value coefficients A[H × nv]. */
-void ea_kv_klt_kernel_range(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
-                            int first, int T, int b0, int b1, const float *qt, float *scratch, float *st);
+void ea_kv_klt_kernel_range_avx2(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
+                                 int first, int T, int b0, int b1, const float *qt, float *scratch, float *st);
+void ea_kv_klt_kernel_range_avx512(const klt_part *k, const klt_part *v, const unsigned char *kr,
+                                   const unsigned char *vr, int first, int T, int b0, int b1, const float *qt,
+                                   float *scratch, float *st);
 #endif
 /* Floats of work memory ea_kv_klt_attend_one needs for T rows. */
 size_t ea_kv_klt_attend_floats(const klt_part *k, const klt_part *v, int T);

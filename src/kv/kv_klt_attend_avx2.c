@@ -5,16 +5,16 @@
  * 8: eight codes of b bits fill b bytes exactly, so a half's codes are one 64-bit word, spread to
  * lanes by a byte shuffle and a per-lane shift; levels come from register tables (vpermps) up to
  * 5 bits, a gather above, arithmetic for uniform levels. */
-#include "kv/kv_klt.h"
-
-#ifdef EA_KV_KLT_AVX2
-
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv/kv_klt.h"
 #include "kv/kv_simd.h"
+
+#ifdef EA_X86
+EA_TARGET_AVX2_BEGIN /* the whole file: called only when the tier has AVX2 (kv_klt_attend.c) */
 
 #define BLK EA_KV_KLT_BLOCK
 #define HALF 8
@@ -334,16 +334,17 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
     values_any(v, vr, b0, b1, s, A);
 }
 
-size_t ea_kv_klt_kernel_scratch(int H, int nv, int nb) {
+size_t ea_kv_klt_kernel_scratch_avx2(int H, int nv, int nb) {
     (void)nv;
     return (size_t)H * BLK * (size_t)nb; /* the scores of the thread's blocks */
 }
 
-void ea_kv_klt_kernel_range(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
+void ea_kv_klt_kernel_range_avx2(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
                             int first, int T, int b0, int b1, const float *qt, float *scratch, float *st) {
     pthread_once(&lanes_once, lanes_init);
     int H = k->b.n_head;
     thread_range(k, v, kr, vr, first, T, b0, b1, qt, scratch, st, st + H, st + 2 * H);
 }
 
+EA_TARGET_END
 #endif

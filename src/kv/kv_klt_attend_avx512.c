@@ -17,7 +17,8 @@
 #include "kv/kv_klt.h"
 #include "kv/kv_simd.h"
 
-#ifdef EA_KV_KLT_AVX512
+#ifdef EA_X86
+EA_TARGET_AVX512VBMI_BEGIN /* the whole file: called only when the CPU has it (kv_klt_attend.c) */
 
 #define BLK EA_KV_KLT_BLOCK
 #define TILE_BYTES 24576    /* blocks the value pass keeps in L1 at a time */
@@ -347,10 +348,10 @@ static void thread_range(const klt_part *k, const klt_part *v, const unsigned ch
     values_any(v, vr, b0, b1, s, lm, A, part);
 }
 
-size_t ea_kv_klt_kernel_scratch(int H, int nv, int nb) { return (size_t)H * BLK * ((size_t)nb + (size_t)nv); }
+size_t ea_kv_klt_kernel_scratch_avx512(int H, int nv, int nb) { return (size_t)H * BLK * ((size_t)nb + (size_t)nv); }
 
 /* scratch: the scores of the thread's blocks, then the value pass's partial sums */
-void ea_kv_klt_kernel_range(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
+void ea_kv_klt_kernel_range_avx512(const klt_part *k, const klt_part *v, const unsigned char *kr, const unsigned char *vr,
                             int first, int T, int b0, int b1, const float *qt, float *scratch, float *st) {
     pthread_once(&lanes_once, lanes_init);
     int H = k->b.n_head;
@@ -358,4 +359,5 @@ void ea_kv_klt_kernel_range(const klt_part *k, const klt_part *v, const unsigned
                  st + 2 * H);
 }
 
+EA_TARGET_END
 #endif

@@ -5,11 +5,9 @@
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "kv/kv_quant.h"
+#include "core/isa.h"
 
 static double pdf(double x) { return isinf(x) ? 0.0 : exp(-0.5 * x * x) / sqrt(2.0 * M_PI); }
 static double cdf(double x) { return 0.5 * erfc(-x / sqrt(2.0)); }
@@ -116,29 +114,38 @@ int ea_kv_quant_index(const ea_kv_quant *q, float z) {
     return (int)(t - q->thr) + (*t <= z);
 }
 
-void ea_kv_quant_index_n(const ea_kv_quant *q, const float *z, int n, int *out) {
-    int i = 0;
-#if defined(__AVX512F__)
-    /* the same branchless search on 16 values at a time, thresholds fetched by gathers */
-    if (!q->uniform && q->n > 2)
-        for (; i < n; i += 16) {
-            __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-            __m512 v = _mm512_maskz_loadu_ps(m, z + i);
-            __m512i base = _mm512_setzero_si512();
-            int len = q->n - 1;
-            while (len > 1) {
-                int half = len >> 1;
-                __m512 t = _mm512_i32gather_ps(_mm512_add_epi32(base, _mm512_set1_epi32(half - 1)), q->thr, 4);
-                base = _mm512_mask_add_epi32(base, _mm512_cmp_ps_mask(t, v, _CMP_LE_OQ), base, _mm512_set1_epi32(half));
-                len -= half;
-            }
-            __m512 t = _mm512_i32gather_ps(base, q->thr, 4);
-            base = _mm512_mask_add_epi32(base, _mm512_cmp_ps_mask(t, v, _CMP_LE_OQ), base, _mm512_set1_epi32(1));
-            base = _mm512_mask_mov_epi32(base, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(q->n - 1));
-            _mm512_mask_storeu_epi32(out + i, m, base);
+#ifdef EA_X86
+EA_TARGET_AVX512_BEGIN
+/* The same branchless search on 16 values at a time, thresholds fetched by gathers. */
+static void quant_index_512(const ea_kv_quant *q, const float *z, int n, int *out) {
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, z + i);
+        __m512i base = _mm512_setzero_si512();
+        int len = q->n - 1;
+        while (len > 1) {
+            int half = len >> 1;
+            __m512 t = _mm512_i32gather_ps(_mm512_add_epi32(base, _mm512_set1_epi32(half - 1)), q->thr, 4);
+            base = _mm512_mask_add_epi32(base, _mm512_cmp_ps_mask(t, v, _CMP_LE_OQ), base, _mm512_set1_epi32(half));
+            len -= half;
         }
+        __m512 t = _mm512_i32gather_ps(base, q->thr, 4);
+        base = _mm512_mask_add_epi32(base, _mm512_cmp_ps_mask(t, v, _CMP_LE_OQ), base, _mm512_set1_epi32(1));
+        base = _mm512_mask_mov_epi32(base, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(q->n - 1));
+        _mm512_mask_storeu_epi32(out + i, m, base);
+    }
+}
+EA_TARGET_END
 #endif
-    for (; i < n; i++) out[i] = ea_kv_quant_index(q, z[i]);
+
+void ea_kv_quant_index_n(const ea_kv_quant *q, const float *z, int n, int *out) {
+#ifdef EA_X86
+    if (!q->uniform && q->n > 2 && ea_isa_now() >= EA_ISA_AVX512) {
+        quant_index_512(q, z, n, out);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) out[i] = ea_kv_quant_index(q, z[i]);
 }
 
 /* Every design is computed once per process (the Lloyd-Max iterations take a while). */

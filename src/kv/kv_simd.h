@@ -1,9 +1,12 @@
-/* Vector helpers shared by the attention kernels (AVX-512 and AVX2 builds). */
+/* Vector helpers shared by the attention kernels (AVX-512 and AVX2 tiers), each compiled for its
+ * tier (core/isa.h): call them only from functions of that tier or above. */
 #ifndef EA_KV_SIMD_H
 #define EA_KV_SIMD_H
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#include "core/isa.h"
+
+#ifdef EA_X86
+EA_TARGET_AVX512_BEGIN
 
 /* e^x to a few ulp (Cephes' expf polynomial), 2^n applied with scalef so underflow goes to 0. */
 static inline __attribute__((always_inline)) __m512 ea_kv_exp_ps(__m512 x) {
@@ -21,10 +24,9 @@ static inline __attribute__((always_inline)) __m512 ea_kv_exp_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
-#endif
+EA_TARGET_END
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+EA_TARGET_AVX2_BEGIN
 
 /* The same polynomial on 8 lanes. Without scalef, 2^n is built in the exponent bits, so x is
  * clamped to -87.3 (2^n normal): e^x then bottoms out at ~1e-38 instead of 0, which a softmax
@@ -60,6 +62,7 @@ static inline __attribute__((always_inline)) float ea_kv_hmax8(__m256 a) {
     x = _mm_max_ps(x, _mm_movehl_ps(x, x));
     return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
 }
+EA_TARGET_END
 #endif
 
 #endif

@@ -259,6 +259,8 @@ static ea_status load_weights(ea_model *m, const ea_checkpoint *ckp, const char 
 
 ea_status ea_model_load(const char *dir, ea_model **out) {
     *out = NULL;
+    ea_status ist = ea_isa_tier(NULL); /* an EA_ISA this CPU cannot run is refused here */
+    if (ist) return ist;
     if (!dir || !*dir) return ea_error(EA_ERR_ARG, "empty model directory");
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return ea_error(EA_ERR_IO, "%s: not a model directory", dir);
