@@ -897,5 +897,5 @@ int main(void) {
         cmocka_unit_test(test_wte_spectrum_df),
         cmocka_unit_test(test_repr_parse),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

@@ -309,5 +309,5 @@ int main(void) {
         cmocka_unit_test(test_generate_klt),
         cmocka_unit_test(test_fit_kv_embedded),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

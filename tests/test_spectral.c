@@ -634,5 +634,5 @@ int main(void) {
         cmocka_unit_test(test_null_matches_samples),
         cmocka_unit_test(test_cov_save_load),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

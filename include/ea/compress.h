@@ -162,6 +162,9 @@ void ea_kv_stats_free(ea_kv_stats *s);
 
 #define EA_INJECT_NONE (-2)
 #define EA_INJECT_ALL (-1)
+/* A per-prediction KL below zero by less than this is float rounding and is reported as 0; a
+ * more negative one is reported as it is (KL >= 0, so it can only be a bug, and it must show). */
+#define EA_KL_ROUNDING 1e-6
 
 typedef struct {
     int ctx;    /* window length (<= 0: ea_compress_default_ctx); each window runs from an empty cache */
