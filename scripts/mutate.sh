@@ -26,6 +26,7 @@ exclude=""
 while [ $# -gt 0 ]; do
     case "$1" in
         -j) jobs="$2"; shift 2 ;;
+        -j[0-9]*) jobs="${1#-j}"; shift ;;
         --list) list="$2"; shift 2 ;;
         --only) only=",$2,"; shift 2 ;;
         --scratch) scratch="$2"; shift 2 ;;
