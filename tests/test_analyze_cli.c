@@ -295,5 +295,5 @@ int main(void) {
         cmocka_unit_test(test_analyze_table_and_samples),
         cmocka_unit_test(test_analyze_failures),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

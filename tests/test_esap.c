@@ -378,6 +378,60 @@ static void test_align_different_widths(void **state) {
     free(a); free(b);
 }
 
+/* CSLS as ea_esap_align_eval reports it, against the brute-force reference on the same held-out
+ * pairs (the split from ea_esap_split, W from the call): hub-rich data, where the neighbourhood
+ * size matters. Sources share a mean direction (anisotropic_rows adds 0.5 to every coordinate),
+ * and one target in eight is replaced by the mapped mean plus a little noise: such a target is
+ * near many mapped sources, so it is every neighbour's nearest (a hub). CSLS with neighbourhoods
+ * of EA_ESAP_CSLS_K penalizes it; with 1 it penalizes much less, and the reference shows by how
+ * much (asserted, so the test stays sensitive to that choice). */
+static void test_align_csls_matches_brute_force(void **state) {
+    (void)state;
+    ea_rng r;
+    ea_rng_seed(&r, 24);
+    int n = 600, k = 12, n_train = 300, n_test = 300;
+    uint64_t seed = 9;
+    float *za = anisotropic_rows(&r, n, k), *zb = rotated_rows(&r, za, n, k, k, 0.5);
+    double mean[64] = {0};
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) mean[j] += zb[(size_t)i * k + j] / n;
+    for (int i = 0; i < n; i += 8)
+        for (int j = 0; j < k; j++) zb[(size_t)i * k + j] = (float)(mean[j] + 0.3 * ea_rng_normal(&r));
+    double *w = malloc((size_t)k * k * sizeof *w);
+    ea_esap_align_report rep;
+    assert_int_equal(ea_esap_align_eval(za, zb, n, k, n_train, n_test, seed, w, &rep), EA_OK);
+    int *perm = malloc((size_t)n * sizeof *perm);
+    assert_int_equal(ea_esap_split(n, n_train, n_test, seed, perm), EA_OK);
+    const int *test = perm + (n - n_test);
+    float *x = malloc((size_t)n_test * k * sizeof *x), *y = malloc((size_t)n_test * k * sizeof *y);
+    for (int t = 0; t < n_test; t++)
+        for (int j = 0; j < k; j++) {
+            double s = 0;
+            for (int l = 0; l < k; l++) s += (double)za[(size_t)test[t] * k + l] * w[(size_t)l * k + j];
+            x[(size_t)t * k + j] = (float)s;
+            y[(size_t)t * k + j] = zb[(size_t)test[t] * k + j];
+        }
+    ea_esap_retrieval ref, ref1;
+    retrieval_reference(x, y, n_test, k, EA_ESAP_CSLS_K, &ref);
+    retrieval_reference(x, y, n_test, k, 1, &ref1);
+    printf("align CSLS: P@1 %.4f/%.4f P@10 %.4f/%.4f CSLS@1 %.4f/%.4f CSLS@10 %.4f/%.4f (library/brute force, "
+           "neighbourhoods of %d); with neighbourhoods of 1 CSLS@1 %.4f CSLS@10 %.4f\n",
+           rep.test.p_at_1, ref.p_at_1, rep.test.p_at_10, ref.p_at_10, rep.test.csls_p_at_1, ref.csls_p_at_1,
+           rep.test.csls_p_at_10, ref.csls_p_at_10, EA_ESAP_CSLS_K, ref1.csls_p_at_1, ref1.csls_p_at_10);
+    /* float32 ranking in the library vs float64 here: a near-tie may flip one row */
+    double tol = 1.0 / n_test;
+    assert_true(fabs(rep.test.p_at_1 - ref.p_at_1) <= tol);
+    assert_true(fabs(rep.test.p_at_10 - ref.p_at_10) <= tol);
+    assert_true(fabs(rep.test.csls_p_at_1 - ref.csls_p_at_1) <= tol);
+    assert_true(fabs(rep.test.csls_p_at_10 - ref.csls_p_at_10) <= tol);
+    assert_true(fabs(rep.test.mean_cos - ref.mean_cos) < 1e-5);
+    /* sensitivity: the hubs make CSLS beat plain cosine, and the neighbourhood size moves the
+     * result by several rows, well beyond the tolerance */
+    assert_true(ref.csls_p_at_1 > ref.p_at_1 + 5 * tol);
+    assert_true(fabs(ref.csls_p_at_1 - ref1.csls_p_at_1) + fabs(ref.csls_p_at_10 - ref1.csls_p_at_10) >= 4 * tol);
+    free(za); free(zb); free(w); free(perm); free(x); free(y);
+}
+
 /* Unrelated sides: the real fit must be no better than the null (both near chance). */
 static void test_align_unrelated_is_chance(void **state) {
     (void)state;
@@ -707,6 +761,27 @@ static void test_isotropic_control(void **state) {
     printf("isotropic d=%d n=%d: Df %.3f, Marchenko-Pastur %.3f, trace/d %.4f\n", d, n, df, want, s / d);
     assert_true(fabs(df - want) < 0.03 * want);
     assert_true(fabs(s / d - 1.0) < 0.05); /* unit variance: mean eigenvalue ≈ 1 within ~5 s.e. */
+    /* The same sample drawn here (n rows of d standard normals from ea_rng seeded with 7, row
+     * after row), its covariance two-pass in double and eigenvalues by LAPACK: the control is the
+     * spectrum of that sample, not merely some spectrum near Marchenko–Pastur. */
+    ea_rng r;
+    ea_rng_seed(&r, 7);
+    double *x = malloc(sizeof(double) * (size_t)n * d), *c = calloc((size_t)d * d, sizeof(double)), mu[64] = {0}, w[64];
+    for (int i = 0; i < n * d; i++) x[i] = ea_rng_normal(&r);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < d; j++) mu[j] += x[i * d + j] / n;
+    for (int i = 0; i < n; i++)
+        for (int a = 0; a < d; a++)
+            for (int b = 0; b < d; b++) c[a * d + b] += (x[i * d + a] - mu[a]) * (x[i * d + b] - mu[b]) / (n - 1);
+    assert_int_equal(LAPACKE_dsyev(LAPACK_ROW_MAJOR, 'N', 'U', d, c, d, w), 0);
+    double worst = 0;
+    for (int i = 0; i < d; i++) worst = fmax(worst, fabs(ev[i] - w[d - 1 - i]));
+    printf("isotropic control vs the same sample computed here: max |diff| %.3g\n", worst);
+    assert_true(worst < 1e-10);
+    assert_int_equal(ea_esap_isotropic_spectrum(d, n, 8, ev2), EA_OK);
+    assert_true(memcmp(ev, ev2, sizeof ev) != 0);
+    free(x);
+    free(c);
 }
 
 
@@ -884,6 +959,7 @@ int main(void) {
         cmocka_unit_test(test_align_self_rotated),
         cmocka_unit_test(test_align_different_widths),
         cmocka_unit_test(test_align_unrelated_is_chance),
+        cmocka_unit_test(test_align_csls_matches_brute_force),
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_basis_project_lift),
         cmocka_unit_test(test_message_eval),
@@ -897,5 +973,5 @@ int main(void) {
         cmocka_unit_test(test_wte_spectrum_df),
         cmocka_unit_test(test_repr_parse),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

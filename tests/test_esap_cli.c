@@ -243,5 +243,5 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_micro_vs_mini),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

@@ -884,5 +884,5 @@ int main(void) {
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_accounting_matches_cache),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

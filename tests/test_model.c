@@ -146,5 +146,5 @@ int main(void) {
         cmocka_unit_test(test_mini_matches_reference),
         cmocka_unit_test(test_cache_capacity_enforced),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

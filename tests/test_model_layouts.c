@@ -86,5 +86,5 @@ static void test_original_layout_matches(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_original_layout_matches)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

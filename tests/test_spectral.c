@@ -452,6 +452,78 @@ static void test_prescribed_spectrum(void **state) {
     free(Z); free(Q); free(X); free(tau); free(a); free(V);
 }
 
+/* A covariance accumulator whose sample covariance is exactly Q·diag(λ)·Qᵀ (the construction of
+ * test_prescribed_spectrum: X = sqrt(n−1)·Z·diag(√λ)·Qᵀ, Z centred with orthonormal columns). */
+static ea_cov *prescribed_cov(const double *lam, int d, int n, uint64_t seed) {
+    ea_rng r;
+    ea_rng_seed(&r, seed);
+    double *Z = malloc((size_t)n * d * sizeof(double)), *Q = malloc((size_t)d * d * sizeof(double)),
+           *X = malloc((size_t)n * d * sizeof(double)), *tau = malloc(d * sizeof(double));
+    fill_gauss(&r, Z, (size_t)n * d);
+    for (int j = 0; j < d; j++) {
+        double m = 0;
+        for (int i = 0; i < n; i++) m += Z[(size_t)i * d + j];
+        for (int i = 0; i < n; i++) Z[(size_t)i * d + j] -= m / n;
+    }
+    assert_int_equal(LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, n, d, Z, d, tau), 0);
+    assert_int_equal(LAPACKE_dorgqr(LAPACK_ROW_MAJOR, n, d, d, Z, d, tau), 0);
+    random_orthogonal(&r, d, Q);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < d; j++) {
+            double s = 0;
+            for (int k = 0; k < d; k++) s += Z[(size_t)i * d + k] * sqrt(lam[k]) * Q[j * d + k];
+            X[(size_t)i * d + j] = sqrt(n - 1.0) * s + 1.5;
+        }
+    ea_cov *c;
+    assert_int_equal(ea_cov_init(&c, d), EA_OK);
+    assert_int_equal(ea_cov_add_f64(c, X, n, d), EA_OK);
+    free(Z); free(Q); free(X); free(tau);
+    return c;
+}
+
+/* k90, k95 and k99 of ea_spectrum_summarize on spectra where the three differ, each threshold
+ * at least 0.08% away from a partial sum (checked below) so rounding cannot move it. Spectrum A sums to 100 with
+ * partial sums 40 60 72 80 86 91 93.5 96 97.5 98.6 99.4 100: k90 = 6, k95 = 8, k99 = 11 (read
+ * off by hand). Spectrum B is geometric, λ_i = 0.8^i over 40 dims: C(k) = (1 − 0.8^k)/(1 − 0.8^40),
+ * so k_t = ceil(log(1 − t(1 − 0.8^40)) / log 0.8) = 11, 14, 21 (C(10) = 0.8927, C(11) = 0.9142,
+ * C(13) = 0.9452, C(14) = 0.9561, C(20) = 0.9886, C(21) = 0.9909). */
+static void test_summary_k_thresholds(void **state) {
+    (void)state;
+    double a[12] = {40, 20, 12, 8, 6, 5, 2.5, 2.5, 1.5, 1.1, 0.8, 0.6}, b[40];
+    for (int i = 0; i < 40; i++) b[i] = pow(0.8, i);
+    struct { const double *lam; int d, k90, k95, k99; } cases[] = {{a, 12, 6, 8, 11}, {b, 40, 11, 14, 21}};
+    for (int t = 0; t < 2; t++) {
+        int d = cases[t].d;
+        /* the hand-derived thresholds, re-derived here in long double with their margins */
+        long double total = 0, acc = 0;
+        for (int i = 0; i < d; i++) total += cases[t].lam[i];
+        int want[3] = {cases[t].k90, cases[t].k95, cases[t].k99};
+        const long double target[3] = {0.90L, 0.95L, 0.99L};
+        for (int k = 1; k <= d; k++) {
+            acc += cases[t].lam[k - 1];
+            for (int q = 0; q < 3; q++) {
+                if (k < want[q]) assert_true(acc / total < target[q] - 0.001L);
+                if (k == want[q]) assert_true(acc / total >= target[q] + 0.0008L);
+            }
+        }
+        ea_cov *c = prescribed_cov(cases[t].lam, d, 500, 91 + t);
+        ea_spectrum_summary s;
+        assert_int_equal(ea_spectrum_summarize(c, 0, &s), EA_OK);
+        long double sq = 0;
+        for (int i = 0; i < d; i++) sq += (long double)cases[t].lam[i] * cases[t].lam[i];
+        printf("spectrum %c (d=%d): k90 %d k95 %d k99 %d (true %d %d %d), Df %.10f (true %.10Lf), trace %.10f\n", 'A' + t,
+               d, s.k90, s.k95, s.k99, want[0], want[1], want[2], s.df, total * total / sq, s.trace);
+        assert_int_equal(s.k90, want[0]);
+        assert_int_equal(s.k95, want[1]);
+        assert_int_equal(s.k99, want[2]);
+        assert_true(fabsl(s.df - total * total / sq) < 1e-9L * s.df);
+        assert_true(fabsl(s.trace - total) < 1e-9L * total);
+        for (int i = 0; i < d; i++) assert_true(fabs(s.eigenvalues[i] - cases[t].lam[i]) < 1e-10 * cases[t].lam[0]);
+        ea_spectrum_summary_free(&s);
+        ea_cov_free(c);
+    }
+}
+
 /* ---- thread independence ---- */
 
 static void test_thread_independence(void **state) {
@@ -630,9 +702,10 @@ int main(void) {
         cmocka_unit_test(test_isotropic_df),
         cmocka_unit_test(test_rank_one),
         cmocka_unit_test(test_prescribed_spectrum),
+        cmocka_unit_test(test_summary_k_thresholds),
         cmocka_unit_test(test_thread_independence),
         cmocka_unit_test(test_null_matches_samples),
         cmocka_unit_test(test_cov_save_load),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

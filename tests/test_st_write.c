@@ -262,5 +262,5 @@ int main(void) {
         cmocka_unit_test(test_atomic),       cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_rewrite_reference),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

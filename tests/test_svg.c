@@ -109,5 +109,5 @@ int main(void) {
         cmocka_unit_test(test_svg_render),
         cmocka_unit_test(test_svg_empty_and_flat),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

@@ -832,5 +832,5 @@ int main(void) {
         cmocka_unit_test(test_corrupted_files_fuzz),
         cmocka_unit_test(test_cli_tokenize),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return TEST_RUN(tests, group_setup, group_teardown);
 }

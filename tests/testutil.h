@@ -18,8 +18,27 @@
 
 /* Path to ../shared/<rel> if it exists, else NULL (tests then skip with a message). */
 const char *test_shared_path(const char *rel);
-/* Print "SKIP: why" and call cmocka's skip(). */
-#define TEST_SKIP(...) do { printf("SKIP: " __VA_ARGS__); printf("\n"); skip(); } while (0)
+/* Skips are visible. TEST_SKIP prints "SKIP: why", counts the case in test_skipped and calls
+ * cmocka's skip(); cmocka's return value counts only failures, so each test main returns
+ * TEST_RUN(tests, setup, teardown), which exits 77 (ctest's SKIP_RETURN_CODE: the binary shows as
+ * "Skipped", its output names each skipped case and the count) when no case failed and at least
+ * one skipped, even if others passed: a binary that did not run all its cases never reads
+ * "Passed". With EA_REQUIRE_SHARED=1 in the environment (scripts/test.sh sets it when ../shared
+ * exists, as in CI) every skip is a failure instead. A group setup that returns non-zero fails
+ * the binary (cmocka returns 1). */
+extern int test_skipped;
+int test_require_all(void); /* EA_REQUIRE_SHARED=1 */
+#define TEST_SKIP(...)                                                                                 \
+    do {                                                                                               \
+        if (test_require_all()) fail_msg("EA_REQUIRE_SHARED=1 but this case would skip: " __VA_ARGS__); \
+        printf("SKIP: " __VA_ARGS__);                                                                  \
+        printf("\n");                                                                                  \
+        test_skipped++;                                                                                \
+        skip();                                                                                        \
+    } while (0)
+/* cmocka's failure count → the process status: failures as they are, else 77 if anything skipped. */
+int test_exit_status(int failures);
+#define TEST_RUN(tests, setup, teardown) test_exit_status(cmocka_run_group_tests(tests, setup, teardown))
 
 /* Run the CLI with arguments (a shell-free argv); capture stdout and stderr (malloc'd,
  * NUL-terminated). Returns the exit status, or -1 if it could not run / was signalled. */

@@ -123,6 +123,10 @@ EA_API int ea_sample(float *logits, int vocab, const ea_sampler_params *p, ea_rn
 EA_API ea_status ea_generate(ea_model *m, ea_kvcache *cache, const int *prompt, int n_prompt, int n_new,
                       const ea_sampler_params *p, int *out, int *n_out);
 
+/* A per-prediction KL below zero by less than this is float rounding and is reported as 0; a
+ * more negative one is reported as it is (KL >= 0, so it can only be a bug, and it must show). */
+#define EA_KL_ROUNDING 1e-6
+
 /* Perplexity protocol: the text is cut into non-overlapping windows of ctx tokens (the last,
  * shorter window is scored too if it has at least 2 tokens); each window is run from an empty
  * cache. EA_PPL_FULL scores every next-token prediction in the window; EA_PPL_LLAMA scores only

@@ -33,7 +33,9 @@ void ea_kv_score_window(ea_kv_score *acc, const float *base, const float *prob, 
          * taken first so nearly equal distributions keep their precision */
         for (int v = 0; v < V; v++) s += (double)p[v] * ((double)lb[v] - (double)lc[v]);
         double k = s + lc_lse - lse[t - 1];
-        kl += k > 0 ? k : 0;
+        /* KL >= 0: only a rounding-level negative (float probabilities) reads as 0; a larger
+         * one is a bug and is kept so the reported KL shows it */
+        kl += k < 0 && k > -EA_KL_ROUNDING ? 0 : k;
         top1 += argmax(lc, V) == argmax(lb, V);
     }
     acc->nll += nll;

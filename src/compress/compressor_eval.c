@@ -144,7 +144,8 @@ static void score_window(ea_eval_result *r, const int *ids, int len, const float
         int target = ids[t + 1];
         nll_f += lse_f - zf[target];
         nll_c += lse_c - zc[target];
-        kl_sum += kl > 0 ? kl : 0; /* KL >= 0; a tiny negative is rounding */
+        /* KL >= 0: only a rounding-level negative reads as 0; a larger one is kept, so a bug shows */
+        kl_sum += kl < 0 && kl > -EA_KL_ROUNDING ? 0 : kl;
         agree += af == ac;
     }
     r->nll_full += nll_f;
