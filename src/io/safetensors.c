@@ -197,12 +197,12 @@ ea_status ea_st_open(const char *path, ea_st_file **out) {
     ea_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) { free(f); return ea_error(EA_ERR_NOMEM, "%s: out of memory", path); }
     ea_status st;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { st = ea_error(EA_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); goto fail; }
+    int fd;
+    if ((st = ea_open_input(path, &fd))) goto fail; /* never blocks on a FIFO */
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        st = ea_error(EA_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
-        st = ea_error(EA_ERR_IO, "%s: not a regular file", path);
         goto fail;
     }
     f->size = (size_t)sb.st_size;
