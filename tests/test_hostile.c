@@ -8,11 +8,15 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -321,12 +325,262 @@ static void test_nan_activation_is_reported_with_layer(void **state) {
     ea_model_free(model);
 }
 
+
+/* ---- a hostile environment (issue 20): outputs that are not regular files, stdout that cannot
+ * be written, outputs that are inputs, FIFOs as inputs. Each run has a deadline: a hang fails. */
+
+#define RUN_TIMEOUT_S 60.0
+#define RUN_HUNG (-1000)
+
+/* Run the CLI with stdout on out_fd (-1: closed), stderr captured into *err (malloc'd). Returns the
+ * exit status, -signal when killed by a signal, RUN_HUNG when it ran past the deadline. */
+static int run_env(const char *const *args, int out_fd, char **err, double timeout_s) {
+    char efile[] = "/tmp/ea_hostile_errXXXXXX";
+    int efd = mkstemp(efile);
+    assert_true(efd >= 0);
+    unlink(efile);
+    size_t na = 0;
+    while (args[na]) na++;
+    const char **argv = calloc(na + 2, sizeof *argv);
+    argv[0] = EA_CLI_PATH;
+    for (size_t i = 0; i < na; i++) argv[i + 1] = args[i];
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(efd, 2);
+        if (out_fd >= 0) dup2(out_fd, 1);
+        else close(1);
+        execv(EA_CLI_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    free(argv);
+    int status = 0, hung = 0;
+    double t0 = ea_time_now();
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (ea_time_now() - t0 > timeout_s) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            hung = 1;
+            break;
+        }
+        usleep(2000);
+    }
+    off_t n = lseek(efd, 0, SEEK_END);
+    char *e = calloc((size_t)n + 1, 1);
+    if (n > 0 && pread(efd, e, (size_t)n, 0) < 0) e[0] = 0;
+    close(efd);
+    if (err) *err = e;
+    else free(e);
+    if (hung) return RUN_HUNG;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+static int run_quiet(const char *const *args, char **err) {
+    int null = open("/dev/null", O_WRONLY);
+    int rc = run_env(args, null, err, RUN_TIMEOUT_S);
+    close(null);
+    return rc;
+}
+
+/* A character device at dir/name: mknod as root, else a symlink to the system's node. */
+static void make_device(const char *dir, const char *name, int minor, const char *sys) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    if (mknod(p, S_IFCHR | 0666, makedev(1, minor)) != 0) assert_int_equal(symlink(sys, p), 0);
+}
+
+static int is_char_device(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISCHR(sb.st_mode);
+}
+
+/* Item 1: a device or a link as output is written through / followed, never replaced. */
+static void test_outputs_that_are_not_regular_files(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char null_p[1024], full_p[1024], link_p[1024], real_p[1024], out_link[1024];
+    make_device(dir, "null", 3, "/dev/null");
+    make_device(dir, "full", 7, "/dev/full");
+    snprintf(null_p, sizeof null_p, "%s/null", dir);
+    snprintf(full_p, sizeof full_p, "%s/full", dir);
+    snprintf(link_p, sizeof link_p, "%s/stdout", dir);
+    assert_int_equal(symlink("/proc/self/fd/1", link_p), 0);
+    snprintf(real_p, sizeof real_p, "%s/real.svg", dir);
+    snprintf(out_link, sizeof out_link, "%s/out.svg", dir);
+    assert_int_equal(symlink("real.svg", out_link), 0); /* dangling until written through */
+    char *err = NULL;
+    const char *svg_null[] = {"analyze", "--text", "data/calib.txt", "--sites", "hidden", "--max-tokens", "64",
+                              "--svg", null_p, NULL};
+    int rc = run_quiet(svg_null, &err);
+    printf("analyze --svg <char device 1,3>: exit %d, still a device: %d\n", rc, is_char_device(null_p));
+    assert_int_equal(rc, 0);
+    assert_true(is_char_device(null_p));
+    free(err);
+    const char *fit_full[] = {"fit", "--text", "data/calib.txt", "--rank", "4", "--max-tokens", "64", "-o", full_p, NULL};
+    rc = run_quiet(fit_full, &err);
+    printf("fit -o <char device 1,7>: exit %d, still a device: %d, stderr: %s", rc, is_char_device(full_p), err);
+    assert_int_equal(rc, 1);
+    assert_true(is_char_device(full_p));
+    assert_non_null(strstr(err, "No space left on device"));
+    free(err);
+    /* Through the link to /proc/self/fd/1 the SVG reaches the captured stdout; the link stays. */
+    char ofile[] = "/tmp/ea_hostile_outXXXXXX";
+    int ofd = mkstemp(ofile);
+    unlink(ofile);
+    const char *svg_stdout[] = {"analyze", "--text", "data/calib.txt", "--sites", "hidden", "--max-tokens", "64",
+                                "--svg", link_p, NULL};
+    rc = run_env(svg_stdout, ofd, &err, RUN_TIMEOUT_S);
+    struct stat sb;
+    off_t got = lseek(ofd, 0, SEEK_END);
+    close(ofd);
+    printf("analyze --svg <link to /proc/self/fd/1>: exit %d, %lld bytes on stdout\n", rc, (long long)got);
+    assert_int_equal(rc, 0);
+    assert_int_equal(lstat(link_p, &sb), 0);
+    assert_true(S_ISLNK(sb.st_mode));
+    assert_true(got > 1000);
+    free(err);
+    /* A symlinked output: the file it names is written, the link stays a link. */
+    const char *svg_link[] = {"analyze", "--text", "data/calib.txt", "--sites", "hidden", "--max-tokens", "64",
+                              "--svg", out_link, NULL};
+    rc = run_quiet(svg_link, &err);
+    assert_int_equal(rc, 0);
+    assert_int_equal(lstat(out_link, &sb), 0);
+    assert_true(S_ISLNK(sb.st_mode));
+    assert_int_equal(stat(real_p, &sb), 0);
+    printf("analyze --svg <symlink>: exit %d, link kept, target %lld bytes\n", rc, (long long)sb.st_size);
+    assert_true(S_ISREG(sb.st_mode) && sb.st_size > 1000);
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
+/* Item 2: results that cannot reach stdout fail the run. */
+static void test_stdout_write_errors_fail(void **state) {
+    (void)state;
+    const char *tok[] = {"tokenize", "--text", "hello world", "--json", NULL};
+    const char *ppl[] = {"perplexity", "--text", "data/calib.txt", "--max-tokens", "64", "--json", NULL};
+    const char *fit[] = {"fit", "--text", "data/calib.txt", "--rank", "4", "--max-tokens", "64", "-o", "/dev/null", NULL};
+    const char *const *cmds[] = {tok, ppl, fit};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        int full = open("/dev/full", O_WRONLY);
+        assert_true(full >= 0);
+        char *err = NULL;
+        int rc = run_env(cmds[i], full, &err, RUN_TIMEOUT_S);
+        close(full);
+        printf("%s >/dev/full: exit %d, %s", cmds[i][0], rc, err);
+        assert_int_equal(rc, 1);
+        assert_non_null(strstr(err, "No space left on device"));
+        free(err);
+        rc = run_env(cmds[i], -1, &err, RUN_TIMEOUT_S);
+        printf("%s >&-: exit %d, %s", cmds[i][0], rc, err);
+        assert_int_equal(rc, 1);
+        assert_non_null(strstr(err, "standard output"));
+        free(err);
+    }
+}
+
+/* Item 5: an output that is an input, or another output, is refused before anything runs. */
+static void test_output_that_is_an_input_is_refused(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char text[1024], alias[1024], f[1024], f2[1024];
+    snprintf(text, sizeof text, "%s/text.txt", dir);
+    snprintf(alias, sizeof alias, "%s/./text.txt", dir);
+    snprintf(f, sizeof f, "%s/curve.json", dir);
+    snprintf(f2, sizeof f2, "%s/../%s/curve.json", dir, strrchr(dir, '/') + 1);
+    static const char TEXT[] = "The quick brown fox jumps over the lazy dog.\n";
+    assert_int_equal(test_write_file(text, TEXT, sizeof TEXT - 1), 0);
+    char *err = NULL;
+    const char *fit[] = {"fit", "--text", text, "--rank", "4", "-o", alias, NULL};
+    int rc = run_quiet(fit, &err);
+    printf("fit --text T -o T: exit %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(err, "same file"));
+    char *now = NULL;
+    size_t n = 0;
+    assert_int_equal(ea_read_file(text, 1 << 20, &now, &n), EA_OK);
+    assert_true(n == sizeof TEXT - 1 && !memcmp(now, TEXT, n));
+    free(now);
+    free(err);
+    const char *ev[] = {"eval", "--text", text, "--kv", "q8", "--svg", f, "--curve-json", f2, NULL};
+    rc = run_quiet(ev, &err);
+    printf("eval --svg F --curve-json F: exit %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(err, "same file"));
+    free(err);
+    const char *model_out[] = {"fit", "--text", text, "--rank", "4", "-o", TEST_MODEL_DIR "/model.safetensors", NULL};
+    rc = run_quiet(model_out, &err);
+    printf("fit -o <the model's weights>: exit %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
+/* Item 10: a FIFO given as any input is refused at once, never waited on. */
+static void test_fifo_inputs_never_block(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char fifo[1024], model[1024], p[1200];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    const char *files[] = {"config.json", "model.safetensors", "vocab.json", "merges.txt"};
+    int cases = 0;
+    for (size_t k = 0; k < 4; k++) { /* a model folder whose file k is a FIFO */
+        snprintf(model, sizeof model, "%s/model%zu", dir, k);
+        assert_int_equal(mkdir(model, 0755), 0);
+        for (size_t i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/%s", model, files[i]);
+            char src[1200];
+            snprintf(src, sizeof src, "%s/%s", TEST_MODEL_DIR, files[i]);
+            if (i == k) assert_int_equal(mkfifo(p, 0644), 0);
+            else assert_int_equal(symlink(src, p), 0);
+        }
+        char *err = NULL;
+        const char *gen[] = {"generate", "--model", model, "--prompt", "a", "-n", "1", NULL};
+        int rc = run_env(gen, -1, &err, 20);
+        printf("%s is a FIFO: exit %d, %s", files[k], rc, err);
+        assert_true(rc > 0 && rc < 126);
+        assert_non_null(strstr(err, "not a regular file"));
+        free(err);
+        cases++;
+    }
+    char kvspec[1100];
+    snprintf(kvspec, sizeof kvspec, "file:%s", fifo);
+    const char *t1[] = {"perplexity", "--text", fifo, NULL};
+    const char *t2[] = {"eval", "--text", "data/calib.txt", "--max-tokens", "64", "--kv", kvspec, NULL};
+    const char *t3[] = {"compress", "--compressor", fifo, "--text", "data/calib.txt", NULL};
+    const char *t4[] = {"handshake", "--spectrum-a", fifo, NULL};
+    const char *t5[] = {"tokenize", "--file", fifo, NULL};
+    const char *t6[] = {"fit", "--text", fifo, "--rank", "2", "-o", "/dev/null", NULL};
+    const char *const *cmds[] = {t1, t2, t3, t4, t5, t6};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        char *err = NULL;
+        int rc = run_env(cmds[i], -1, &err, 20);
+        printf("%s with a FIFO input: exit %d, %s", cmds[i][0], rc, err);
+        assert_true(rc > 0 && rc < 126);
+        assert_non_null(strstr(err, "not a regular file"));
+        free(err);
+        cases++;
+    }
+    printf("FIFO inputs: %d cases, none blocked\n", cases);
+    test_rmdir(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
         cmocka_unit_test(test_loaders_reject_hostile_files_in_process),
         cmocka_unit_test(test_cli_rejects_every_hostile_case),
         cmocka_unit_test(test_nan_activation_is_reported_with_layer),
+        cmocka_unit_test(test_outputs_that_are_not_regular_files),
+        cmocka_unit_test(test_stdout_write_errors_fail),
+        cmocka_unit_test(test_output_that_is_an_input_is_refused),
+        cmocka_unit_test(test_fifo_inputs_never_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -37,6 +37,11 @@ int cmd_generate(int argc, char **argv) {
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
+    {
+        const char *dirs[] = {model_dir}, *ins[] = {calib, kv && !strncmp(kv, "file:", 5) ? kv + 5 : NULL};
+        const char *outs[] = {save_kv}, *flags[] = {"--save-kv"};
+        if ((rc = cli_check_outputs("generate", dirs, 1, ins, 2, outs, flags, 1))) return rc;
+    }
     if (!prompt) return cli_error("generate", "--prompt is required (see --help)"), 2;
     if (!*prompt) return cli_error("generate", "the prompt is empty");
 

@@ -1,4 +1,5 @@
 /* eigenalign tokenize: GPT-2 token ids of a text (loads only the tokenizer, not the weights). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,7 +54,7 @@ int cmd_tokenize(int argc, char **argv) {
     if ((st = ea_tokenizer_load_dir(model_dir, &tok))) goto fail;
     if ((st = ea_tokenizer_encode(tok, text, len, special, &ids, &n))) goto fail;
     if (print_ids(ids, n, json)) {
-        cli_error("tokenize", "cannot write the ids to standard output");
+        cli_error("tokenize", "write error on standard output: %s", strerror(errno ? errno : EIO));
         goto done;
     }
     rc = 0;

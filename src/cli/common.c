@@ -1,9 +1,11 @@
 /* Argument parsing, errors, JSON printing, model/text loading, progress for the CLI. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -180,4 +182,107 @@ void cli_progress(const char *label, size_t done, size_t total) {
 void cli_progress_done(void) {
     if (progress_active) fputc('\n', stderr);
     progress_active = 0;
+}
+
+/* Identity of a path for the same-file check: device and inode when it exists, else the
+ * canonical directory plus the name (two spellings of one new file compare equal). */
+typedef struct {
+    int exists, regular;
+    dev_t dev;
+    ino_t ino;
+    char *canon;
+} path_id;
+
+static void path_identity(const char *p, path_id *id) {
+    memset(id, 0, sizeof *id);
+    struct stat sb;
+    if (stat(p, &sb) == 0) {
+        id->exists = 1;
+        id->regular = S_ISREG(sb.st_mode);
+        id->dev = sb.st_dev;
+        id->ino = sb.st_ino;
+        return;
+    }
+    const char *slash = strrchr(p, '/');
+    char *dir = slash ? strndup(p, slash == p ? 1 : (size_t)(slash - p)) : strdup(".");
+    char *real = dir ? realpath(dir, NULL) : NULL;
+    const char *base = slash ? slash + 1 : p;
+    if (real) {
+        size_t n = strlen(real) + strlen(base) + 2;
+        id->canon = malloc(n);
+        if (id->canon) snprintf(id->canon, n, "%s/%s", real, base);
+    }
+    free(real);
+    free(dir);
+}
+
+static int same_path(const path_id *a, const path_id *b) {
+    if (a->exists && b->exists) return a->regular && b->regular && a->dev == b->dev && a->ino == b->ino;
+    if (!a->exists && !b->exists) return a->canon && b->canon && !strcmp(a->canon, b->canon);
+    return 0;
+}
+
+int cli_check_outputs(const char *cmd, const char *const *model_dirs, int n_dirs, const char *const *inputs,
+                      int n_in, const char *const *outputs, const char *const *out_flags, int n_out) {
+    static const char *const model_files[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
+                                              "vocab.json", "merges.txt", "tokenizer.json"};
+    enum { N_MF = sizeof model_files / sizeof *model_files };
+    int n_all = n_in + n_dirs * N_MF;
+    path_id *in = calloc((size_t)n_all + 1, sizeof *in), *out = calloc((size_t)n_out + 1, sizeof *out);
+    const char **in_names = calloc((size_t)n_all + 1, sizeof *in_names);
+    char **owned = calloc((size_t)n_all + 1, sizeof *owned);
+    int rc = 0, k = 0;
+    if (!in || !out || !in_names || !owned) {
+        rc = cli_error(cmd, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n_in; i++)
+        if (inputs[i] && strcmp(inputs[i], "-")) in_names[k++] = inputs[i];
+    for (int d = 0; d < n_dirs; d++)
+        for (int f = 0; model_dirs[d] && f < N_MF; f++) {
+            size_t n = strlen(model_dirs[d]) + strlen(model_files[f]) + 2;
+            if ((owned[k] = malloc(n)) == NULL) continue;
+            snprintf(owned[k], n, "%s/%s", model_dirs[d], model_files[f]);
+            in_names[k] = owned[k];
+            k++;
+        }
+    for (int i = 0; i < k; i++) path_identity(in_names[i], &in[i]);
+    for (int o = 0; o < n_out && !rc; o++) {
+        const char *p = outputs[o];
+        if (!p) continue;
+        if (!*p) {
+            rc = cli_error(cmd, "%s: the output path is empty", out_flags[o]);
+            break;
+        }
+        if (strlen(p) >= PATH_MAX) {
+            rc = cli_error(cmd, "%s: output path of %zu bytes: %s", out_flags[o], strlen(p), strerror(ENAMETOOLONG));
+            break;
+        }
+        struct stat sb;
+        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            rc = cli_error(cmd, "%s %s: is a directory", out_flags[o], p);
+            break;
+        }
+        path_identity(p, &out[o]);
+        if (!out[o].exists && !out[o].canon) {
+            rc = cli_error(cmd, "%s %s: its directory does not exist or cannot be read", out_flags[o], p);
+            break;
+        }
+        for (int i = 0; i < k && !rc; i++)
+            if (same_path(&out[o], &in[i]))
+                rc = cli_error(cmd, "%s %s is the same file as the input %s: refusing to overwrite an input",
+                               out_flags[o], p, in_names[i]);
+        for (int q = 0; q < o && !rc; q++)
+            if (outputs[q] && same_path(&out[o], &out[q]))
+                rc = cli_error(cmd, "%s %s and %s %s are the same file", out_flags[q], outputs[q], out_flags[o], p);
+    }
+done:
+    for (int i = 0; in && i < n_all; i++) free(in[i].canon);
+    for (int o = 0; out && o < n_out; o++) free(out[o].canon);
+    for (int i = 0; owned && i < n_all; i++) free(owned[i]);
+    free(owned);
+    free(in_names);
+    free(in);
+    free(out);
+    return rc ? 2 : 0;
 }
