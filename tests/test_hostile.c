@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -117,6 +118,13 @@ static void first_line(const char *s, char *out, size_t cap) {
     out[i] = 0;
 }
 
+/* A byte that could drive a terminal (ESC, other C0 controls but newline, DEL). */
+static int has_control_bytes(const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p < 0x20 && *p != '\n') || *p == 0x7f) return 1;
+    return 0;
+}
+
 /* Run one case; returns 1 when it behaves as required, printing why not otherwise. */
 static int run_case(const char *root, const cJSON *c) {
     const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
@@ -153,6 +161,9 @@ static int run_case(const char *root, const cJSON *c) {
         ok = 0;
     } else if (rc < 0) {
         printf("  FAIL %-28s killed by a signal (crash); stderr: %s\n", name, line);
+        ok = 0;
+    } else if (has_control_bytes(err)) {
+        printf("  FAIL %-28s raw control bytes on stderr (must be escaped): %s\n", name, line);
         ok = 0;
     } else if (expect_ok) {
         if (rc != 0 || !*out) {
@@ -571,6 +582,121 @@ static void test_fifo_inputs_never_block(void **state) {
     free(dir);
 }
 
+/* Item 7: a model folder whose path leaves no room for "/model.safetensors" in 4096 bytes: the
+ * error says the name is too long; it never opens a truncated name (a decoy file stands there). */
+static void test_long_paths_are_never_truncated(void **state) {
+    (void)state;
+    char *root = test_tmpdir();
+    size_t len = strlen(root);
+    char *dir = malloc(8192);
+    snprintf(dir, 8192, "%s", root);
+    int fd = open(root, O_DIRECTORY | O_RDONLY);
+    assert_true(fd >= 0);
+    char comp[256];
+    while (len < 4096 - 12) { /* leaves 11 bytes: "/model.safe" fits, "/config.json" does not */
+        size_t n = 4096 - 12 - len - 1;
+        if (n > 200) n = 200;
+        if (n < 1) break;
+        memset(comp, 'd', n);
+        comp[n] = 0;
+        assert_int_equal(mkdirat(fd, comp, 0755), 0);
+        int next = openat(fd, comp, O_DIRECTORY | O_RDONLY);
+        assert_true(next >= 0);
+        close(fd);
+        fd = next;
+        len += 1 + n;
+        strcat(dir, "/");
+        strcat(dir, comp);
+    }
+    /* Decoys where a truncated "<dir>/model.safetensors" or "<dir>/config.json" would land. */
+    int d1 = openat(fd, "model.safe", O_CREAT | O_WRONLY, 0644), d2 = openat(fd, "config.js", O_CREAT | O_WRONLY, 0644);
+    close(d1);
+    close(d2);
+    close(fd);
+    char *err = NULL;
+    const char *gen[] = {"generate", "--model", dir, "--prompt", "a", "-n", "1", NULL};
+    int rc = run_quiet(gen, &err);
+    printf("model folder of %zu bytes: exit %d, ...%s", strlen(dir), rc, err + (strlen(err) > 160 ? strlen(err) - 160 : 0));
+    assert_true(rc > 0 && rc < 126);
+    assert_non_null(strstr(err, "too long"));
+    free(err);
+    ea_model *m = NULL;
+    assert_int_not_equal(ea_model_load(dir, &m), EA_OK);
+    assert_non_null(strstr(ea_last_error(), "too long"));
+    free(dir);
+    test_rmdir(root);
+    free(root);
+}
+
+/* Item 13a: the loader runs in a 64 KB stack (ea_model_load's frame was 53 KB). */
+static void test_load_in_a_small_stack(void **state) {
+    (void)state;
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = {64 << 10, 64 << 10};
+        setrlimit(RLIMIT_STACK, &rl);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execl(EA_CLI_PATH, EA_CLI_PATH, "generate", "--prompt", "The", "-n", "2", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    printf("generate under ulimit -s 64: %s %d\n", WIFEXITED(status) ? "exit" : "signal",
+           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* Item 13b: a safetensors file truncated after it was opened is an error, never a SIGBUS: large
+ * files (mapped) are converted with pread, small ones were read whole at open. */
+static void test_truncated_while_open(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    const size_t sizes[] = {1000, (size_t)17 << 20}; /* 4 KB (read at open) and 68 MB (mapped) */
+    for (int k = 0; k < 2; k++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/t%d.safetensors", dir, k);
+        size_t n = sizes[k];
+        float *v = malloc(n * sizeof *v);
+        for (size_t i = 0; i < n; i++) v[i] = (float)(i % 1000);
+        ea_st_writer *w = NULL;
+        assert_int_equal(ea_st_writer_init(&w), EA_OK);
+        int64_t shape[1] = {(int64_t)n};
+        assert_int_equal(ea_st_writer_add(w, "x", EA_DTYPE_F32, 1, shape, v), EA_OK);
+        uint16_t *h = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) h[i] = ea_f32_to_f16(v[i]);
+        assert_int_equal(ea_st_writer_add(w, "y", EA_DTYPE_F16, 1, shape, h), EA_OK);
+        assert_int_equal(ea_st_writer_save(w, path), EA_OK);
+        ea_st_writer_free(w);
+        ea_st_file *f = NULL;
+        assert_int_equal(ea_st_open(path, &f), EA_OK);
+        assert_int_equal(truncate(path, 4096), 0);
+        float *dst = malloc(n * sizeof *dst);
+        ea_status sx = ea_st_to_f32(f, ea_st_find(f, "x"), dst);
+        ea_status sy = ea_st_to_f32(f, ea_st_find(f, "y"), dst);
+        printf("%zu-byte file truncated to 4096 after open: x %s, y %s (%s)\n", n * 6, ea_status_name(sx),
+               ea_status_name(sy), sy ? ea_last_error() : "snapshot read at open");
+        if (k == 0) {
+            assert_int_equal(sx, EA_OK); /* the bytes were read at open: a consistent snapshot */
+            assert_int_equal(sy, EA_OK);
+            for (size_t i = 0; i < n; i++) assert_true(dst[i] == v[i]);
+        } else {
+            assert_int_equal(sx, EA_ERR_IO);
+            assert_int_equal(sy, EA_ERR_IO);
+            assert_non_null(strstr(ea_last_error(), "truncated"));
+        }
+        ea_st_close(f);
+        free(dst);
+        free(v);
+        free(h);
+    }
+    test_rmdir(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
@@ -581,6 +707,9 @@ int main(void) {
         cmocka_unit_test(test_stdout_write_errors_fail),
         cmocka_unit_test(test_output_that_is_an_input_is_refused),
         cmocka_unit_test(test_fifo_inputs_never_block),
+        cmocka_unit_test(test_long_paths_are_never_truncated),
+        cmocka_unit_test(test_load_in_a_small_stack),
+        cmocka_unit_test(test_truncated_while_open),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,6 +33,11 @@ ea_status ea_error(ea_status code, const char *fmt, ...)
 #endif
     ;
 
+/* Copy src into dst (cap bytes, always NUL-terminated) with every control byte, C1 control and
+ * invalid UTF-8 byte written as \xNN, so quoted names and file contents cannot drive a terminal;
+ * newlines are kept. Returns the length written. ea_error applies it to every message. */
+size_t ea_escape_text(char *dst, size_t cap, const char *src);
+
 /* Deterministic PRNG (xoshiro256**), seeded by splitmix64. */
 typedef struct { uint64_t s[4]; } ea_rng;
 void ea_rng_seed(ea_rng *r, uint64_t seed);

@@ -92,12 +92,14 @@ int cli_wants_help(int argc, char **argv) {
 }
 
 int cli_error(const char *cmd, const char *fmt, ...) {
+    /* Arguments are quoted back (a file name may hold ESC sequences): escaped like library errors. */
+    char msg[2048], esc[4 * sizeof msg];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "eigenalign %s: error: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    ea_escape_text(esc, sizeof esc, msg);
+    fprintf(stderr, "eigenalign %s: error: %s\n", cmd, esc);
     return 1;
 }
 

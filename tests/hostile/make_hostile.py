@@ -288,6 +288,23 @@ case("cfg_huge_allocation", {"config.json": cfg_json(n_embd=65536, n_head=1, voc
      [STF, "wte.weight", "[256, 8]"],
      why="every value within its own limit, together ~1.2 TB of float32: the checkpoint's shapes must be "
          "checked against config.json before memory is reserved for them")
+# ---- issue 20: configs Hugging Face reads differently, tensors the config does not account for ----
+case("cfg_duplicate_key", {"config.json": cfg_json().replace('"n_layer": 3', '"n_layer": 3,\n  "n_layer": 2')},
+     ["config.json", "duplicate", "n_layer"], why="HF keeps the last value, cJSON the first")
+case("cfg_duplicate_variant_flag", {"config.json": cfg_json(scale_attn_by_inverse_layer_idx=False).replace(
+    '"scale_attn_by_inverse_layer_idx": false', '"scale_attn_by_inverse_layer_idx": false,\n'
+    '  "scale_attn_by_inverse_layer_idx": true')}, ["config.json", "duplicate", "scale_attn_by_inverse_layer_idx"],
+     why="an unsupported variant hidden behind a first, harmless value")
+case("cfg_epsilon_underflow", {"config.json": cfg_json(layer_norm_epsilon=1e-50)},
+     ["config.json", "layer_norm_epsilon"], why="1e-50 becomes 0.0f")
+case("w_config_fewer_layers", {"config.json": cfg_json(n_layer=2)}, [STF, "'transformer.h.2.", "not used"],
+     why="n_layer 2 on a 3-layer checkpoint would run a truncated model")
+case("w_extra_tensor", {STF: st_file(T + [(P + "h.0.attn.c_attn.lora", [2], [0.0, 0.0])])},
+     [STF, "'transformer.h.0.attn.c_attn.lora'", "not used"], why="a tensor no GPT-2 layer reads")
+case("idx_shard_name_escapes", sharded(T, weight_map_edit=lambda m: m.update(
+    {P + "ln_f.bias": "\x1b[2J\x1b[31mpwned.safetensors"})), [r"\x1b[2J\x1b[31mpwned.safetensors", "cannot open"],
+     links=SHARD_LINKS,
+     why="ESC sequences in a shard name must not reach the terminal raw")
 case("cfg_dev_zero", {}, ["config.json", "not a regular file"], symlinks={"config.json": "/dev/zero"},
      why="an endless device file must be refused, not read")
 case("st_dev_zero", {}, [STF, "not a regular file"], symlinks={STF: "/dev/zero"})
