@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian 12 packages the build (and, with --test, the test suite) needs; only what is missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libpcre2-dev libcjson-dev libcmocka-dev)
+pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas0-openmp liblapacke-dev libpcre2-dev libcjson-dev libcmocka-dev)
 if [ "${1:-}" = "--test" ]; then pkgs+=(clang-14 libclang-rt-14-dev libomp-14-dev valgrind python3); fi
 missing=()
 for p in "${pkgs[@]}"; do

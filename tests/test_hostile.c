@@ -697,6 +697,74 @@ static void test_truncated_while_open(void **state) {
     free(dir);
 }
 
+/* Item 9: under an address-space limit the tool fails cleanly ("out of memory") or succeeds; it
+ * never spins (OpenBLAS retried its buffer forever, before main with the pthread build's pool). */
+static void test_memory_limit_never_hangs(void **state) {
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    TEST_SKIP("AddressSanitizer reserves terabytes of address space: ulimit -v cannot apply");
+#else
+    /* One BLAS: the OpenMP build of OpenBLAS when it is installed, never the pthread build beside it. */
+    if (access("/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", F_OK) == 0) {
+        FILE *f = fopen("/proc/self/maps", "r");
+        assert_non_null(f);
+        char line[1024];
+        int pthread_blas = 0, openmp_blas = 0;
+        while (fgets(line, sizeof line, f)) {
+            pthread_blas |= strstr(line, "openblas-pthread") != NULL;
+            openmp_blas |= strstr(line, "openblas-openmp") != NULL;
+        }
+        fclose(f);
+        printf("mapped: openblas-openmp %d, openblas-pthread %d\n", openmp_blas, pthread_blas);
+        assert_true(openmp_blas);
+        assert_false(pthread_blas);
+    }
+    const long limits_kb[] = {120000, 400000};
+    for (int k = 0; k < 2; k++) {
+        int ep[2];
+        assert_int_equal(pipe(ep), 0);
+        fflush(stdout);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            struct rlimit rl = {(rlim_t)limits_kb[k] << 10, (rlim_t)limits_kb[k] << 10};
+            setrlimit(RLIMIT_AS, &rl);
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 1);
+            dup2(ep[1], 2);
+            execl(EA_CLI_PATH, EA_CLI_PATH, "perplexity", "--text", "data/calib.txt", "--max-tokens", "1024", "--ctx",
+                  "512", (char *)NULL);
+            _exit(127);
+        }
+        close(ep[1]);
+        int status = 0, hung = 0;
+        double t0 = ea_time_now();
+        while (waitpid(pid, &status, WNOHANG) == 0) {
+            if (ea_time_now() - t0 > RUN_TIMEOUT_S) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                hung = 1;
+                break;
+            }
+            usleep(5000);
+        }
+        char err[2048] = "";
+        ssize_t got = read(ep[0], err, sizeof err - 1);
+        err[got > 0 ? got : 0] = 0;
+        close(ep[0]);
+        printf("perplexity under ulimit -v %ld: %s %d after %.1f s: %s", limits_kb[k], hung ? "HUNG, killed" :
+               WIFEXITED(status) ? "exit" : "signal", WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+               ea_time_now() - t0, err);
+        assert_false(hung);
+        assert_true(WIFEXITED(status));
+        if (WEXITSTATUS(status) != 0) {
+            assert_int_equal(WEXITSTATUS(status), 1);
+            assert_non_null(strstr(err, "out of memory"));
+        }
+    }
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
@@ -710,6 +778,7 @@ int main(void) {
         cmocka_unit_test(test_long_paths_are_never_truncated),
         cmocka_unit_test(test_load_in_a_small_stack),
         cmocka_unit_test(test_truncated_while_open),
+        cmocka_unit_test(test_memory_limit_never_hangs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

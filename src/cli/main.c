@@ -1,6 +1,9 @@
 /* eigenalign: command dispatch; standard streams checked (open at start, written at exit). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -33,6 +36,43 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %-13s %s\n", commands[i].name, commands[i].summary);
 }
+
+/* OpenBLAS's constructor (run before main) takes a ~129 MB buffer of address space per BLAS thread
+ * and, when the address-space limit (ulimit -v) leaves no room, retries forever: a hang before main
+ * (issue 20 item 9). An executable's preinit_array runs before every shared library's constructor:
+ * check there, with system calls only, and fail with a message instead. */
+static long env_threads(char **envp, const char *name) {
+    size_t n = strlen(name);
+    for (char **e = envp; e && *e; e++)
+        if (!strncmp(*e, name, n) && (*e)[n] == '=') return strtol(*e + n + 1, NULL, 10);
+    return 0;
+}
+
+static void check_address_space(int argc, char **argv, char **envp) {
+    (void)argc;
+    (void)argv;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+    long nt = env_threads(envp, "OPENBLAS_NUM_THREADS");
+    if (nt <= 0) nt = env_threads(envp, "GOTO_NUM_THREADS");
+    if (nt <= 0) nt = env_threads(envp, "OMP_NUM_THREADS");
+    if (nt <= 0) nt = sysconf(_SC_NPROCESSORS_ONLN);
+    if (nt <= 0 || nt > 4096) nt = 1;
+    size_t need = (size_t)nt * ((size_t)136 << 20);
+    void *p = mmap(NULL, need, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p != MAP_FAILED) {
+        munmap(p, need);
+        return;
+    }
+    char msg[320];
+    int len = snprintf(msg, sizeof msg, "eigenalign: error: out of memory: the address-space limit (ulimit -v %llu KB) "
+                       "leaves no room for the BLAS work buffers (%zu MB for %ld threads); raise it or lower "
+                       "OMP_NUM_THREADS\n", (unsigned long long)rl.rlim_cur >> 10, need >> 20, nt);
+    if (len > 0 && write(2, msg, (size_t)len) < 0) _exit(1);
+    _exit(1);
+}
+__attribute__((section(".preinit_array"), used)) static void (*const ea_preinit)(int, char **, char **) =
+    check_address_space;
 
 /* A closed fd 0/1/2 would be taken by the next file opened (an output file would then receive the
  * JSON meant for stdout): hold each with /dev/null opened the wrong way round, so writes to a

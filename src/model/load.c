@@ -6,7 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+
+#include <omp.h>
 
 #include <cblas.h>
 
@@ -207,6 +211,32 @@ static ea_status build_decode_weights(ea_model *m) {
     return EA_OK;
 }
 
+/* OpenBLAS 0.3.21 takes a ~129 MB work buffer of address space per calling thread at its first
+ * level-3 call and, when that mmap fails, retries forever (issue 20 item 9: a hang under ulimit -v).
+ * Under an address-space limit, check now that the buffers fit (a clean "out of memory" if not)
+ * and make every OpenMP thread take its buffer at once, so no later call has to find room. */
+static ea_status reserve_blas_buffers(const char *dir) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return EA_OK;
+    int nt = omp_get_max_threads();
+    size_t need = (size_t)nt * ((size_t)136 << 20);
+    void *p = mmap(NULL, need, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return ea_error(EA_ERR_NOMEM, "%s: the address-space limit (ulimit -v %llu KB) leaves no room for the BLAS "
+                        "work buffers (%zu MB for %d threads): raise the limit or lower OMP_NUM_THREADS", dir,
+                        (unsigned long long)rl.rlim_cur >> 10, need >> 20, nt);
+    munmap(p, need);
+    enum { W = 96 }; /* above OpenBLAS's small-matrix path, which takes no buffer */
+#pragma omp parallel
+    {
+        float *a = calloc(3 * W * W, sizeof *a);
+        if (a) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, W, W, W, 1.0f, a, W, a + W * W, W, 0.0f,
+                           a + 2 * W * W, W);
+        free(a);
+    }
+    return EA_OK;
+}
+
 /* Every tensor of the checkpoint must be one the config accounts for (llama.cpp likewise refuses
  * a wrong tensor count): "n_layer": 2 on a 4-layer checkpoint must not run half the model. Known
  * harmless extras: the attention mask buffers old GPT-2 checkpoints store (h.N.attn.bias,
@@ -320,6 +350,7 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     if ((st = build_decode_weights(m))) goto fail;
     /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). */
     openblas_set_num_threads(1);
+    if ((st = reserve_blas_buffers(dir))) goto fail;
     fingerprint(m);
     free(ckp);
     *out = m;
