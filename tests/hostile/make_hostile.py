@@ -368,6 +368,9 @@ case("esap_huge_dim", {"a.spectrum": esap_message([1.0] * 8, 8, d=100000000), "b
      ["a.spectrum", "\"d\""], argv=ESAP_ARGV, links=[], why="d = 10^8 would size the allocations")
 case("esap_wrong_df", {"a.spectrum": GOOD_SPECTRUM, "b.spectrum": esap_message([1.0] * 8, 8, df=3.0)},
      ["b.spectrum", "Df"], argv=ESAP_ARGV, links=[], why="Df inconsistent with the eigenvalues")
+case("esap_rank1", {"a.spectrum": esap_message([1.0] + [0.0] * 7, 8), "b.spectrum": GOOD_SPECTRUM},
+     ["undefined", "side a", "rank 1"], argv=ESAP_ARGV, links=[],
+     why="C(k) constant at 1: the Pearson r is undefined, not 'nan -> diverged' with exit 0")
 
 # ---- command line ----
 case("cli_missing_model_dir", {}, ["does-not-exist", "not a model directory"], links=[],
