@@ -765,6 +765,52 @@ static void test_memory_limit_never_hangs(void **state) {
 #endif
 }
 
+/* Strict UTF-8 check (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF). */
+static int valid_utf8(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        if (!k || i + k > n) return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] > 0x9f) || (c == 0xf0 && s[i + 1] < 0x90) ||
+            (c == 0xf4 && s[i + 1] > 0x8f))
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* Item 3: greedy generation on gpt2-micro stops inside "…" (bytes e2 80): the JSON stays valid
+ * UTF-8, "text" ends in U+FFFD and "text_hex" keeps the exact bytes. */
+static void test_generate_json_is_always_utf8(void **state) {
+    (void)state;
+    const char *args[] = {"generate", "--prompt",
+                          "She opened the letter slowly, and as she read, her face grew pale; for the words were",
+                          "-n", "40", "--json", NULL};
+    char *out = NULL, *err = NULL;
+    int rc = test_run_cli(&out, &err, args);
+    assert_int_equal(rc, 0);
+    size_t n = strlen(out);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    const char *hex = cJSON_GetStringValue(cJSON_GetObjectItem(j, "text_hex"));
+    const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(j, "text"));
+    printf("generate --json: %zu bytes, valid UTF-8 %d, text ends \"%s\", text_hex ends %s\n", n,
+           valid_utf8((const unsigned char *)out, n), text ? text + (strlen(text) > 12 ? strlen(text) - 12 : 0) : "?",
+           hex ? hex + (strlen(hex) > 8 ? strlen(hex) - 8 : 0) : "(none)");
+    assert_true(valid_utf8((const unsigned char *)out, n));
+    assert_non_null(text);
+    assert_non_null(hex);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(j, "text_is_utf8")));
+    size_t hl = strlen(hex), tl = strlen(text);
+    assert_true(hl >= 4 && !strcmp(hex + hl - 4, "e280"));          /* generation stopped inside U+2026 */
+    assert_true(tl >= 3 && !memcmp(text + tl - 3, "\xef\xbf\xbd", 3)); /* one U+FFFD for the broken pair */
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
@@ -779,6 +825,7 @@ int main(void) {
         cmocka_unit_test(test_load_in_a_small_stack),
         cmocka_unit_test(test_truncated_while_open),
         cmocka_unit_test(test_memory_limit_never_hangs),
+        cmocka_unit_test(test_generate_json_is_always_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

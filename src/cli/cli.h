@@ -32,7 +32,10 @@ int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(print
 /* Same, appending ea_last_error(). */
 int cli_fail_status(const char *cmd, ea_status st);
 
-/* Print JSON to stdout (pretty unless compact) and free it. */
+/* s[0..n) as valid UTF-8 (malloc'd, NUL-terminated): each maximal invalid subpart becomes U+FFFD,
+ * as Python's bytes.decode(errors="replace"); *valid (may be NULL) says whether s was valid. */
+char *cli_utf8_sanitize(const char *s, size_t n, int *valid);
+/* Print JSON to stdout (pretty unless compact), always valid UTF-8, and free it. */
 void cli_print_json(cJSON *j);
 /* Add a double that may be non-finite (JSON has no NaN: written as null). */
 cJSON *cli_add_number(cJSON *obj, const char *key, double v);

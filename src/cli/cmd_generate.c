@@ -88,7 +88,20 @@ int cmd_generate(int argc, char **argv) {
         cJSON *pi = cJSON_AddArrayToObject(j, "prompt_ids"), *gi = cJSON_AddArrayToObject(j, "ids");
         for (size_t i = 0; i < n_ids; i++) cJSON_AddItemToArray(pi, cJSON_CreateNumber(ids[i]));
         for (int i = 0; i < n_out; i++) cJSON_AddItemToArray(gi, cJSON_CreateNumber(out[i]));
-        cJSON_AddStringToObject(j, "text", text);
+        /* Generation can stop inside a multi-byte character: "text" is valid UTF-8 (U+FFFD for the
+         * broken bytes) and "text_hex" keeps the exact bytes whenever they differ. */
+        int valid = 1;
+        char *utf8 = cli_utf8_sanitize(text, text_len, &valid);
+        cJSON_AddStringToObject(j, "text", utf8 ? utf8 : "");
+        cJSON_AddBoolToObject(j, "text_is_utf8", valid);
+        if (!valid) {
+            char *hex = malloc(2 * text_len + 1);
+            for (size_t i = 0; hex && i < text_len; i++) snprintf(hex + 2 * i, 3, "%02x", (unsigned char)text[i]);
+            if (hex) hex[2 * text_len] = 0;
+            cJSON_AddStringToObject(j, "text_hex", hex ? hex : "");
+            free(hex);
+        }
+        free(utf8);
         cJSON_AddStringToObject(j, "kv", kv ? kv : "f32");
         cJSON_AddNumberToObject(j, "cache_tokens", ea_kvcache_len(cache));
         cJSON_AddNumberToObject(j, "cache_bytes", (double)cache_bytes);
