@@ -811,6 +811,47 @@ static void test_generate_json_is_always_utf8(void **state) {
     free(err);
 }
 
+/* Item 11: --max-tokens bounds tokenization. encode_max gives exactly the first ids of the full
+ * encoding and never touches the text past the pre-token that reached the bound: a 64 MB word
+ * after it is not merged (it would take a minute and a gigabyte). */
+static void test_max_tokens_bounds_tokenization(void **state) {
+    (void)state;
+    ea_tokenizer *t = NULL;
+    assert_int_equal(ea_tokenizer_load_dir(TEST_MODEL_DIR, &t), EA_OK);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(ea_read_file(EA_SOURCE_DIR "/data/calib.txt", 1 << 26, &text, &len), EA_OK);
+    int *all = NULL;
+    size_t n_all = 0;
+    assert_int_equal(ea_tokenizer_encode(t, text, len, 0, &all, &n_all), EA_OK);
+    const size_t bounds[] = {1, 2, 7, 64, 1000, n_all, n_all + 5};
+    for (size_t k = 0; k < sizeof bounds / sizeof *bounds; k++) {
+        int *ids = NULL;
+        size_t n = 0;
+        assert_int_equal(ea_tokenizer_encode_max(t, text, len, 0, bounds[k], &ids, &n), EA_OK);
+        assert_true(n >= (bounds[k] < n_all ? bounds[k] : n_all) && n <= n_all);
+        assert_memory_equal(ids, all, n * sizeof *ids);
+        free(ids);
+    }
+    /* "The cat sat." then one 64 MB word: with a bound of 3 the word is never pre-tokenized. */
+    size_t big = (size_t)64 << 20;
+    char *huge = malloc(big + 16);
+    memcpy(huge, "The cat sat. ", 13);
+    for (size_t i = 13; i < big; i++) huge[i] = (char)('a' + (i * 2654435761u >> 13) % 10);
+    int *ids = NULL;
+    size_t n = 0;
+    double t0 = ea_time_now();
+    assert_int_equal(ea_tokenizer_encode_max(t, huge, big, 0, 3, &ids, &n), EA_OK);
+    printf("calib.txt: %zu ids, every bound gives the full encoding's prefix; a 64 MB word after 3 tokens: %zu ids "
+           "in %.3f s\n", n_all, n, ea_time_now() - t0);
+    assert_int_equal(n, 3);
+    free(ids);
+    free(huge);
+    free(all);
+    free(text);
+    ea_tokenizer_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
@@ -826,6 +867,7 @@ int main(void) {
         cmocka_unit_test(test_truncated_while_open),
         cmocka_unit_test(test_memory_limit_never_hangs),
         cmocka_unit_test(test_generate_json_is_always_utf8),
+        cmocka_unit_test(test_max_tokens_bounds_tokenization),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

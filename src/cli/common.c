@@ -200,7 +200,7 @@ ea_status cli_load_text_ids(const ea_tokenizer *t, const char *path, size_t max_
         free(text);
         return ea_error(EA_ERR_ARG, "%s: text is empty", path);
     }
-    st = ea_tokenizer_encode(t, text, len, 0, ids, n);
+    st = ea_tokenizer_encode_max(t, text, len, 0, max_tokens, ids, n); /* no work past --max-tokens */
     free(text);
     if (st) return st;
     if (*n == 0) return ea_error(EA_ERR_ARG, "%s: text has no tokens", path);
