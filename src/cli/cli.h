@@ -7,8 +7,10 @@
 
 #include "eigenalign.h"
 
-/* Minimal option parser: "--name value" and "--flag". Every option a command reads is marked
- * used; cli_finish() rejects what is left, so typos never pass silently. */
+/* Minimal option parser: "--name value", "--name=value" and "--flag". Every option a command reads
+ * is marked used; cli_finish() rejects what is left, so typos never pass silently. An option given
+ * twice is an error; a value that looks like an option ("--text --json") is refused as missing
+ * (--text=--json passes it). */
 typedef struct {
     const char *cmd;
     int argc;

@@ -57,6 +57,12 @@ int cmd_generate(int argc, char **argv) {
     ea_status st = cli_load_model(model_dir, &m, &tok);
     if (st) { cli_fail_status("generate", st); goto done; }
     const ea_config *cfg = ea_model_config(m);
+    /* Any id the model can emit must decode: found now, not mid-generation. */
+    if (ea_tokenizer_vocab_size(tok) < cfg->vocab_size) {
+        cli_error("generate", "%s: the tokenizer has %d tokens, fewer than the model's vocab_size %d: generated ids "
+                  "could not be decoded", model_dir, ea_tokenizer_vocab_size(tok), cfg->vocab_size);
+        goto done;
+    }
     if ((st = ea_tokenizer_encode(tok, prompt, strlen(prompt), special, &ids, &n_ids))) { cli_fail_status("generate", st); goto done; }
     if (n_ids == 0) { cli_error("generate", "the prompt has no tokens"); goto done; }
     if (n_ids + (size_t)n_new > (size_t)cfg->n_positions + 1) {

@@ -21,30 +21,66 @@ void cli_args_init(cli_args *a, const char *cmd, int argc, char **argv) {
 
 void cli_args_free(cli_args *a) { free(a->used); a->used = NULL; }
 
-static int find_opt(cli_args *a, const char *name) {
-    for (int i = 1; i < a->argc; i++)
-        if (strcmp(a->argv[i], name) == 0) return i;
-    return -1;
+/* "--name" or "--name=value" (*inline_value set) at argv[i]. */
+static int opt_at(const cli_args *a, int i, const char *name, const char **inline_value) {
+    size_t n = strlen(name);
+    if (strncmp(a->argv[i], name, n)) return 0;
+    if (a->argv[i][n] == 0) return 1;
+    if (a->argv[i][n] == '=' && inline_value) {
+        *inline_value = a->argv[i] + n + 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* The option's position, or -1; an option given twice is an error (which one was meant?). Values
+ * taken by earlier options are skipped, so "--prompt --ctx" does not count as a --ctx. */
+static int find_opt(cli_args *a, const char *name, const char **inline_value) {
+    int found = -1;
+    for (int i = 1; i < a->argc; i++) {
+        if (i > 1 && a->used[i - 1] == 2 && a->used[i]) continue; /* the value of an earlier option */
+        const char *iv = NULL;
+        if (!opt_at(a, i, name, inline_value ? &iv : NULL)) continue;
+        if (found >= 0) {
+            cli_error(a->cmd, "option %s is given twice", name);
+            a->bad = 1;
+            a->used[i] = 1;
+            if (inline_value && !iv && i + 1 < a->argc && a->argv[i + 1][0] != '-') a->used[i + 1] = 1;
+            continue;
+        }
+        found = i;
+        if (inline_value) *inline_value = iv;
+    }
+    return found;
 }
 
 int cli_has(cli_args *a, const char *name) {
-    int i = find_opt(a, name);
+    int i = find_opt(a, name, NULL);
     if (i < 0) return 0;
     a->used[i] = 1;
     return 1;
 }
 
 const char *cli_str(cli_args *a, const char *name, const char *def) {
-    int i = find_opt(a, name);
+    const char *iv = NULL;
+    int i = find_opt(a, name, &iv);
     if (i < 0) return def;
-    a->used[i] = 1;
-    if (i + 1 >= a->argc) {
-        cli_error(a->cmd, "option %s needs a value", name);
+    if (iv) { /* --name=value: the value may be anything, "--json" included */
+        a->used[i] = 1;
+        return iv;
+    }
+    a->used[i] = 2; /* an option whose next argument is its value */
+    const char *v = i + 1 < a->argc ? a->argv[i + 1] : NULL;
+    /* "--text --json" is a missing value, not the text "--json": write --text=--json for that. */
+    if (!v || (v[0] == '-' && v[1] == '-' && v[2] != 0)) {
+        if (v) cli_error(a->cmd, "option %s needs a value, not the option '%s' (write %s=%s for that value)", name, v,
+                         name, v);
+        else cli_error(a->cmd, "option %s needs a value", name);
         a->bad = 1;
         return def;
     }
     a->used[i + 1] = 1;
-    return a->argv[i + 1];
+    return v;
 }
 
 long cli_long(cli_args *a, const char *name, long def, long min, long max) {
@@ -85,9 +121,15 @@ int cli_finish(cli_args *a) {
     return rc;
 }
 
+/* --help/-h anywhere except right after a free-text option: "--prompt --help" is then refused as
+ * a missing value (cli_str), and --prompt=--help is the text "--help". */
 int cli_wants_help(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            const char *prev = i > 1 ? argv[i - 1] : "";
+            if (!strcmp(prev, "--prompt") || !strcmp(prev, "--text")) continue;
+            return 1;
+        }
     return 0;
 }
 

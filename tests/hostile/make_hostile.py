@@ -375,6 +375,12 @@ case("esap_rank1", {"a.spectrum": esap_message([1.0] + [0.0] * 7, 8), "b.spectru
 # ---- command line ----
 case("cli_missing_model_dir", {}, ["does-not-exist", "not a model directory"], links=[],
      argv=["generate", "--model", "{dir}/does-not-exist", "--prompt", PROMPT, "-n", "1"])
+case("cli_repeated_option", {}, ["--ctx", "given twice"], links=[],
+     argv=["perplexity", "--model", "{dir}", "--text", "{dir}/none.txt", "--ctx", "8", "--ctx", "9"])
+case("cli_value_is_an_option", {}, ["--text", "needs a value", "--json"], links=[],
+     argv=["tokenize", "--model", "{dir}", "--text", "--json"])
+case("cli_help_as_a_value", {}, ["--prompt", "needs a value", "--help"], links=[],
+     argv=["generate", "--model", "{dir}", "--prompt", "--help"])
 case("cli_empty_model_dir", {}, ["config.json", "cannot open"], links=[])
 case("cli_empty_prompt", {}, ["prompt", "empty"], argv=["generate", "--model", "{dir}", "--prompt", "", "-n", "1"])
 case("cli_prompt_outside_vocab", {}, ["token id", "outside [0, 256)"],
