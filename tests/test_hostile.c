@@ -340,7 +340,7 @@ static void test_nan_activation_is_reported_with_layer(void **state) {
 /* ---- a hostile environment (issue 20): outputs that are not regular files, stdout that cannot
  * be written, outputs that are inputs, FIFOs as inputs. Each run has a deadline: a hang fails. */
 
-#define RUN_TIMEOUT_S 60.0
+#define RUN_TIMEOUT_S 300.0 /* generous: the machine may be loaded; a hang never ends */
 #define RUN_HUNG (-1000)
 
 /* Run the CLI with stdout on out_fd (-1: closed), stderr captured into *err (malloc'd). Returns the
@@ -852,6 +852,107 @@ static void test_max_tokens_bounds_tokenization(void **state) {
     ea_tokenizer_free(t);
 }
 
+/* Copy a safetensors file to dst with its JSON header changed by edit (offsets kept valid by the
+ * caller: the data bytes are copied as they are). */
+static void rewrite_st(const char *src, const char *dst, void (*edit)(cJSON *)) {
+    char *b = NULL;
+    size_t n = 0;
+    assert_int_equal(ea_read_file(src, 1u << 30, &b, &n), EA_OK);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | (unsigned char)b[i];
+    cJSON *h = cJSON_ParseWithLength(b + 8, (size_t)hl);
+    assert_non_null(h);
+    edit(h);
+    char *hs = cJSON_PrintUnformatted(h);
+    size_t hn = strlen(hs), pad = (8 - hn % 8) % 8;
+    FILE *f = fopen(dst, "wb");
+    assert_non_null(f);
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((hn + pad) >> (8 * i));
+    fwrite(len8, 1, 8, f);
+    fwrite(hs, 1, hn, f);
+    for (size_t i = 0; i < pad; i++) fputc(' ', f);
+    fwrite(b + 8 + hl, 1, n - 8 - (size_t)hl, f);
+    assert_int_equal(fclose(f), 0);
+    free(hs);
+    cJSON_Delete(h);
+    free(b);
+}
+
+static void swap_layer_norms(cJSON *h) {
+    cJSON *a = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "transformer.h.0.ln_1.weight"), "data_offsets");
+    cJSON *b = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "transformer.h.1.ln_1.weight"), "data_offsets");
+    assert_non_null(a);
+    assert_non_null(b);
+    cJSON *ca = cJSON_Duplicate(a, 1), *cb = cJSON_Duplicate(b, 1);
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "transformer.h.0.ln_1.weight"), "data_offsets", cb);
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "transformer.h.1.ln_1.weight"), "data_offsets", ca);
+}
+
+static void codec_version_1(cJSON *h) {
+    cJSON *m = cJSON_GetObjectItem(h, "__metadata__");
+    cJSON_ReplaceItemInObject(m, "version", cJSON_CreateString("1"));
+    cJSON_DeleteItemFromObject(m, "model_fingerprint");
+}
+
+/* Item 4: a saved KV codec is tied to the weights it was fitted on. gpt2-micro with two layer
+ * norms' offsets swapped has the same shapes: the codec used to run on it silently (twice the KL). */
+static void test_kv_codec_is_tied_to_its_model(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char codec[1024], spec[1100], old[1024], oldspec[1100], model[1024], p[1200];
+    snprintf(codec, sizeof codec, "%s/codec.st", dir);
+    snprintf(spec, sizeof spec, "file:%s", codec);
+    snprintf(old, sizeof old, "%s/codec_v1.st", dir);
+    snprintf(oldspec, sizeof oldspec, "file:%s", old);
+    snprintf(model, sizeof model, "%s/swapped", dir);
+    assert_int_equal(mkdir(model, 0755), 0);
+    const char *keep[] = {"config.json", "vocab.json", "merges.txt"};
+    for (int i = 0; i < 3; i++) {
+        char src[1200];
+        snprintf(src, sizeof src, "%s/%s", TEST_MODEL_DIR, keep[i]);
+        snprintf(p, sizeof p, "%s/%s", model, keep[i]);
+        assert_int_equal(symlink(src, p), 0);
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors", model);
+    rewrite_st(TEST_MODEL_DIR "/model.safetensors", p, swap_layer_norms);
+    char *err = NULL;
+    const char *save[] = {"generate", "--prompt", "The", "-n", "2", "--kv", "klt:2", "--calib-max-tokens", "512",
+                          "--save-kv", codec, NULL};
+    assert_int_equal(run_quiet(save, &err), 0);
+    free(err);
+    rewrite_st(codec, old, codec_version_1);
+    const char *same[] = {"eval", "--text", "data/calib.txt", "--max-tokens", "128", "--decode-tokens", "0", "--kv", spec,
+                          NULL};
+    int rc = run_quiet(same, &err);
+    printf("codec on the model it was fitted on: exit %d\n", rc);
+    assert_int_equal(rc, 0);
+    free(err);
+    const char *other[] = {"eval", "--model", model, "--text", "data/calib.txt", "--max-tokens", "128",
+                           "--decode-tokens", "0", "--kv", spec, NULL};
+    rc = run_quiet(other, &err);
+    printf("codec on gpt2-micro with two layer norms swapped: exit %d, %s", rc, err);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err, "fingerprint"));
+    assert_non_null(strstr(err, "codec.st"));
+    free(err);
+    const char *gen_other[] = {"generate", "--model", model, "--prompt", "The", "-n", "2", "--kv", spec, NULL};
+    rc = run_quiet(gen_other, &err);
+    printf("generate --kv file: on the swapped model: exit %d\n", rc);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err, "fingerprint"));
+    free(err);
+    const char *v1[] = {"eval", "--text", "data/calib.txt", "--max-tokens", "128", "--decode-tokens", "0", "--kv",
+                        oldspec, NULL};
+    rc = run_quiet(v1, &err);
+    printf("a version-1 codec file: exit %d, %s", rc, err);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err, "version 1"));
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
@@ -868,6 +969,7 @@ int main(void) {
         cmocka_unit_test(test_memory_limit_never_hangs),
         cmocka_unit_test(test_generate_json_is_always_utf8),
         cmocka_unit_test(test_max_tokens_bounds_tokenization),
+        cmocka_unit_test(test_kv_codec_is_tied_to_its_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

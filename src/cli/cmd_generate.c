@@ -75,7 +75,7 @@ int cmd_generate(int argc, char **argv) {
         if (!calib) calib = cli_default_calib();
         if ((st = cli_load_text_ids(tok, calib, (size_t)calib_max, &cids, &n_cids))) { cli_fail_status("generate", st); goto done; }
         if ((st = ea_kv_codec_fit_model(m, kv, cids, n_cids, ctx, 1, &codec))) { cli_fail_status("generate", st); goto done; }
-    } else if (kv && (st = ea_kv_codec_create(kv, cfg, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
+    } else if (kv && (st = ea_kv_codec_fit_model(m, kv, NULL, 0, 0, 0, &codec))) { cli_fail_status("generate", st); goto done; }
     if (save_kv && !codec) { cli_error("generate", "--save-kv needs --kv klt:B"); goto done; }
     if (save_kv) {
         if ((st = ea_kv_codec_save(codec, save_kv))) { cli_fail_status("generate", st); goto done; }
