@@ -44,7 +44,8 @@ cJSON *cli_add_number(cJSON *obj, const char *key, double v);
 
 /* Before any work: every output (NULL ones skipped; out_flags name them) must be a usable path (not
  * empty, not a directory, not too long, in an existing directory) and must not be the same file as
- * an input, a model directory's files, or another output. 0, or 2 with the error printed. */
+ * an input, a model directory's files, or another output. 0; 1 (a path that cannot be written) or 2
+ * (empty, or the same file as another path) with the error printed. */
 int cli_check_outputs(const char *cmd, const char *const *model_dirs, int n_dirs, const char *const *inputs,
                       int n_in, const char *const *outputs, const char *const *out_flags, int n_out);
 

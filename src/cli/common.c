@@ -320,7 +320,7 @@ int cli_check_outputs(const char *cmd, const char *const *model_dirs, int n_dirs
     path_id *in = calloc((size_t)n_all + 1, sizeof *in), *out = calloc((size_t)n_out + 1, sizeof *out);
     const char **in_names = calloc((size_t)n_all + 1, sizeof *in_names);
     char **owned = calloc((size_t)n_all + 1, sizeof *owned);
-    int rc = 0, k = 0;
+    int rc = 0, k = 0, io = 0; /* io: the path cannot be written (exit 1, as a failed open); else usage (2) */
     if (!in || !out || !in_names || !owned) {
         rc = cli_error(cmd, "out of memory");
         goto done;
@@ -345,16 +345,19 @@ int cli_check_outputs(const char *cmd, const char *const *model_dirs, int n_dirs
         }
         if (strlen(p) >= PATH_MAX) {
             rc = cli_error(cmd, "%s: output path of %zu bytes: %s", out_flags[o], strlen(p), strerror(ENAMETOOLONG));
+            io = 1;
             break;
         }
         struct stat sb;
         if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
             rc = cli_error(cmd, "%s %s: is a directory", out_flags[o], p);
+            io = 1;
             break;
         }
         path_identity(p, &out[o]);
         if (!out[o].exists && !out[o].canon) {
             rc = cli_error(cmd, "%s %s: its directory does not exist or cannot be read", out_flags[o], p);
+            io = 1;
             break;
         }
         for (int i = 0; i < k && !rc; i++)
@@ -373,5 +376,5 @@ done:
     free(in_names);
     free(in);
     free(out);
-    return rc ? 2 : 0;
+    return rc ? (io ? 1 : 2) : 0;
 }
