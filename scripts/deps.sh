@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian 12 packages the build (and, with --test, the test suite) needs; only what is missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libpcre2-dev libcjson-dev libutf8proc-dev libcmocka-dev
+pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas0-openmp liblapacke-dev libpcre2-dev libcjson-dev libutf8proc-dev libcmocka-dev
       python3 python3-cffi python3-numpy)
 if [ "${1:-}" = "--test" ]; then pkgs+=(clang-14 libclang-rt-14-dev libomp-14-dev valgrind python3-pytest man-db); fi
 missing=()

@@ -8,11 +8,16 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -113,6 +118,13 @@ static void first_line(const char *s, char *out, size_t cap) {
     out[i] = 0;
 }
 
+/* A byte that could drive a terminal (ESC, other C0 controls but newline, DEL). */
+static int has_control_bytes(const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p < 0x20 && *p != '\n') || *p == 0x7f) return 1;
+    return 0;
+}
+
 /* Run one case; returns 1 when it behaves as required, printing why not otherwise. */
 static int run_case(const char *root, const cJSON *c) {
     const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
@@ -149,6 +161,9 @@ static int run_case(const char *root, const cJSON *c) {
         ok = 0;
     } else if (rc < 0) {
         printf("  FAIL %-28s killed by a signal (crash); stderr: %s\n", name, line);
+        ok = 0;
+    } else if (has_control_bytes(err)) {
+        printf("  FAIL %-28s raw control bytes on stderr (must be escaped): %s\n", name, line);
         ok = 0;
     } else if (expect_ok) {
         if (rc != 0 || !*out) {
@@ -321,12 +336,640 @@ static void test_nan_activation_is_reported_with_layer(void **state) {
     ea_model_free(model);
 }
 
+
+/* ---- a hostile environment (issue 20): outputs that are not regular files, stdout that cannot
+ * be written, outputs that are inputs, FIFOs as inputs. Each run has a deadline: a hang fails. */
+
+#define RUN_TIMEOUT_S 300.0 /* generous: the machine may be loaded; a hang never ends */
+#define RUN_HUNG (-1000)
+
+/* Run the CLI with stdout on out_fd (-1: closed), stderr captured into *err (malloc'd). Returns the
+ * exit status, -signal when killed by a signal, RUN_HUNG when it ran past the deadline. */
+static int run_env(const char *const *args, int out_fd, char **err, double timeout_s) {
+    char efile[] = "/tmp/ea_hostile_errXXXXXX";
+    int efd = mkstemp(efile);
+    assert_true(efd >= 0);
+    unlink(efile);
+    size_t na = 0;
+    while (args[na]) na++;
+    const char **argv = calloc(na + 2, sizeof *argv);
+    argv[0] = EA_CLI_PATH;
+    for (size_t i = 0; i < na; i++) argv[i + 1] = args[i];
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(efd, 2);
+        if (out_fd >= 0) dup2(out_fd, 1);
+        else close(1);
+        execv(EA_CLI_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    free(argv);
+    int status = 0, hung = 0;
+    double t0 = ea_time_now();
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (ea_time_now() - t0 > timeout_s) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            hung = 1;
+            break;
+        }
+        usleep(2000);
+    }
+    off_t n = lseek(efd, 0, SEEK_END);
+    char *e = calloc((size_t)n + 1, 1);
+    if (n > 0 && pread(efd, e, (size_t)n, 0) < 0) e[0] = 0;
+    close(efd);
+    if (err) *err = e;
+    else free(e);
+    if (hung) return RUN_HUNG;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+static int run_quiet(const char *const *args, char **err) {
+    int null = open("/dev/null", O_WRONLY);
+    int rc = run_env(args, null, err, RUN_TIMEOUT_S);
+    close(null);
+    return rc;
+}
+
+/* A character device at dir/name: mknod as root, else a symlink to the system's node. */
+static void make_device(const char *dir, const char *name, int minor, const char *sys) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    if (mknod(p, S_IFCHR | 0666, makedev(1, minor)) != 0) assert_int_equal(symlink(sys, p), 0);
+}
+
+static int is_char_device(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISCHR(sb.st_mode);
+}
+
+/* Item 1: a device or a link as output is written through / followed, never replaced. */
+static void test_outputs_that_are_not_regular_files(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char null_p[1024], full_p[1024], link_p[1024], real_p[1024], out_link[1024];
+    make_device(dir, "null", 3, "/dev/null");
+    make_device(dir, "full", 7, "/dev/full");
+    snprintf(null_p, sizeof null_p, "%s/null", dir);
+    snprintf(full_p, sizeof full_p, "%s/full", dir);
+    snprintf(link_p, sizeof link_p, "%s/stdout", dir);
+    assert_int_equal(symlink("/proc/self/fd/1", link_p), 0);
+    snprintf(real_p, sizeof real_p, "%s/real.svg", dir);
+    snprintf(out_link, sizeof out_link, "%s/out.svg", dir);
+    assert_int_equal(symlink("real.svg", out_link), 0); /* dangling until written through */
+    char *err = NULL;
+    const char *svg_null[] = {"analyze", "--text", "data/calib.txt", "--sites", "hidden", "--max-tokens", "64",
+                              "--svg", null_p, NULL};
+    int rc = run_quiet(svg_null, &err);
+    printf("analyze --svg <char device 1,3>: exit %d, still a device: %d\n", rc, is_char_device(null_p));
+    assert_int_equal(rc, 0);
+    assert_true(is_char_device(null_p));
+    free(err);
+    const char *fit_full[] = {"fit", "--text", "data/calib.txt", "--rank", "4", "--max-tokens", "64", "-o", full_p, NULL};
+    rc = run_quiet(fit_full, &err);
+    printf("fit -o <char device 1,7>: exit %d, still a device: %d, stderr: %s", rc, is_char_device(full_p), err);
+    assert_int_equal(rc, 1);
+    assert_true(is_char_device(full_p));
+    assert_non_null(strstr(err, "No space left on device"));
+    free(err);
+    /* Through the link to /proc/self/fd/1 the SVG reaches the captured stdout; the link stays. */
+    char ofile[] = "/tmp/ea_hostile_outXXXXXX";
+    int ofd = mkstemp(ofile);
+    unlink(ofile);
+    const char *svg_stdout[] = {"analyze", "--text", "data/calib.txt", "--sites", "hidden", "--max-tokens", "64",
+                                "--svg", link_p, NULL};
+    rc = run_env(svg_stdout, ofd, &err, RUN_TIMEOUT_S);
+    struct stat sb;
+    off_t got = lseek(ofd, 0, SEEK_END);
+    close(ofd);
+    printf("analyze --svg <link to /proc/self/fd/1>: exit %d, %lld bytes on stdout\n", rc, (long long)got);
+    assert_int_equal(rc, 0);
+    assert_int_equal(lstat(link_p, &sb), 0);
+    assert_true(S_ISLNK(sb.st_mode));
+    assert_true(got > 1000);
+    free(err);
+    /* A symlinked output: the file it names is written, the link stays a link. */
+    const char *svg_link[] = {"analyze", "--text", "data/calib.txt", "--sites", "hidden", "--max-tokens", "64",
+                              "--svg", out_link, NULL};
+    rc = run_quiet(svg_link, &err);
+    assert_int_equal(rc, 0);
+    assert_int_equal(lstat(out_link, &sb), 0);
+    assert_true(S_ISLNK(sb.st_mode));
+    assert_int_equal(stat(real_p, &sb), 0);
+    printf("analyze --svg <symlink>: exit %d, link kept, target %lld bytes\n", rc, (long long)sb.st_size);
+    assert_true(S_ISREG(sb.st_mode) && sb.st_size > 1000);
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
+/* Item 2: results that cannot reach stdout fail the run. */
+static void test_stdout_write_errors_fail(void **state) {
+    (void)state;
+    const char *tok[] = {"tokenize", "--text", "hello world", "--json", NULL};
+    const char *ppl[] = {"perplexity", "--text", "data/calib.txt", "--max-tokens", "64", "--json", NULL};
+    const char *fit[] = {"fit", "--text", "data/calib.txt", "--rank", "4", "--max-tokens", "64", "-o", "/dev/null", NULL};
+    const char *const *cmds[] = {tok, ppl, fit};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        int full = open("/dev/full", O_WRONLY);
+        assert_true(full >= 0);
+        char *err = NULL;
+        int rc = run_env(cmds[i], full, &err, RUN_TIMEOUT_S);
+        close(full);
+        printf("%s >/dev/full: exit %d, %s", cmds[i][0], rc, err);
+        assert_int_equal(rc, 1);
+        assert_non_null(strstr(err, "No space left on device"));
+        free(err);
+        rc = run_env(cmds[i], -1, &err, RUN_TIMEOUT_S);
+        printf("%s >&-: exit %d, %s", cmds[i][0], rc, err);
+        assert_int_equal(rc, 1);
+        assert_non_null(strstr(err, "standard output"));
+        free(err);
+    }
+}
+
+/* Item 5: an output that is an input, or another output, is refused before anything runs. */
+static void test_output_that_is_an_input_is_refused(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char text[1024], alias[1024], f[1024], f2[1024];
+    snprintf(text, sizeof text, "%s/text.txt", dir);
+    snprintf(alias, sizeof alias, "%s/./text.txt", dir);
+    snprintf(f, sizeof f, "%s/curve.json", dir);
+    snprintf(f2, sizeof f2, "%s/../%s/curve.json", dir, strrchr(dir, '/') + 1);
+    static const char TEXT[] = "The quick brown fox jumps over the lazy dog.\n";
+    assert_int_equal(test_write_file(text, TEXT, sizeof TEXT - 1), 0);
+    char *err = NULL;
+    const char *fit[] = {"fit", "--text", text, "--rank", "4", "-o", alias, NULL};
+    int rc = run_quiet(fit, &err);
+    printf("fit --text T -o T: exit %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(err, "same file"));
+    char *now = NULL;
+    size_t n = 0;
+    assert_int_equal(ea_read_file(text, 1 << 20, &now, &n), EA_OK);
+    assert_true(n == sizeof TEXT - 1 && !memcmp(now, TEXT, n));
+    free(now);
+    free(err);
+    const char *ev[] = {"eval", "--text", text, "--kv", "q8", "--svg", f, "--curve-json", f2, NULL};
+    rc = run_quiet(ev, &err);
+    printf("eval --svg F --curve-json F: exit %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(err, "same file"));
+    free(err);
+    const char *model_out[] = {"fit", "--text", text, "--rank", "4", "-o", TEST_MODEL_DIR "/model.safetensors", NULL};
+    rc = run_quiet(model_out, &err);
+    printf("fit -o <the model's weights>: exit %d, %s", rc, err);
+    assert_int_equal(rc, 2);
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
+/* Item 10: a FIFO given as any input is refused at once, never waited on. */
+static void test_fifo_inputs_never_block(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char fifo[1024], model[1024], p[1200];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    const char *files[] = {"config.json", "model.safetensors", "vocab.json", "merges.txt"};
+    int cases = 0;
+    for (size_t k = 0; k < 4; k++) { /* a model folder whose file k is a FIFO */
+        snprintf(model, sizeof model, "%s/model%zu", dir, k);
+        assert_int_equal(mkdir(model, 0755), 0);
+        for (size_t i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/%s", model, files[i]);
+            char src[1200];
+            snprintf(src, sizeof src, "%s/%s", TEST_MODEL_DIR, files[i]);
+            if (i == k) assert_int_equal(mkfifo(p, 0644), 0);
+            else assert_int_equal(symlink(src, p), 0);
+        }
+        char *err = NULL;
+        const char *gen[] = {"generate", "--model", model, "--prompt", "a", "-n", "1", NULL};
+        int rc = run_env(gen, -1, &err, 20);
+        printf("%s is a FIFO: exit %d, %s", files[k], rc, err);
+        assert_true(rc > 0 && rc < 126);
+        assert_non_null(strstr(err, "not a regular file"));
+        free(err);
+        cases++;
+    }
+    char kvspec[1100];
+    snprintf(kvspec, sizeof kvspec, "file:%s", fifo);
+    const char *t1[] = {"perplexity", "--text", fifo, NULL};
+    const char *t2[] = {"eval", "--text", "data/calib.txt", "--max-tokens", "64", "--kv", kvspec, NULL};
+    const char *t3[] = {"compress", "--compressor", fifo, "--text", "data/calib.txt", NULL};
+    const char *t4[] = {"handshake", "--spectrum-a", fifo, NULL};
+    const char *t5[] = {"tokenize", "--file", fifo, NULL};
+    const char *t6[] = {"fit", "--text", fifo, "--rank", "2", "-o", "/dev/null", NULL};
+    const char *const *cmds[] = {t1, t2, t3, t4, t5, t6};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        char *err = NULL;
+        int rc = run_env(cmds[i], -1, &err, 20);
+        printf("%s with a FIFO input: exit %d, %s", cmds[i][0], rc, err);
+        assert_true(rc > 0 && rc < 126);
+        assert_non_null(strstr(err, "not a regular file"));
+        free(err);
+        cases++;
+    }
+    printf("FIFO inputs: %d cases, none blocked\n", cases);
+    test_rmdir(dir);
+    free(dir);
+}
+
+/* Item 7: a model folder whose path leaves no room for "/model.safetensors" in 4096 bytes: the
+ * error says the name is too long; it never opens a truncated name (a decoy file stands there). */
+static void test_long_paths_are_never_truncated(void **state) {
+    (void)state;
+    char *root = test_tmpdir();
+    size_t len = strlen(root);
+    char *dir = malloc(8192);
+    snprintf(dir, 8192, "%s", root);
+    int fd = open(root, O_DIRECTORY | O_RDONLY);
+    assert_true(fd >= 0);
+    char comp[256];
+    while (len < 4096 - 12) { /* leaves 11 bytes: "/model.safe" fits, "/config.json" does not */
+        size_t n = 4096 - 12 - len - 1;
+        if (n > 200) n = 200;
+        if (n < 1) break;
+        memset(comp, 'd', n);
+        comp[n] = 0;
+        assert_int_equal(mkdirat(fd, comp, 0755), 0);
+        int next = openat(fd, comp, O_DIRECTORY | O_RDONLY);
+        assert_true(next >= 0);
+        close(fd);
+        fd = next;
+        len += 1 + n;
+        strcat(dir, "/");
+        strcat(dir, comp);
+    }
+    /* Decoys where a truncated "<dir>/model.safetensors" or "<dir>/config.json" would land. */
+    int d1 = openat(fd, "model.safe", O_CREAT | O_WRONLY, 0644), d2 = openat(fd, "config.js", O_CREAT | O_WRONLY, 0644);
+    close(d1);
+    close(d2);
+    close(fd);
+    char *err = NULL;
+    const char *gen[] = {"generate", "--model", dir, "--prompt", "a", "-n", "1", NULL};
+    int rc = run_quiet(gen, &err);
+    printf("model folder of %zu bytes: exit %d, ...%s", strlen(dir), rc, err + (strlen(err) > 160 ? strlen(err) - 160 : 0));
+    assert_true(rc > 0 && rc < 126);
+    assert_non_null(strstr(err, "too long"));
+    free(err);
+    ea_model *m = NULL;
+    assert_int_not_equal(ea_model_load(dir, &m), EA_OK);
+    assert_non_null(strstr(ea_last_error(), "too long"));
+    free(dir);
+    test_rmdir(root);
+    free(root);
+}
+
+/* Item 13a: the loader runs in a 64 KB stack (ea_model_load's frame was 53 KB). */
+static void test_load_in_a_small_stack(void **state) {
+    (void)state;
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = {64 << 10, 64 << 10};
+        setrlimit(RLIMIT_STACK, &rl);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execl(EA_CLI_PATH, EA_CLI_PATH, "generate", "--prompt", "The", "-n", "2", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    printf("generate under ulimit -s 64: %s %d\n", WIFEXITED(status) ? "exit" : "signal",
+           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* Item 13b: a safetensors file truncated after it was opened is an error, never a SIGBUS: large
+ * files (mapped) are converted with pread, small ones were read whole at open. */
+static void test_truncated_while_open(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    const size_t sizes[] = {1000, (size_t)17 << 20}; /* 4 KB (read at open) and 68 MB (mapped) */
+    for (int k = 0; k < 2; k++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/t%d.safetensors", dir, k);
+        size_t n = sizes[k];
+        float *v = malloc(n * sizeof *v);
+        for (size_t i = 0; i < n; i++) v[i] = (float)(i % 1000);
+        ea_st_writer *w = NULL;
+        assert_int_equal(ea_st_writer_init(&w), EA_OK);
+        int64_t shape[1] = {(int64_t)n};
+        assert_int_equal(ea_st_writer_add(w, "x", EA_DTYPE_F32, 1, shape, v), EA_OK);
+        uint16_t *h = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) h[i] = ea_f32_to_f16(v[i]);
+        assert_int_equal(ea_st_writer_add(w, "y", EA_DTYPE_F16, 1, shape, h), EA_OK);
+        assert_int_equal(ea_st_writer_save(w, path), EA_OK);
+        ea_st_writer_free(w);
+        ea_st_file *f = NULL;
+        assert_int_equal(ea_st_open(path, &f), EA_OK);
+        assert_int_equal(truncate(path, 4096), 0);
+        float *dst = malloc(n * sizeof *dst);
+        ea_status sx = ea_st_to_f32(f, ea_st_find(f, "x"), dst);
+        ea_status sy = ea_st_to_f32(f, ea_st_find(f, "y"), dst);
+        printf("%zu-byte file truncated to 4096 after open: x %s, y %s (%s)\n", n * 6, ea_status_name(sx),
+               ea_status_name(sy), sy ? ea_last_error() : "snapshot read at open");
+        if (k == 0) {
+            assert_int_equal(sx, EA_OK); /* the bytes were read at open: a consistent snapshot */
+            assert_int_equal(sy, EA_OK);
+            for (size_t i = 0; i < n; i++) assert_true(dst[i] == v[i]);
+        } else {
+            assert_int_equal(sx, EA_ERR_IO);
+            assert_int_equal(sy, EA_ERR_IO);
+            assert_non_null(strstr(ea_last_error(), "truncated"));
+        }
+        ea_st_close(f);
+        free(dst);
+        free(v);
+        free(h);
+    }
+    test_rmdir(dir);
+    free(dir);
+}
+
+/* Item 9: under an address-space limit the tool fails cleanly ("out of memory") or succeeds; it
+ * never spins (OpenBLAS retried its buffer forever, before main with the pthread build's pool). */
+static void test_memory_limit_never_hangs(void **state) {
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    TEST_SKIP("AddressSanitizer reserves terabytes of address space: ulimit -v cannot apply");
+#else
+    /* One BLAS: the OpenMP build of OpenBLAS when it is installed, never the pthread build beside it. */
+    if (access("/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", F_OK) == 0) {
+        FILE *f = fopen("/proc/self/maps", "r");
+        assert_non_null(f);
+        char line[1024];
+        int pthread_blas = 0, openmp_blas = 0;
+        while (fgets(line, sizeof line, f)) {
+            pthread_blas |= strstr(line, "openblas-pthread") != NULL;
+            openmp_blas |= strstr(line, "openblas-openmp") != NULL;
+        }
+        fclose(f);
+        printf("mapped: openblas-openmp %d, openblas-pthread %d\n", openmp_blas, pthread_blas);
+        assert_true(openmp_blas);
+        assert_false(pthread_blas);
+    }
+    const long limits_kb[] = {120000, 400000};
+    for (int k = 0; k < 2; k++) {
+        int ep[2];
+        assert_int_equal(pipe(ep), 0);
+        fflush(stdout);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            struct rlimit rl = {(rlim_t)limits_kb[k] << 10, (rlim_t)limits_kb[k] << 10};
+            setrlimit(RLIMIT_AS, &rl);
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 1);
+            dup2(ep[1], 2);
+            execl(EA_CLI_PATH, EA_CLI_PATH, "perplexity", "--text", "data/calib.txt", "--max-tokens", "1024", "--ctx",
+                  "512", (char *)NULL);
+            _exit(127);
+        }
+        close(ep[1]);
+        int status = 0, hung = 0;
+        double t0 = ea_time_now();
+        while (waitpid(pid, &status, WNOHANG) == 0) {
+            if (ea_time_now() - t0 > RUN_TIMEOUT_S) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                hung = 1;
+                break;
+            }
+            usleep(5000);
+        }
+        char err[2048] = "";
+        ssize_t got = read(ep[0], err, sizeof err - 1);
+        err[got > 0 ? got : 0] = 0;
+        close(ep[0]);
+        printf("perplexity under ulimit -v %ld: %s %d after %.1f s: %s", limits_kb[k], hung ? "HUNG, killed" :
+               WIFEXITED(status) ? "exit" : "signal", WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+               ea_time_now() - t0, err);
+        assert_false(hung);
+        assert_true(WIFEXITED(status));
+        if (WEXITSTATUS(status) != 0) {
+            assert_int_equal(WEXITSTATUS(status), 1);
+            assert_non_null(strstr(err, "out of memory"));
+        }
+    }
+#endif
+}
+
+/* Strict UTF-8 check (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF). */
+static int valid_utf8(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        if (!k || i + k > n) return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] > 0x9f) || (c == 0xf0 && s[i + 1] < 0x90) ||
+            (c == 0xf4 && s[i + 1] > 0x8f))
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* Item 3: greedy generation on gpt2-micro stops inside "…" (bytes e2 80): the JSON stays valid
+ * UTF-8, "text" ends in U+FFFD and "text_hex" keeps the exact bytes. */
+static void test_generate_json_is_always_utf8(void **state) {
+    (void)state;
+    const char *args[] = {"generate", "--prompt",
+                          "She opened the letter slowly, and as she read, her face grew pale; for the words were",
+                          "-n", "40", "--json", NULL};
+    char *out = NULL, *err = NULL;
+    int rc = test_run_cli(&out, &err, args);
+    assert_int_equal(rc, 0);
+    size_t n = strlen(out);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    const char *hex = cJSON_GetStringValue(cJSON_GetObjectItem(j, "text_hex"));
+    const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(j, "text"));
+    printf("generate --json: %zu bytes, valid UTF-8 %d, text ends \"%s\", text_hex ends %s\n", n,
+           valid_utf8((const unsigned char *)out, n), text ? text + (strlen(text) > 12 ? strlen(text) - 12 : 0) : "?",
+           hex ? hex + (strlen(hex) > 8 ? strlen(hex) - 8 : 0) : "(none)");
+    assert_true(valid_utf8((const unsigned char *)out, n));
+    assert_non_null(text);
+    assert_non_null(hex);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(j, "text_is_utf8")));
+    size_t hl = strlen(hex), tl = strlen(text);
+    assert_true(hl >= 4 && !strcmp(hex + hl - 4, "e280"));          /* generation stopped inside U+2026 */
+    assert_true(tl >= 3 && !memcmp(text + tl - 3, "\xef\xbf\xbd", 3)); /* one U+FFFD for the broken pair */
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+}
+
+/* Item 11: --max-tokens bounds tokenization. encode_max gives exactly the first ids of the full
+ * encoding and never touches the text past the pre-token that reached the bound: a 64 MB word
+ * after it is not merged (it would take a minute and a gigabyte). */
+static void test_max_tokens_bounds_tokenization(void **state) {
+    (void)state;
+    ea_tokenizer *t = NULL;
+    assert_int_equal(ea_tokenizer_load_dir(TEST_MODEL_DIR, &t), EA_OK);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(ea_read_file(EA_SOURCE_DIR "/data/calib.txt", 1 << 26, &text, &len), EA_OK);
+    int *all = NULL;
+    size_t n_all = 0;
+    assert_int_equal(ea_tokenizer_encode(t, text, len, 0, &all, &n_all), EA_OK);
+    const size_t bounds[] = {1, 2, 7, 64, 1000, n_all, n_all + 5};
+    for (size_t k = 0; k < sizeof bounds / sizeof *bounds; k++) {
+        int *ids = NULL;
+        size_t n = 0;
+        assert_int_equal(ea_tokenizer_encode_max(t, text, len, 0, bounds[k], &ids, &n), EA_OK);
+        assert_true(n >= (bounds[k] < n_all ? bounds[k] : n_all) && n <= n_all);
+        assert_memory_equal(ids, all, n * sizeof *ids);
+        free(ids);
+    }
+    /* "The cat sat." then one 64 MB word: with a bound of 3 the word is never pre-tokenized. */
+    size_t big = (size_t)64 << 20;
+    char *huge = malloc(big + 16);
+    memcpy(huge, "The cat sat. ", 13);
+    for (size_t i = 13; i < big; i++) huge[i] = (char)('a' + (i * 2654435761u >> 13) % 10);
+    int *ids = NULL;
+    size_t n = 0;
+    double t0 = ea_time_now();
+    assert_int_equal(ea_tokenizer_encode_max(t, huge, big, 0, 3, &ids, &n), EA_OK);
+    printf("calib.txt: %zu ids, every bound gives the full encoding's prefix; a 64 MB word after 3 tokens: %zu ids "
+           "in %.3f s\n", n_all, n, ea_time_now() - t0);
+    assert_int_equal(n, 3);
+    free(ids);
+    free(huge);
+    free(all);
+    free(text);
+    ea_tokenizer_free(t);
+}
+
+/* Copy a safetensors file to dst with its JSON header changed by edit (offsets kept valid by the
+ * caller: the data bytes are copied as they are). */
+static void rewrite_st(const char *src, const char *dst, void (*edit)(cJSON *)) {
+    char *b = NULL;
+    size_t n = 0;
+    assert_int_equal(ea_read_file(src, 1u << 30, &b, &n), EA_OK);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | (unsigned char)b[i];
+    cJSON *h = cJSON_ParseWithLength(b + 8, (size_t)hl);
+    assert_non_null(h);
+    edit(h);
+    char *hs = cJSON_PrintUnformatted(h);
+    size_t hn = strlen(hs), pad = (8 - hn % 8) % 8;
+    FILE *f = fopen(dst, "wb");
+    assert_non_null(f);
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((hn + pad) >> (8 * i));
+    fwrite(len8, 1, 8, f);
+    fwrite(hs, 1, hn, f);
+    for (size_t i = 0; i < pad; i++) fputc(' ', f);
+    fwrite(b + 8 + hl, 1, n - 8 - (size_t)hl, f);
+    assert_int_equal(fclose(f), 0);
+    free(hs);
+    cJSON_Delete(h);
+    free(b);
+}
+
+static void swap_layer_norms(cJSON *h) {
+    cJSON *a = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "transformer.h.0.ln_1.weight"), "data_offsets");
+    cJSON *b = cJSON_GetObjectItem(cJSON_GetObjectItem(h, "transformer.h.1.ln_1.weight"), "data_offsets");
+    assert_non_null(a);
+    assert_non_null(b);
+    cJSON *ca = cJSON_Duplicate(a, 1), *cb = cJSON_Duplicate(b, 1);
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "transformer.h.0.ln_1.weight"), "data_offsets", cb);
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(h, "transformer.h.1.ln_1.weight"), "data_offsets", ca);
+}
+
+static void codec_version_1(cJSON *h) {
+    cJSON *m = cJSON_GetObjectItem(h, "__metadata__");
+    cJSON_ReplaceItemInObject(m, "version", cJSON_CreateString("1"));
+    cJSON_DeleteItemFromObject(m, "model_fingerprint");
+}
+
+/* Item 4: a saved KV codec is tied to the weights it was fitted on. gpt2-micro with two layer
+ * norms' offsets swapped has the same shapes: the codec used to run on it silently (twice the KL). */
+static void test_kv_codec_is_tied_to_its_model(void **state) {
+    (void)state;
+    char *dir = test_tmpdir();
+    char codec[1024], spec[1100], old[1024], oldspec[1100], model[1024], p[1200];
+    snprintf(codec, sizeof codec, "%s/codec.st", dir);
+    snprintf(spec, sizeof spec, "file:%s", codec);
+    snprintf(old, sizeof old, "%s/codec_v1.st", dir);
+    snprintf(oldspec, sizeof oldspec, "file:%s", old);
+    snprintf(model, sizeof model, "%s/swapped", dir);
+    assert_int_equal(mkdir(model, 0755), 0);
+    const char *keep[] = {"config.json", "vocab.json", "merges.txt"};
+    for (int i = 0; i < 3; i++) {
+        char src[1200];
+        snprintf(src, sizeof src, "%s/%s", TEST_MODEL_DIR, keep[i]);
+        snprintf(p, sizeof p, "%s/%s", model, keep[i]);
+        assert_int_equal(symlink(src, p), 0);
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors", model);
+    rewrite_st(TEST_MODEL_DIR "/model.safetensors", p, swap_layer_norms);
+    char *err = NULL;
+    const char *save[] = {"generate", "--prompt", "The", "-n", "2", "--kv", "klt:2", "--calib-max-tokens", "512",
+                          "--save-kv", codec, NULL};
+    assert_int_equal(run_quiet(save, &err), 0);
+    free(err);
+    rewrite_st(codec, old, codec_version_1);
+    const char *same[] = {"eval", "--text", "data/calib.txt", "--max-tokens", "128", "--decode-tokens", "0", "--kv", spec,
+                          NULL};
+    int rc = run_quiet(same, &err);
+    printf("codec on the model it was fitted on: exit %d\n", rc);
+    assert_int_equal(rc, 0);
+    free(err);
+    const char *other[] = {"eval", "--model", model, "--text", "data/calib.txt", "--max-tokens", "128",
+                           "--decode-tokens", "0", "--kv", spec, NULL};
+    rc = run_quiet(other, &err);
+    printf("codec on gpt2-micro with two layer norms swapped: exit %d, %s", rc, err);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err, "fingerprint"));
+    assert_non_null(strstr(err, "codec.st"));
+    free(err);
+    const char *gen_other[] = {"generate", "--model", model, "--prompt", "The", "-n", "2", "--kv", spec, NULL};
+    rc = run_quiet(gen_other, &err);
+    printf("generate --kv file: on the swapped model: exit %d\n", rc);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err, "fingerprint"));
+    free(err);
+    const char *v1[] = {"eval", "--text", "data/calib.txt", "--max-tokens", "128", "--decode-tokens", "0", "--kv",
+                        oldspec, NULL};
+    rc = run_quiet(v1, &err);
+    printf("a version-1 codec file: exit %d, %s", rc, err);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err, "version 1"));
+    free(err);
+    test_rmdir(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
         cmocka_unit_test(test_loaders_reject_hostile_files_in_process),
         cmocka_unit_test(test_cli_rejects_every_hostile_case),
         cmocka_unit_test(test_nan_activation_is_reported_with_layer),
+        cmocka_unit_test(test_outputs_that_are_not_regular_files),
+        cmocka_unit_test(test_stdout_write_errors_fail),
+        cmocka_unit_test(test_output_that_is_an_input_is_refused),
+        cmocka_unit_test(test_fifo_inputs_never_block),
+        cmocka_unit_test(test_long_paths_are_never_truncated),
+        cmocka_unit_test(test_load_in_a_small_stack),
+        cmocka_unit_test(test_truncated_while_open),
+        cmocka_unit_test(test_memory_limit_never_hangs),
+        cmocka_unit_test(test_generate_json_is_always_utf8),
+        cmocka_unit_test(test_max_tokens_bounds_tokenization),
+        cmocka_unit_test(test_kv_codec_is_tied_to_its_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -48,6 +48,11 @@ EA_API ea_status ea_error(ea_status code, const char *fmt, ...)
  * on the calling thread; user is the pointer given beside the callback. */
 typedef void (*ea_progress_fn)(void *user, const char *stage, size_t done, size_t total);
 
+/* Copy src into dst (cap bytes, always NUL-terminated) with every control byte, C1 control and
+ * invalid UTF-8 byte written as \xNN, so quoted names and file contents cannot drive a terminal;
+ * newlines are kept. Returns the length written. ea_error applies it to every message. */
+EA_API size_t ea_escape_text(char *dst, size_t cap, const char *src);
+
 /* Deterministic PRNG (xoshiro256**), seeded by splitmix64. */
 typedef struct { uint64_t s[4]; } ea_rng;
 EA_API void ea_rng_seed(ea_rng *r, uint64_t seed);
@@ -78,25 +83,37 @@ EA_API int ea_mul_size(size_t a, size_t b, size_t *out);
 EA_API int ea_add_size(size_t a, size_t b, size_t *out);
 
 /* Output files are written under a temporary name and renamed on commit, so an
- * interrupted run never leaves a truncated file where a good one was. */
+ * interrupted run never leaves a truncated file where a good one was. Where the filesystem
+ * supports it the temporary is an unnamed O_TMPFILE, named only at commit, so not even SIGKILL
+ * leaves a file behind (EA_NO_O_TMPFILE=1 forces the named temporary, for tests). A symlinked path
+ * is followed: the file it points to is replaced, the link stays. A character device or a FIFO
+ * (/dev/null, /dev/stdout, a pipe) is written through in place, never replaced; a FIFO without a
+ * reader, a directory, a block device or a socket is refused. */
 typedef struct {
     void *fp;            /* FILE* */
-    char *path;          /* final path */
-    char *tmp;           /* temporary path in the same directory: "<path>.tmp.XXXXXX" */
+    char *path;          /* final path (symlinks resolved) */
+    char *tmp;           /* named temporary in the same directory, "<path>.tmp.XXXXXX", or NULL */
     int reg;             /* internal: slot in the table of open temporaries */
+    int mode;            /* internal: named temporary, unnamed (O_TMPFILE) or written through */
 } ea_outfile;
 EA_API ea_status ea_outfile_open(ea_outfile *o, const char *path);
-EA_API ea_status ea_outfile_commit(ea_outfile *o); /* flush, fsync, rename; frees */
+EA_API ea_status ea_outfile_commit(ea_outfile *o); /* flush, fsync, link/rename; frees */
 EA_API void ea_outfile_abort(ea_outfile *o);       /* remove the temporary; frees */
-/* Temporaries of outfiles still open are kept in a small table. For executables: install
- * SIGINT/SIGTERM handlers that unlink them and then die of the same signal (default action, so
- * the exit status still says "killed by signal"). Signals that are ignored or already have a
- * handler are left alone. Never called by the library itself. */
+/* Named temporaries of outfiles still open are kept in a small table. For executables: install
+ * handlers for every signal whose default action terminates the process (SIGHUP, SIGINT, SIGQUIT,
+ * SIGPIPE, SIGALRM, SIGTERM, SIGUSR1/2, SIGXCPU, SIGXFSZ, ..., and the faults) that unlink them
+ * and then die of the same signal (default action, so the exit status still says "killed by
+ * signal"). A temporary is created and registered with those signals blocked, so no instant is
+ * uncovered. Signals that are ignored or already have a handler are left alone. Never called by
+ * the library itself. */
 EA_API void ea_outfile_install_signal_cleanup(void);
 /* Unlink the open temporaries; async-signal-safe, for programs with handlers of their own. */
 EA_API void ea_outfile_remove_temporaries(void);
 /* Write a whole buffer atomically. */
 EA_API ea_status ea_write_file_atomic(const char *path, const void *data, size_t n);
+/* Open an existing input file read-only without ever blocking (a FIFO is refused, not waited
+ * on): anything but a regular file is refused with a message naming the path and what it is. */
+EA_API ea_status ea_open_input(const char *path, int *fd);
 /* Read a whole (small) file into a NUL-terminated buffer; max_bytes bounds it. */
 EA_API ea_status ea_read_file(const char *path, size_t max_bytes, char **data, size_t *n);
 

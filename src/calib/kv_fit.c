@@ -169,11 +169,12 @@ ea_status ea_kv_stats_fit(ea_model *m, const int *ids, size_t n, int ctx, int sk
 
 ea_status ea_kv_codec_fit_model(ea_model *m, const char *spec, const int *calib, size_t n_calib, int ctx,
                                 ea_progress_fn progress, void *progress_user, ea_kv_codec **out) {
-    const ea_config *cfg = ea_model_config(m);
     *out = NULL;
     ea_status st = ea_kv_codec_check_spec(spec);
     if (st) return st;
-    if (strncmp(spec, "pca", 3) && strncmp(spec, "klt", 3)) return ea_kv_codec_create(spec, cfg, NULL, out); /* file: too */
+    /* file: too; ea_kv_codec_fit checks that a codec file was fitted on this model */
+    if (strncmp(spec, "pca", 3) && strncmp(spec, "klt", 3))
+        return ea_kv_codec_fit(m, spec, NULL, NULL, NULL, 0, ctx, 0, NULL, out, progress, progress_user);
     if (!calib || n_calib < 2) return ea_error(EA_ERR_ARG, "kv codec '%s': needs calibration text (at least 2 tokens)", spec);
     ea_kv_stats stats;
     ea_kv_metric metric;

@@ -140,12 +140,30 @@ static ea_status hist_for(ea_model *m, const ea_kv_klt_opts *o, const ea_kv_stat
     return EA_OK;
 }
 
+
+/* A codec file used with a model must have been fitted on that model's weights. */
+static ea_status check_codec_model(const char *spec, const ea_kv_codec *c, const ea_model *m) {
+    const char *want = ea_model_fingerprint(m);
+    if (!strcmp(c->fingerprint, want)) return EA_OK;
+    return ea_error(EA_ERR_MISMATCH, "%s: kv codec was fitted on a model with fingerprint %s, this model's is %s "
+                    "(refit it on these weights)", spec + 5, *c->fingerprint ? c->fingerprint : "(none)", want);
+}
+
 ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stats, const ea_kv_metric *metric,
                           const int *calib, size_t n_calib, int ctx, size_t sens_tokens, ea_kv_sens_cache *cache,
                           ea_kv_codec **out, ea_progress_fn progress, void *progress_user) {
     const ea_config *cfg = ea_model_config(m);
     *out = NULL;
-    if (strncmp(spec, "klt:", 4) || !calib || !stats || !metric) return ea_kv_codec_create_ex(spec, cfg, stats, metric, out);
+    if (strncmp(spec, "klt:", 4) || !calib || !stats || !metric) {
+        ea_status s0 = ea_kv_codec_create_ex(spec, cfg, stats, metric, out);
+        if (!s0 && !strncmp(spec, "file:", 5) && (s0 = check_codec_model(spec, *out, m))) {
+            ea_kv_codec_free(*out);
+            *out = NULL;
+        } else if (!s0 && strncmp(spec, "file:", 5)) {
+            snprintf((*out)->fingerprint, sizeof (*out)->fingerprint, "%s", ea_model_fingerprint(m));
+        }
+        return s0;
+    }
     ea_kv_klt_opts o;
     ea_status st = ea_kv_klt_opts_from_spec(spec, &o);
     if (st) return st;
@@ -189,6 +207,7 @@ ea_status ea_kv_codec_fit(ea_model *m, const char *spec, const ea_kv_stats *stat
     }
     mt.part_weight = alpha;
     if (!st) st = ea_kv_codec_create_ex(spec, cfg, stats, &mt, out);
+    if (!st) snprintf((*out)->fingerprint, sizeof (*out)->fingerprint, "%s", ea_model_fingerprint(m));
     if (owned) free(alpha);
     ea_kv_hist_free(&tmp);
     return st;

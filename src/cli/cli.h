@@ -7,8 +7,10 @@
 
 #include "eigenalign.h"
 
-/* Minimal option parser: "--name value" and "--flag". Every option a command reads is marked
- * used; cli_finish() rejects what is left, so typos never pass silently. */
+/* Minimal option parser: "--name value", "--name=value" and "--flag". Every option a command reads
+ * is marked used; cli_finish() rejects what is left, so typos never pass silently. An option given
+ * twice is an error; a value that looks like an option ("--text --json") is refused as missing
+ * (--text=--json passes it). */
 typedef struct {
     const char *cmd;
     int argc;
@@ -32,10 +34,20 @@ int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(print
 /* Same, appending ea_last_error(). */
 int cli_fail_status(const char *cmd, ea_status st);
 
-/* Print JSON to stdout (pretty unless compact) and free it. */
+/* s[0..n) as valid UTF-8 (malloc'd, NUL-terminated): each maximal invalid subpart becomes U+FFFD,
+ * as Python's bytes.decode(errors="replace"); *valid (may be NULL) says whether s was valid. */
+char *cli_utf8_sanitize(const char *s, size_t n, int *valid);
+/* Print JSON to stdout (pretty unless compact), always valid UTF-8, and free it. */
 void cli_print_json(cJSON *j);
 /* Add a double that may be non-finite (JSON has no NaN: written as null). */
 cJSON *cli_add_number(cJSON *obj, const char *key, double v);
+
+/* Before any work: every output (NULL ones skipped; out_flags name them) must be a usable path (not
+ * empty, not a directory, not too long, in an existing directory) and must not be the same file as
+ * an input, a model directory's files, or another output. 0; 1 (a path that cannot be written) or 2
+ * (empty, or the same file as another path) with the error printed. */
+int cli_check_outputs(const char *cmd, const char *const *model_dirs, int n_dirs, const char *const *inputs,
+                      int n_in, const char *const *outputs, const char *const *out_flags, int n_out);
 
 const char *cli_default_model(void);
 const char *cli_default_calib(void);

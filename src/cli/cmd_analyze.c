@@ -110,6 +110,10 @@ static int parse_opts(int argc, char **argv, analyze_opts *o) {
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
+    {
+        const char *dirs[] = {o->model_dir}, *ins[] = {o->text}, *outs[] = {o->svg}, *flags[] = {"--svg"};
+        if ((rc = cli_check_outputs("analyze", dirs, 1, ins, 1, outs, flags, 1))) return rc;
+    }
     if (parse_names(o->sites_s, "--sites", ea_site_kind_name, EA_SITE_KINDS, &o->kinds)) return 2;
     if (o->variants_s) {
         if (o->exclude_first || o->standardize)

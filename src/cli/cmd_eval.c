@@ -194,6 +194,18 @@ int cmd_eval(int argc, char **argv) {
     cli_args_free(&a);
     if (rc) return rc;
     if (!text) return cli_error("eval", "--text is required (see --help)"), 2;
+    {
+        /* Inputs: the texts, the compressor, and every "file:PATH" codec of --kv. */
+        const char *ins[2 + 64] = {text, compressor, calib};
+        int n_in = 3;
+        char *kvc = kv ? strdup(kv) : NULL;
+        for (char *sv = NULL, *s = kvc ? strtok_r(kvc, ",", &sv) : NULL; s && n_in < 66; s = strtok_r(NULL, ",", &sv))
+            if (!strncmp(s, "file:", 5)) ins[n_in++] = s + 5;
+        const char *dirs[] = {model_dir}, *outs[] = {curve_path, svg_path}, *flags[] = {"--curve-json", "--svg"};
+        rc = cli_check_outputs("eval", dirs, 1, ins, n_in, outs, flags, 2);
+        free(kvc);
+        if (rc) return rc;
+    }
     if (!kv || !*kv) return cli_error("eval", "--kv is required, e.g. --kv q8,q4,klt:2 (see --help)"), 2;
     if (compressor && calib) return cli_error("eval", "give --compressor or --calib, not both"), 2;
     ea_ppl_protocol proto;

@@ -100,6 +100,10 @@ int cmd_fit(int argc, char **argv) {
     cli_args_free(&a);
     if (rc) return rc;
     if (!out) return cli_error("fit", "-o FILE is required (see --help)"), 2;
+    {
+        const char *dirs[] = {model_dir}, *ins[] = {text}, *outs[] = {out}, *flags[] = {"-o"};
+        if ((rc = cli_check_outputs("fit", dirs, 1, ins, 1, outs, flags, 1))) return rc;
+    }
     if (kv_s) { /* check the codec list before anything is loaded or fitted */
         char *l = strdup(kv_s);
         int bad = !l || !*kv_s, count = 0;

@@ -36,6 +36,11 @@ int cmd_generate(int argc, char **argv) {
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
+    {
+        const char *dirs[] = {model_dir}, *ins[] = {calib, kv && !strncmp(kv, "file:", 5) ? kv + 5 : NULL};
+        const char *outs[] = {save_kv}, *flags[] = {"--save-kv"};
+        if ((rc = cli_check_outputs("generate", dirs, 1, ins, 2, outs, flags, 1))) return rc;
+    }
     if (!prompt) return cli_error("generate", "--prompt is required (see --help)"), 2;
     if (!*prompt) return cli_error("generate", "the prompt is empty");
 
@@ -51,6 +56,12 @@ int cmd_generate(int argc, char **argv) {
     ea_status st = cli_load_model(model_dir, &m, &tok);
     if (st) { cli_fail_status("generate", st); goto done; }
     const ea_config *cfg = ea_model_config(m);
+    /* Any id the model can emit must decode: found now, not mid-generation. */
+    if (ea_tokenizer_vocab_size(tok) < cfg->vocab_size) {
+        cli_error("generate", "%s: the tokenizer has %d tokens, fewer than the model's vocab_size %d: generated ids "
+                  "could not be decoded", model_dir, ea_tokenizer_vocab_size(tok), cfg->vocab_size);
+        goto done;
+    }
     if ((st = ea_tokenizer_encode(tok, prompt, strlen(prompt), special, &ids, &n_ids))) { cli_fail_status("generate", st); goto done; }
     if (n_ids == 0) { cli_error("generate", "the prompt has no tokens"); goto done; }
     if (n_ids + (size_t)n_new > (size_t)cfg->n_positions + 1) {
@@ -63,7 +74,7 @@ int cmd_generate(int argc, char **argv) {
         if (!calib) calib = cli_default_calib();
         if ((st = cli_load_text_ids(tok, calib, (size_t)calib_max, &cids, &n_cids))) { cli_fail_status("generate", st); goto done; }
         if ((st = ea_kv_codec_fit_model(m, kv, cids, n_cids, ctx, cli_progress, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
-    } else if (kv && (st = ea_kv_codec_create(kv, cfg, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
+    } else if (kv && (st = ea_kv_codec_fit_model(m, kv, NULL, 0, 0, NULL, NULL, &codec))) { cli_fail_status("generate", st); goto done; }
     if (save_kv && !codec) { cli_error("generate", "--save-kv needs --kv klt:B"); goto done; }
     if (save_kv) {
         if ((st = ea_kv_codec_save(codec, save_kv))) { cli_fail_status("generate", st); goto done; }
@@ -82,7 +93,20 @@ int cmd_generate(int argc, char **argv) {
         cJSON *pi = cJSON_AddArrayToObject(j, "prompt_ids"), *gi = cJSON_AddArrayToObject(j, "ids");
         for (size_t i = 0; i < n_ids; i++) cJSON_AddItemToArray(pi, cJSON_CreateNumber(ids[i]));
         for (int i = 0; i < n_out; i++) cJSON_AddItemToArray(gi, cJSON_CreateNumber(out[i]));
-        cJSON_AddStringToObject(j, "text", text);
+        /* Generation can stop inside a multi-byte character: "text" is valid UTF-8 (U+FFFD for the
+         * broken bytes) and "text_hex" keeps the exact bytes whenever they differ. */
+        int valid = 1;
+        char *utf8 = cli_utf8_sanitize(text, text_len, &valid);
+        cJSON_AddStringToObject(j, "text", utf8 ? utf8 : "");
+        cJSON_AddBoolToObject(j, "text_is_utf8", valid);
+        if (!valid) {
+            char *hex = malloc(2 * text_len + 1);
+            for (size_t i = 0; hex && i < text_len; i++) snprintf(hex + 2 * i, 3, "%02x", (unsigned char)text[i]);
+            if (hex) hex[2 * text_len] = 0;
+            cJSON_AddStringToObject(j, "text_hex", hex ? hex : "");
+            free(hex);
+        }
+        free(utf8);
         cJSON_AddStringToObject(j, "kv", kv ? kv : "f32");
         cJSON_AddNumberToObject(j, "cache_tokens", ea_kvcache_len(cache));
         cJSON_AddNumberToObject(j, "cache_bytes", (double)cache_bytes);

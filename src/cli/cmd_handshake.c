@@ -113,6 +113,12 @@ int cmd_handshake(int argc, char **argv) {
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
+    {
+        const char *dirs[] = {spec_a ? NULL : model_a, spec_b ? NULL : model_b};
+        const char *ins[] = {spec_a, spec_b, src.text_path}, *outs[] = {save_a, save_b};
+        const char *flags[] = {"--save-a", "--save-b"};
+        if ((rc = cli_check_outputs("handshake", dirs, 2, ins, 3, outs, flags, 2))) return rc;
+    }
     if (spec_a && given_a) return cli_error("handshake", "give --model-a or --spectrum-a, not both");
     if (spec_b && given_b) return cli_error("handshake", "give --model-b or --spectrum-b, not both");
 

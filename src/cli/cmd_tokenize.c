@@ -1,4 +1,5 @@
 /* eigenalign tokenize: token ids of a text (loads only the tokenizer, not the weights). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,7 +60,7 @@ int cmd_tokenize(int argc, char **argv) {
     int bos = -1;
     ea_tokenizer_bos(tok, &bos);
     if (print_ids(ids, n, json, bos)) {
-        cli_error("tokenize", "cannot write the ids to standard output");
+        cli_error("tokenize", "write error on standard output: %s", strerror(errno ? errno : EIO));
         goto done;
     }
     rc = 0;

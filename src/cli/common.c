@@ -1,9 +1,11 @@
 /* Argument parsing, errors, JSON printing, model/text loading, progress for the CLI. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -19,30 +21,66 @@ void cli_args_init(cli_args *a, const char *cmd, int argc, char **argv) {
 
 void cli_args_free(cli_args *a) { free(a->used); a->used = NULL; }
 
-static int find_opt(cli_args *a, const char *name) {
-    for (int i = 1; i < a->argc; i++)
-        if (strcmp(a->argv[i], name) == 0) return i;
-    return -1;
+/* "--name" or "--name=value" (*inline_value set) at argv[i]. */
+static int opt_at(const cli_args *a, int i, const char *name, const char **inline_value) {
+    size_t n = strlen(name);
+    if (strncmp(a->argv[i], name, n)) return 0;
+    if (a->argv[i][n] == 0) return 1;
+    if (a->argv[i][n] == '=' && inline_value) {
+        *inline_value = a->argv[i] + n + 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* The option's position, or -1; an option given twice is an error (which one was meant?). Values
+ * taken by earlier options are skipped, so "--prompt --ctx" does not count as a --ctx. */
+static int find_opt(cli_args *a, const char *name, const char **inline_value) {
+    int found = -1;
+    for (int i = 1; i < a->argc; i++) {
+        if (i > 1 && a->used[i - 1] == 2 && a->used[i]) continue; /* the value of an earlier option */
+        const char *iv = NULL;
+        if (!opt_at(a, i, name, inline_value ? &iv : NULL)) continue;
+        if (found >= 0) {
+            cli_error(a->cmd, "option %s is given twice", name);
+            a->bad = 1;
+            a->used[i] = 1;
+            if (inline_value && !iv && i + 1 < a->argc && a->argv[i + 1][0] != '-') a->used[i + 1] = 1;
+            continue;
+        }
+        found = i;
+        if (inline_value) *inline_value = iv;
+    }
+    return found;
 }
 
 int cli_has(cli_args *a, const char *name) {
-    int i = find_opt(a, name);
+    int i = find_opt(a, name, NULL);
     if (i < 0) return 0;
     a->used[i] = 1;
     return 1;
 }
 
 const char *cli_str(cli_args *a, const char *name, const char *def) {
-    int i = find_opt(a, name);
+    const char *iv = NULL;
+    int i = find_opt(a, name, &iv);
     if (i < 0) return def;
-    a->used[i] = 1;
-    if (i + 1 >= a->argc) {
-        cli_error(a->cmd, "option %s needs a value", name);
+    if (iv) { /* --name=value: the value may be anything, "--json" included */
+        a->used[i] = 1;
+        return iv;
+    }
+    a->used[i] = 2; /* an option whose next argument is its value */
+    const char *v = i + 1 < a->argc ? a->argv[i + 1] : NULL;
+    /* "--text --json" is a missing value, not the text "--json": write --text=--json for that. */
+    if (!v || (v[0] == '-' && v[1] == '-' && v[2] != 0)) {
+        if (v) cli_error(a->cmd, "option %s needs a value, not the option '%s' (write %s=%s for that value)", name, v,
+                         name, v);
+        else cli_error(a->cmd, "option %s needs a value", name);
         a->bad = 1;
         return def;
     }
     a->used[i + 1] = 1;
-    return a->argv[i + 1];
+    return v;
 }
 
 long cli_long(cli_args *a, const char *name, long def, long min, long max) {
@@ -83,19 +121,27 @@ int cli_finish(cli_args *a) {
     return rc;
 }
 
+/* --help/-h anywhere except right after a free-text option: "--prompt --help" is then refused as
+ * a missing value (cli_str), and --prompt=--help is the text "--help". */
 int cli_wants_help(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            const char *prev = i > 1 ? argv[i - 1] : "";
+            if (!strcmp(prev, "--prompt") || !strcmp(prev, "--text")) continue;
+            return 1;
+        }
     return 0;
 }
 
 int cli_error(const char *cmd, const char *fmt, ...) {
+    /* Arguments are quoted back (a file name may hold ESC sequences): escaped like library errors. */
+    char msg[2048], esc[4 * sizeof msg];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "eigenalign %s: error: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    ea_escape_text(esc, sizeof esc, msg);
+    fprintf(stderr, "eigenalign %s: error: %s\n", cmd, esc);
     return 1;
 }
 
@@ -103,8 +149,53 @@ int cli_fail_status(const char *cmd, ea_status st) {
     return cli_error(cmd, "%s (%s)", ea_last_error(), ea_status_name(st));
 }
 
+/* Bytes of the valid UTF-8 sequence at s[0..n), or -(length of the maximal invalid subpart), as
+ * Python's decode(errors="replace") counts them (one U+FFFD per subpart). */
+static long utf8_seq(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t need = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (!need) return -1;
+    for (size_t i = 1; i < need; i++) {
+        unsigned lo = 0x80, hi = 0xbf;
+        if (i == 1) {
+            if (c == 0xe0) lo = 0xa0;
+            else if (c == 0xed) hi = 0x9f;
+            else if (c == 0xf0) lo = 0x90;
+            else if (c == 0xf4) hi = 0x8f;
+        }
+        if (i >= n || s[i] < lo || s[i] > hi) return -(long)i;
+    }
+    return (long)need;
+}
+
+char *cli_utf8_sanitize(const char *s, size_t n, int *valid) {
+    char *out = malloc(3 * n + 1), *o = out;
+    if (valid) *valid = 1;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        long k = utf8_seq((const unsigned char *)s + i, n - i);
+        if (k > 0) {
+            memcpy(o, s + i, (size_t)k);
+            o += k;
+            i += (size_t)k;
+        } else {
+            memcpy(o, "\xef\xbf\xbd", 3); /* U+FFFD */
+            o += 3;
+            i += (size_t)-k;
+            if (valid) *valid = 0;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
 void cli_print_json(cJSON *j) {
-    char *s = cJSON_Print(j);
+    char *raw = cJSON_Print(j);
+    /* JSON must be UTF-8: strings taken from files or from generated bytes may not be (the syntax
+     * itself is ASCII, so only string contents change). */
+    char *s = raw ? cli_utf8_sanitize(raw, strlen(raw), NULL) : NULL;
+    free(raw);
     if (s) {
         fputs(s, stdout);
         fputc('\n', stdout);
@@ -161,7 +252,7 @@ ea_status cli_load_text_ids(const ea_tokenizer *t, const char *path, size_t max_
         free(text);
         return ea_error(EA_ERR_ARG, "%s: text is empty", path);
     }
-    st = ea_tokenizer_encode(t, text, len, 0, ids, n);
+    st = ea_tokenizer_encode_max(t, text, len, 0, max_tokens, ids, n); /* no work past --max-tokens */
     free(text);
     if (st) return st;
     if (*n == 0) return ea_error(EA_ERR_ARG, "%s: text has no tokens", path);
@@ -190,4 +281,110 @@ void cli_progress(void *user, const char *label, size_t done, size_t total) {
 void cli_progress_done(void) {
     if (progress_active) fputc('\n', stderr);
     progress_active = 0;
+}
+
+/* Identity of a path for the same-file check: device and inode when it exists, else the
+ * canonical directory plus the name (two spellings of one new file compare equal). */
+typedef struct {
+    int exists, regular;
+    dev_t dev;
+    ino_t ino;
+    char *canon;
+} path_id;
+
+static void path_identity(const char *p, path_id *id) {
+    memset(id, 0, sizeof *id);
+    struct stat sb;
+    if (stat(p, &sb) == 0) {
+        id->exists = 1;
+        id->regular = S_ISREG(sb.st_mode);
+        id->dev = sb.st_dev;
+        id->ino = sb.st_ino;
+        return;
+    }
+    const char *slash = strrchr(p, '/');
+    char *dir = slash ? strndup(p, slash == p ? 1 : (size_t)(slash - p)) : strdup(".");
+    char *real = dir ? realpath(dir, NULL) : NULL;
+    const char *base = slash ? slash + 1 : p;
+    if (real) {
+        size_t n = strlen(real) + strlen(base) + 2;
+        id->canon = malloc(n);
+        if (id->canon) snprintf(id->canon, n, "%s/%s", real, base);
+    }
+    free(real);
+    free(dir);
+}
+
+static int same_path(const path_id *a, const path_id *b) {
+    if (a->exists && b->exists) return a->regular && b->regular && a->dev == b->dev && a->ino == b->ino;
+    if (!a->exists && !b->exists) return a->canon && b->canon && !strcmp(a->canon, b->canon);
+    return 0;
+}
+
+int cli_check_outputs(const char *cmd, const char *const *model_dirs, int n_dirs, const char *const *inputs,
+                      int n_in, const char *const *outputs, const char *const *out_flags, int n_out) {
+    static const char *const model_files[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
+                                              "vocab.json", "merges.txt", "tokenizer.json"};
+    enum { N_MF = sizeof model_files / sizeof *model_files };
+    int n_all = n_in + n_dirs * N_MF;
+    path_id *in = calloc((size_t)n_all + 1, sizeof *in), *out = calloc((size_t)n_out + 1, sizeof *out);
+    const char **in_names = calloc((size_t)n_all + 1, sizeof *in_names);
+    char **owned = calloc((size_t)n_all + 1, sizeof *owned);
+    int rc = 0, k = 0, io = 0; /* io: the path cannot be written (exit 1, as a failed open); else usage (2) */
+    if (!in || !out || !in_names || !owned) {
+        rc = cli_error(cmd, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n_in; i++)
+        if (inputs[i] && strcmp(inputs[i], "-")) in_names[k++] = inputs[i];
+    for (int d = 0; d < n_dirs; d++)
+        for (int f = 0; model_dirs[d] && f < N_MF; f++) {
+            size_t n = strlen(model_dirs[d]) + strlen(model_files[f]) + 2;
+            if ((owned[k] = malloc(n)) == NULL) continue;
+            snprintf(owned[k], n, "%s/%s", model_dirs[d], model_files[f]);
+            in_names[k] = owned[k];
+            k++;
+        }
+    for (int i = 0; i < k; i++) path_identity(in_names[i], &in[i]);
+    for (int o = 0; o < n_out && !rc; o++) {
+        const char *p = outputs[o];
+        if (!p) continue;
+        if (!*p) {
+            rc = cli_error(cmd, "%s: the output path is empty", out_flags[o]);
+            break;
+        }
+        if (strlen(p) >= PATH_MAX) {
+            rc = cli_error(cmd, "%s: output path of %zu bytes: %s", out_flags[o], strlen(p), strerror(ENAMETOOLONG));
+            io = 1;
+            break;
+        }
+        struct stat sb;
+        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            rc = cli_error(cmd, "%s %s: is a directory", out_flags[o], p);
+            io = 1;
+            break;
+        }
+        path_identity(p, &out[o]);
+        if (!out[o].exists && !out[o].canon) {
+            rc = cli_error(cmd, "%s %s: its directory does not exist or cannot be read", out_flags[o], p);
+            io = 1;
+            break;
+        }
+        for (int i = 0; i < k && !rc; i++)
+            if (same_path(&out[o], &in[i]))
+                rc = cli_error(cmd, "%s %s is the same file as the input %s: refusing to overwrite an input",
+                               out_flags[o], p, in_names[i]);
+        for (int q = 0; q < o && !rc; q++)
+            if (outputs[q] && same_path(&out[o], &out[q]))
+                rc = cli_error(cmd, "%s %s and %s %s are the same file", out_flags[q], outputs[q], out_flags[o], p);
+    }
+done:
+    for (int i = 0; in && i < n_all; i++) free(in[i].canon);
+    for (int o = 0; out && o < n_out; o++) free(out[o].canon);
+    for (int i = 0; owned && i < n_all; i++) free(owned[i]);
+    free(owned);
+    free(in_names);
+    free(in);
+    free(out);
+    return rc ? (io ? 1 : 2) : 0;
 }

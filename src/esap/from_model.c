@@ -17,7 +17,7 @@ static ea_status text_ids(const ea_tokenizer *t, const char *path, size_t max_to
     size_t len;
     ea_status st = ea_read_file(path, TEXT_MAX_BYTES, &text, &len);
     if (st) return st;
-    st = ea_tokenizer_encode(t, text, len, 0, ids, n);
+    st = ea_tokenizer_encode_max(t, text, len, 0, max_tokens, ids, n);
     free(text);
     if (st) return st;
     if (*n < 2) {

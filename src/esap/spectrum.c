@@ -171,6 +171,15 @@ ea_status ea_esap_compare(const ea_esap_spectrum *a, const ea_esap_spectrum *b, 
     out->df_a = a->df;
     out->df_b = b->df;
     out->ck_pearson = ea_esap_pearson(a->ck, b->ck, K);
+    if (!isfinite(out->ck_pearson)) { /* a verdict on an undefined r would be a silent wrong answer */
+        int const_a = !(a->ck[K - 1] > a->ck[0]), const_b = !(b->ck[K - 1] > b->ck[0]);
+        free(ev);
+        free(c1);
+        return ea_error(EA_ERR_NUMERIC, "compare: the Pearson r of C(k) over k = 1..%d is undefined: C(k) of %s is "
+                        "constant (%s spectrum of rank 1, or every eigenvalue past the first zero)", K,
+                        const_a && const_b ? "both sides" : const_a ? "side a" : const_b ? "side b" : "a side",
+                        const_a && const_b ? "each a" : "a");
+    }
     out->threshold = EA_ESAP_CONVERGED_R;
     out->converged = out->ck_pearson > EA_ESAP_CONVERGED_R; /* NaN → not converged */
     ea_status st = EA_OK;

@@ -1,6 +1,7 @@
 /* config.json of a GPT-2 checkpoint: the hyper-parameters we need, each checked. Llama-family
  * configs are handed to config_llama.c. */
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,12 +20,45 @@ static ea_status get_int(const cJSON *root, const char *key, const char *path, i
     return EA_OK;
 }
 
+static int cmp_str_ptr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Hugging Face (Python's json) keeps the last of duplicate keys, cJSON finds the first: a file
+ * with both could pass our checks with one value and mean another. Refused at every level. */
+static ea_status check_duplicate_keys(const cJSON *j, const char *path) {
+    if (cJSON_IsObject(j)) {
+        size_t n = 0;
+        for (const cJSON *c = j->child; c; c = c->next) n++;
+        const char **names = n ? malloc(n * sizeof *names) : NULL;
+        if (n && !names) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
+        size_t k = 0;
+        for (const cJSON *c = j->child; c; c = c->next) names[k++] = c->string ? c->string : "";
+        qsort(names, n, sizeof *names, cmp_str_ptr);
+        for (size_t i = 1; i < n; i++)
+            if (!strcmp(names[i - 1], names[i])) {
+                ea_status st = ea_error(EA_ERR_FORMAT, "%s: duplicate key \"%.200s\" (which value is meant is "
+                                        "ambiguous)", path, names[i]);
+                free(names);
+                return st;
+            }
+        free(names);
+    }
+    if (cJSON_IsObject(j) || cJSON_IsArray(j))
+        for (const cJSON *c = j->child; c; c = c->next) {
+            ea_status st = check_duplicate_keys(c, path);
+            if (st) return st;
+        }
+    return EA_OK;
+}
+
 ea_status ea_config_parse(const char *json, size_t len, const char *path, ea_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) return ea_error(EA_ERR_FORMAT, "%s: not valid JSON", path);
     ea_status st = EA_OK;
     if (!cJSON_IsObject(root)) { st = ea_error(EA_ERR_FORMAT, "%s: not a JSON object", path); goto done; }
+    if ((st = check_duplicate_keys(root, path))) goto done;
     ea_arch arch;
     if ((st = ea_config_family(root, path, &arch))) goto done;
     if (arch != EA_ARCH_GPT2) {
@@ -53,6 +87,11 @@ ea_status ea_config_parse(const char *json, size_t len, const char *path, ea_con
             goto done;
         }
         cfg->layer_norm_epsilon = (float)eps->valuedouble;
+        if (!(cfg->layer_norm_epsilon >= FLT_MIN)) { /* 1e-50 would become 0 (or a denormal) */
+            st = ea_error(EA_ERR_FORMAT, "%s: layer_norm_epsilon %g is below the smallest normal float32 (%g)", path,
+                          eps->valuedouble, (double)FLT_MIN);
+            goto done;
+        }
     }
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "gelu_new"))) {

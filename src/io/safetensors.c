@@ -1,4 +1,6 @@
-/* safetensors reader on mmap. The header is untrusted: every length, offset and shape is
+/* safetensors reader: files up to EA_ST_READ_LIMIT are read into memory with pread, larger ones
+ * mapped; tensors are converted with pread either way, so a file truncated while it is loaded is
+ * an error, never a SIGBUS in the loader. The header is untrusted: every length, offset and shape is
  * checked before anything points into the file. Format: u64 little-endian header size N, N bytes
  * of JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}, data. */
 #include <cjson/cJSON.h>
@@ -16,10 +18,13 @@
 /* Dimensions above this are hostile whatever the model: the largest real vocab is ~260k. */
 #define EA_ST_MAX_DIM ((int64_t)1 << 32)
 #define EA_ST_MAX_TENSORS 100000
+#define EA_ST_READ_LIMIT ((size_t)64 << 20)
 
 struct ea_st_file {
     char *path;
-    void *map;
+    void *map;      /* the file's bytes: mmap'd, or malloc'd when owned */
+    int owned;      /* map is a heap copy */
+    int fd;         /* kept open for pread, -1 when closed */
     size_t size;
     int n;
     ea_st_tensor *tensors;
@@ -59,7 +64,9 @@ void ea_st_close(ea_st_file *f) {
     free(f->tensors);
     free(f->meta_keys);
     free(f->meta_vals);
-    if (f->map && f->map != MAP_FAILED) munmap(f->map, f->size);
+    if (f->owned) free(f->map);
+    else if (f->map && f->map != MAP_FAILED) munmap(f->map, f->size);
+    if (f->fd >= 0) close(f->fd);
     free(f->path);
     free(f);
 }
@@ -192,17 +199,36 @@ done:
     return st;
 }
 
+/* n bytes at off, or an error saying the file shrank (it was truncated while in use). */
+static ea_status ea_st_pread(const ea_st_file *f, void *dst, size_t n, size_t off) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(f->fd, (char *)dst + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return ea_error(EA_ERR_IO, "%s: read failed at byte %zu: %s", f->path, off + got, strerror(errno));
+        if (r == 0) {
+            struct stat sb;
+            long long now = fstat(f->fd, &sb) == 0 ? (long long)sb.st_size : -1;
+            return ea_error(EA_ERR_IO, "%s: file truncated while in use: %lld bytes now, %zu when opened", f->path,
+                            now, f->size);
+        }
+        got += (size_t)r;
+    }
+    return EA_OK;
+}
+
 ea_status ea_st_open(const char *path, ea_st_file **out) {
     *out = NULL;
     ea_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) { free(f); return ea_error(EA_ERR_NOMEM, "%s: out of memory", path); }
+    f->fd = -1;
     ea_status st;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { st = ea_error(EA_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); goto fail; }
+    int fd;
+    if ((st = ea_open_input(path, &fd))) goto fail; /* never blocks on a FIFO */
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        st = ea_error(EA_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
-        st = ea_error(EA_ERR_IO, "%s: not a regular file", path);
         goto fail;
     }
     f->size = (size_t)sb.st_size;
@@ -211,9 +237,16 @@ ea_status ea_st_open(const char *path, ea_st_file **out) {
         st = ea_error(EA_ERR_FORMAT, "%s: truncated: %zu bytes, shorter than the 8-byte header length", path, f->size);
         goto fail;
     }
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (f->map == MAP_FAILED) { f->map = NULL; st = ea_error(EA_ERR_IO, "%s: mmap failed: %s", path, strerror(errno)); goto fail; }
+    f->fd = fd;
+    if (f->size <= EA_ST_READ_LIMIT) {
+        f->map = malloc(f->size);
+        if (!f->map) { st = ea_error(EA_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, f->size); goto fail; }
+        f->owned = 1;
+        if ((st = ea_st_pread(f, f->map, f->size, 0))) goto fail;
+    } else {
+        f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (f->map == MAP_FAILED) { f->map = NULL; st = ea_error(EA_ERR_IO, "%s: mmap failed: %s", path, strerror(errno)); goto fail; }
+    }
     const unsigned char *p = f->map;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
@@ -251,9 +284,30 @@ const char *ea_st_metadata(const ea_st_file *f, const char *key) {
     return NULL;
 }
 
+static ea_status convert_f32(const ea_st_file *f, const ea_st_tensor *t, const unsigned char *src, size_t n,
+                             float *dst);
+
+/* From a mapped file the bytes are read with pread in chunks, never through the mapping. */
 ea_status ea_st_to_f32(const ea_st_file *f, const ea_st_tensor *t, float *dst) {
-    const unsigned char *src = t->data; /* may be unaligned: read through memcpy */
-    size_t n = t->numel;
+    if (f->owned || f->fd < 0) return convert_f32(f, t, t->data, t->numel, dst);
+    size_t es = t->numel ? t->nbytes / t->numel : 0, off = (size_t)((const char *)t->data - (const char *)f->map);
+    if (t->dtype == EA_DTYPE_F32) return ea_st_pread(f, dst, t->nbytes, off);
+    enum { CHUNK = 1 << 16 };
+    unsigned char *buf = malloc(CHUNK);
+    if (!buf) return ea_error(EA_ERR_NOMEM, "%s: out of memory", f->path);
+    ea_status st = EA_OK;
+    for (size_t i = 0; i < t->numel && !st;) {
+        size_t k = t->numel - i < CHUNK / es ? t->numel - i : CHUNK / es;
+        if (!(st = ea_st_pread(f, buf, k * es, off + i * es))) st = convert_f32(f, t, buf, k, dst + i);
+        i += k;
+    }
+    free(buf);
+    return st;
+}
+
+static ea_status convert_f32(const ea_st_file *f, const ea_st_tensor *t, const unsigned char *src, size_t n,
+                             float *dst) {
+    /* src may be unaligned: read through memcpy */
     switch (t->dtype) {
     case EA_DTYPE_F32: memcpy(dst, src, n * 4); break;
     case EA_DTYPE_F16:

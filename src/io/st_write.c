@@ -5,6 +5,7 @@
  * content always gives the same bytes); data follows in the same order with no holes, as the
  * format requires; the header is padded with spaces to a multiple of 8 so the data starts
  * aligned. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,8 +278,9 @@ ea_status ea_st_writer_save(ea_st_writer *w, const char *path) {
         if (w->t[i].nbytes) ok = fwrite(w->t[i].data, 1, w->t[i].nbytes, f) == w->t[i].nbytes;
     free(b.p);
     if (!ok) {
+        int e = errno;
         ea_outfile_abort(&o);
-        return ea_error(EA_ERR_IO, "%s: write failed", path);
+        return ea_error(EA_ERR_IO, "%s: write failed: %s", path, strerror(e ? e : EIO));
     }
     return ea_outfile_commit(&o);
 }

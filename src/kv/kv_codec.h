@@ -48,6 +48,9 @@ struct ea_kv_codec {
      * encoded into hold whole blocks (ea_kv_codec_buffer_bytes) and are addressed from row 0. */
     int block_rows;
     void *state;
+    /* ea_model_fingerprint of the model a klt codec was fitted on ("" when unknown): saved in codec
+     * files (version 2) and checked when a file: codec is used with a model (ea_kv_codec_fit). */
+    char fingerprint[32];
 };
 
 

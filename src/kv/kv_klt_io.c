@@ -33,7 +33,9 @@ ea_status ea_kv_klt_write(const ea_kv_codec *c, ea_st_writer *w, const char *pre
     char key[96], val[64];
     if (strlen(prefix) > 32) return ea_error(EA_ERR_ARG, "kv codec '%s': tensor prefix too long", c->name);
     if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "format"), "eigenalign-kv-codec");
-    if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "version"), "1");
+    /* Version 2 ties the codec to the weights it was fitted on (issue 20 item 4). */
+    if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "version"), "2");
+    if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "model_fingerprint"), c->fingerprint);
     if (!st) st = ea_st_writer_meta(w, prefixed(key, sizeof key, prefix, "spec"), c->name);
     int dims[4] = {c->n_layer, H, d, c->n_ctx};
     const char *dn[4] = {"n_layer", "n_head", "n_embd", "n_ctx"};
@@ -252,11 +254,19 @@ ea_status ea_kv_klt_read(const ea_st_file *f, const char *prefix, const ea_confi
     const char *fmt = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "format"));
     const char *ver = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "version"));
     const char *spec = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "spec"));
-    if (!fmt || strcmp(fmt, "eigenalign-kv-codec") || !ver || strcmp(ver, "1") || !spec || strncmp(spec, "klt:", 4) ||
+    if (fmt && !strcmp(fmt, "eigenalign-kv-codec") && ver && strcmp(ver, "2"))
+        return ea_error(EA_ERR_FORMAT, "%s: kv codec file version %.16s is not supported: version 2 records the model "
+                        "fingerprint the codec was fitted on; refit it (eigenalign fit --kv, generate --save-kv)", path, ver);
+    if (!fmt || strcmp(fmt, "eigenalign-kv-codec") || !ver || !spec || strncmp(spec, "klt:", 4) ||
         strlen(spec) >= sizeof(((ea_kv_codec *)0)->name))
-        return ea_error(EA_ERR_FORMAT, "%s: not an eigenalign kv codec%s%s (version 1, klt)", path, *prefix ? " under " : " file",
+        return ea_error(EA_ERR_FORMAT, "%s: not an eigenalign kv codec%s%s (version 2, klt)", path, *prefix ? " under " : " file",
                         prefix);
-    int dims[4] = {cfg->n_layer, cfg->n_head, cfg->n_embd, cfg->n_positions};
+    const char *fp = ea_st_metadata(f, prefixed(key, sizeof key, prefix, "model_fingerprint"));
+    if (!fp || strlen(fp) >= sizeof(((ea_kv_codec *)0)->fingerprint))
+        return ea_error(EA_ERR_FORMAT, "%s: kv codec lacks a valid model_fingerprint", path);
+    /* n_head and n_embd of the file are the cached rows' KV heads and width (fewer than the query
+     * heads with GQA), as the codec was created */
+    int dims[4] = {cfg->n_layer, ea_config_kv_heads(cfg), ea_config_kv_dim(cfg), cfg->n_positions};
     const char *dn[4] = {"n_layer", "n_head", "n_embd", "n_ctx"};
     for (int i = 0; i < 4; i++) {
         const char *v = ea_st_metadata(f, prefixed(key, sizeof key, prefix, dn[i]));
@@ -271,10 +281,11 @@ ea_status ea_kv_klt_read(const ea_st_file *f, const char *prefix, const ea_confi
         free(ks);
         return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
     }
+    snprintf(c->fingerprint, sizeof c->fingerprint, "%s", fp);
     snprintf(c->name, sizeof c->name, "%s", spec);
     c->n_layer = cfg->n_layer;
-    c->n_head = cfg->n_head;
-    c->d = cfg->n_embd;
+    c->n_head = ea_config_kv_heads(cfg);
+    c->d = ea_config_kv_dim(cfg);
     c->n_ctx = cfg->n_positions;
     c->ops = &ea_kv_klt_ops;
     c->block_rows = EA_KV_KLT_BLOCK;

@@ -2,11 +2,16 @@
  * model.safetensors.index.json. All weights are converted to float32 into one allocation. GPT-2's
  * tensors are named here; the Llama family's in load_llama.c. */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+
+#include <omp.h>
 
 #include <cblas.h>
 
@@ -30,9 +35,24 @@ static void checkpoint_close(ea_checkpoint *ck) {
     memset(ck, 0, sizeof *ck);
 }
 
+/* 1 when p exists, 0 when nothing is there (ENOENT, not even a link); -1 with the error recorded
+ * when it is there but unusable (a dangling or looping link, no permission): never hide errno. */
 static int file_exists(const char *p) {
     struct stat st;
-    return stat(p, &st) == 0;
+    if (stat(p, &st) == 0) return 1;
+    int e = errno;
+    if (e == ENOENT && lstat(p, &st) != 0) return 0;
+    ea_error(EA_ERR_IO, "%s: %s", p, e == ENOENT ? "dangling symbolic link" : strerror(e));
+    return -1;
+}
+
+/* dir + "/" + name into buf, or an error naming both when it does not fit (never truncated). */
+static ea_status join_path(char *buf, size_t cap, const char *dir, const char *name) {
+    int n = snprintf(buf, cap, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= cap)
+        return ea_error(EA_ERR_IO, "%.200s.../%s: path of %zu bytes: %s", dir, name, strlen(dir) + strlen(name) + 1,
+                        strerror(ENAMETOOLONG));
+    return EA_OK;
 }
 
 /* Shard names come from an untrusted index: plain file names only, no paths. */
@@ -42,19 +62,22 @@ static int shard_name_ok(const char *s) {
 
 static ea_status checkpoint_open(const char *dir, ea_checkpoint *ck) {
     memset(ck, 0, sizeof *ck);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (file_exists(path)) {
+    char path[sizeof ck->index_path];
+    ea_status st = join_path(path, sizeof path, dir, "model.safetensors");
+    if (st) return st;
+    int ex = file_exists(path);
+    if (ex < 0) return EA_ERR_IO;
+    if (ex) {
         ck->n = 1;
         ck->names[0] = strdup("model.safetensors");
         return ea_st_open(path, &ck->files[0]);
     }
-    snprintf(ck->index_path, sizeof ck->index_path, "%s/model.safetensors.index.json", dir);
-    if (!file_exists(ck->index_path))
-        return ea_error(EA_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
+    if ((st = join_path(ck->index_path, sizeof ck->index_path, dir, "model.safetensors.index.json"))) return st;
+    if ((ex = file_exists(ck->index_path)) < 0) return EA_ERR_IO;
+    if (!ex) return ea_error(EA_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
     char *buf;
     size_t n;
-    ea_status st = ea_read_file(ck->index_path, EA_INDEX_MAX_BYTES, &buf, &n);
+    st = ea_read_file(ck->index_path, EA_INDEX_MAX_BYTES, &buf, &n);
     if (st) return st;
     ck->index_root = cJSON_ParseWithLength(buf, n);
     free(buf);
@@ -71,7 +94,7 @@ static ea_status checkpoint_open(const char *dir, ea_checkpoint *ck) {
         for (int i = 0; i < ck->n && !known; i++) known = !strcmp(ck->names[i], s);
         if (known) continue;
         if (ck->n == EA_MAX_SHARDS) return ea_error(EA_ERR_FORMAT, "%s: more than %d shards", ck->index_path, EA_MAX_SHARDS);
-        snprintf(path, sizeof path, "%s/%s", dir, s);
+        if ((st = join_path(path, sizeof path, dir, s))) return st;
         ck->names[ck->n] = strdup(s);
         if ((st = ea_st_open(path, &ck->files[ck->n++]))) return st;
     }
@@ -191,7 +214,9 @@ static ea_status build_decode_weights(ea_model *m) {
     m->decode_buf = malloc(total * esize);
     if (!m->decode_buf) return ea_error(EA_ERR_NOMEM, "%s: cannot allocate decode weights", m->dir);
     size_t off = 0;
-    decode_job jobs[4 * 256 + 1];
+    /* On the heap: 41 KB of jobs made ea_model_load's frame 53 KB (ulimit -s 64 crashed it). */
+    decode_job *jobs = malloc(sizeof *jobs * (4 * 256 + 1));
+    if (!jobs) return ea_error(EA_ERR_NOMEM, "%s: out of memory", m->dir);
     int nj = 0;
     for (int l = 0; l < c->n_layer && l < 256; l++) {
         ea_layer_weights *w = &m->layers[l];
@@ -217,6 +242,66 @@ static ea_status build_decode_weights(ea_model *m) {
                 else r->f32[o * in + i] = v;
             }
     }
+    free(jobs);
+    return EA_OK;
+}
+
+/* OpenBLAS 0.3.21 takes a ~129 MB work buffer of address space per calling thread at its first
+ * level-3 call and, when that mmap fails, retries forever (issue 20 item 9: a hang under ulimit -v).
+ * Under an address-space limit, check now that the buffers fit (a clean "out of memory" if not)
+ * and make every OpenMP thread take its buffer at once, so no later call has to find room. */
+static ea_status reserve_blas_buffers(const char *dir) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return EA_OK;
+    int nt = omp_get_max_threads();
+    size_t need = (size_t)nt * ((size_t)136 << 20);
+    void *p = mmap(NULL, need, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return ea_error(EA_ERR_NOMEM, "%s: the address-space limit (ulimit -v %llu KB) leaves no room for the BLAS "
+                        "work buffers (%zu MB for %d threads): raise the limit or lower OMP_NUM_THREADS", dir,
+                        (unsigned long long)rl.rlim_cur >> 10, need >> 20, nt);
+    munmap(p, need);
+    enum { W = 96 }; /* above OpenBLAS's small-matrix path, which takes no buffer */
+#pragma omp parallel
+    {
+        float *a = calloc(3 * W * W, sizeof *a);
+        if (a) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, W, W, W, 1.0f, a, W, a + W * W, W, 0.0f,
+                           a + 2 * W * W, W);
+        free(a);
+    }
+    return EA_OK;
+}
+
+/* Every tensor of the checkpoint must be one the config accounts for (llama.cpp likewise refuses
+ * a wrong tensor count): "n_layer": 2 on a 4-layer checkpoint must not run half the model. Known
+ * harmless extras: the attention mask buffers old GPT-2 checkpoints store (h.N.attn.bias,
+ * h.N.attn.masked_bias, for N < n_layer) and a tied lm_head.weight. */
+static int tensor_accounted(const char *name, int n_layer) {
+    static const char *const top[] = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias", "lm_head.weight"};
+    static const char *const per_layer[] = {"ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                                            "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                                            "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
+                                            "mlp.c_proj.bias", "attn.bias", "attn.masked_bias"};
+    if (!strncmp(name, "transformer.", 12)) name += 12;
+    for (size_t i = 0; i < sizeof top / sizeof *top; i++)
+        if (!strcmp(name, top[i])) return 1;
+    if (strncmp(name, "h.", 2) || name[2] < '0' || name[2] > '9') return 0;
+    char *end;
+    long l = strtol(name + 2, &end, 10);
+    if (*end != '.' || l < 0 || l >= n_layer || (name[2] == '0' && end != name + 3)) return 0;
+    for (size_t i = 0; i < sizeof per_layer / sizeof *per_layer; i++)
+        if (!strcmp(end + 1, per_layer[i])) return 1;
+    return 0;
+}
+
+static ea_status check_unused_tensors(const ea_checkpoint *ck, int n_layer) {
+    for (int f = 0; f < ck->n; f++)
+        for (int i = 0; i < ea_st_count(ck->files[f]); i++) {
+            const ea_st_tensor *t = ea_st_get(ck->files[f], i);
+            if (!tensor_accounted(t->name, n_layer))
+                return ea_error(EA_ERR_FORMAT, "%s: tensor '%s' is not used by a GPT-2 model with n_layer %d "
+                                "(config.json does not account for it)", ea_st_path(ck->files[f]), t->name, n_layer);
+        }
     return EA_OK;
 }
 
@@ -269,10 +354,19 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     m->check_finite = 1;
     m->stored_f16 = 1;
     m->dir = strdup(dir);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    ea_checkpoint ck = {0};
-    ea_status st = ea_config_load(path, &m->cfg);
+    size_t plen = strlen(dir) + sizeof "/config.json";
+    char *path = malloc(plen);
+    ea_checkpoint *ckp = calloc(1, sizeof *ckp); /* 8 KB: kept off the stack */
+    ea_status st;
+    if (!m->dir || !path || !ckp) {
+        free(path);
+        free(ckp);
+        ea_model_free(m);
+        return ea_error(EA_ERR_NOMEM, "%s: out of memory", dir);
+    }
+    snprintf(path, plen, "%s/config.json", dir);
+    st = ea_config_load(path, &m->cfg);
+    free(path);
     if (st) goto fail;
     const ea_config *c = &m->cfg;
     size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
@@ -284,25 +378,29 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     m->n_params = total;
     m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
     if (!m->layers) { st = ea_error(EA_ERR_NOMEM, "%s: out of memory", dir); goto fail; }
-    if ((st = checkpoint_open(dir, &ck))) goto fail;
+    if ((st = checkpoint_open(dir, ckp))) goto fail;
     /* Pass 0 checks every tensor's presence, shape and dtype against config.json; only then is
      * memory reserved for them (pass 1 converts): config.json alone cannot make us allocate. */
-    if ((st = llama ? ea_llama_load_weights(m, &ck, NULL) : load_weights(m, &ck, dir, NULL))) goto fail;
-    if (llama && ((st = ea_ckpt_check_unused(&ck, ea_llama_tensor_accounted, m)) || (st = ea_rope_init(c, &m->inv_freq))))
+    if ((st = llama ? ea_llama_load_weights(m, ckp, NULL) : load_weights(m, ckp, dir, NULL))) goto fail;
+    if (llama && ((st = ea_ckpt_check_unused(ckp, ea_llama_tensor_accounted, m)) || (st = ea_rope_init(c, &m->inv_freq))))
         goto fail;
+    if (!llama && (st = check_unused_tensors(ckp, c->n_layer))) goto fail;
     m->params = malloc(total * sizeof(float));
     if (!m->params) { st = ea_error(EA_ERR_NOMEM, "%s: cannot allocate %zu parameters", dir, total); goto fail; }
-    if ((st = llama ? ea_llama_load_weights(m, &ck, m->params) : load_weights(m, &ck, dir, m->params))) goto fail;
+    if ((st = llama ? ea_llama_load_weights(m, ckp, m->params) : load_weights(m, ckp, dir, m->params))) goto fail;
     if (!llama) m->lm_w = m->wte;
-    checkpoint_close(&ck);
+    checkpoint_close(ckp);
     if ((st = build_decode_weights(m))) goto fail;
     /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). */
     openblas_set_num_threads(1);
+    if ((st = reserve_blas_buffers(dir))) goto fail;
     fingerprint(m);
+    free(ckp);
     *out = m;
     return EA_OK;
 fail:
-    checkpoint_close(&ck);
+    checkpoint_close(ckp);
+    free(ckp);
     ea_model_free(m);
     return st;
 }

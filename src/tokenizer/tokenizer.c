@@ -80,10 +80,16 @@ typedef struct {
     size_t n, cap;
     ea_tok_bpe_work work;
     ea_tok_cache cache;
+    size_t max;  /* stop once this many ids exist (0: never) */
+    int stopped; /* set when max was reached: the split loop was cut short on purpose */
 } encoder;
 
 static ea_status encode_piece(void *ctx, const unsigned char *piece, size_t len) {
     encoder *e = ctx;
+    if (e->max && e->n >= e->max) { /* enough: end the pre-token loop (not an error, see below) */
+        e->stopped = 1;
+        return EA_ERR_ARG;
+    }
     uint64_t h;
     size_t n_cached = 0;
     const int *cached = ea_tok_cache_get(&e->cache, piece, len, &n_cached, &h);
@@ -121,20 +127,29 @@ static ea_status append_id(encoder *e, int id) {
 
 ea_status ea_tokenizer_encode(const ea_tokenizer *t, const char *text, size_t len, int parse_special, int **ids,
                               size_t *n) {
+    return ea_tokenizer_encode_max(t, text, len, parse_special, 0, ids, n);
+}
+
+ea_status ea_tokenizer_encode_max(const ea_tokenizer *t, const char *text, size_t len, int parse_special,
+                                  size_t max_tokens, int **ids, size_t *n) {
     if (!ids || !n) return ea_error(EA_ERR_ARG, "ea_tokenizer_encode: ids or n is NULL");
     *ids = NULL;
     *n = 0;
     if (!t || (!text && len > 0)) return ea_error(EA_ERR_ARG, "ea_tokenizer_encode: tokenizer or text is NULL");
     if (len == 0) return EA_OK;
-    if (t->tj) return ea_tok_json_encode(t, text, len, parse_special, ids, n);
-    encoder e = {.t = t};
+    if (t->tj) { /* tokenizer.json: encoded whole, then cut to the bound (its work is not bounded yet) */
+        ea_status js = ea_tok_json_encode(t, text, len, parse_special, ids, n);
+        if (!js && max_tokens > 0 && *n > max_tokens) *n = max_tokens;
+        return js;
+    }
+    encoder e = {.t = t, .max = max_tokens};
     ea_status st = EA_OK;
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(t->re, NULL);
     if (!md) return ea_error(EA_ERR_NOMEM, "cannot allocate regex match data");
     const unsigned char *p = (const unsigned char *)text, *end = p + len;
     /* With parse_special, each literal <|endoftext|> is cut out and becomes one token; the text
      * around it is pre-tokenized separately (as Hugging Face does for added tokens). */
-    while (!st && p < end) {
+    while (!st && p < end && !(max_tokens && e.n >= max_tokens)) {
         const unsigned char *hit = NULL;
         if (parse_special) hit = memmem(p, (size_t)(end - p), eot_text, sizeof eot_text - 1);
         const unsigned char *stop = hit ? hit : end;
@@ -146,6 +161,7 @@ ea_status ea_tokenizer_encode(const ea_tokenizer *t, const char *text, size_t le
         }
         p = stop;
     }
+    if (e.stopped) st = EA_OK;
     pcre2_match_data_free(md);
     ea_tok_bpe_work_free(&e.work);
     ea_tok_cache_free(&e.cache);

@@ -288,6 +288,23 @@ case("cfg_huge_allocation", {"config.json": cfg_json(n_embd=65536, n_head=1, voc
      [STF, "wte.weight", "[256, 8]"],
      why="every value within its own limit, together ~1.2 TB of float32: the checkpoint's shapes must be "
          "checked against config.json before memory is reserved for them")
+# ---- issue 20: configs Hugging Face reads differently, tensors the config does not account for ----
+case("cfg_duplicate_key", {"config.json": cfg_json().replace('"n_layer": 3', '"n_layer": 3,\n  "n_layer": 2')},
+     ["config.json", "duplicate", "n_layer"], why="HF keeps the last value, cJSON the first")
+case("cfg_duplicate_variant_flag", {"config.json": cfg_json(scale_attn_by_inverse_layer_idx=False).replace(
+    '"scale_attn_by_inverse_layer_idx": false', '"scale_attn_by_inverse_layer_idx": false,\n'
+    '  "scale_attn_by_inverse_layer_idx": true')}, ["config.json", "duplicate", "scale_attn_by_inverse_layer_idx"],
+     why="an unsupported variant hidden behind a first, harmless value")
+case("cfg_epsilon_underflow", {"config.json": cfg_json(layer_norm_epsilon=1e-50)},
+     ["config.json", "layer_norm_epsilon"], why="1e-50 becomes 0.0f")
+case("w_config_fewer_layers", {"config.json": cfg_json(n_layer=2)}, [STF, "'transformer.h.2.", "not used"],
+     why="n_layer 2 on a 3-layer checkpoint would run a truncated model")
+case("w_extra_tensor", {STF: st_file(T + [(P + "h.0.attn.c_attn.lora", [2], [0.0, 0.0])])},
+     [STF, "'transformer.h.0.attn.c_attn.lora'", "not used"], why="a tensor no GPT-2 layer reads")
+case("idx_shard_name_escapes", sharded(T, weight_map_edit=lambda m: m.update(
+    {P + "ln_f.bias": "\x1b[2J\x1b[31mpwned.safetensors"})), [r"\x1b[2J\x1b[31mpwned.safetensors", "cannot open"],
+     links=SHARD_LINKS,
+     why="ESC sequences in a shard name must not reach the terminal raw")
 case("cfg_dev_zero", {}, ["config.json", "not a regular file"], symlinks={"config.json": "/dev/zero"},
      why="an endless device file must be refused, not read")
 case("st_dev_zero", {}, [STF, "not a regular file"], symlinks={STF: "/dev/zero"})
@@ -351,10 +368,19 @@ case("esap_huge_dim", {"a.spectrum": esap_message([1.0] * 8, 8, d=100000000), "b
      ["a.spectrum", "\"d\""], argv=ESAP_ARGV, links=[], why="d = 10^8 would size the allocations")
 case("esap_wrong_df", {"a.spectrum": GOOD_SPECTRUM, "b.spectrum": esap_message([1.0] * 8, 8, df=3.0)},
      ["b.spectrum", "Df"], argv=ESAP_ARGV, links=[], why="Df inconsistent with the eigenvalues")
+case("esap_rank1", {"a.spectrum": esap_message([1.0] + [0.0] * 7, 8), "b.spectrum": GOOD_SPECTRUM},
+     ["undefined", "side a", "rank 1"], argv=ESAP_ARGV, links=[],
+     why="C(k) constant at 1: the Pearson r is undefined, not 'nan -> diverged' with exit 0")
 
 # ---- command line ----
 case("cli_missing_model_dir", {}, ["does-not-exist", "not a model directory"], links=[],
      argv=["generate", "--model", "{dir}/does-not-exist", "--prompt", PROMPT, "-n", "1"])
+case("cli_repeated_option", {}, ["--ctx", "given twice"], links=[],
+     argv=["perplexity", "--model", "{dir}", "--text", "{dir}/none.txt", "--ctx", "8", "--ctx", "9"])
+case("cli_value_is_an_option", {}, ["--text", "needs a value", "--json"], links=[],
+     argv=["tokenize", "--model", "{dir}", "--text", "--json"])
+case("cli_help_as_a_value", {}, ["--prompt", "needs a value", "--help"], links=[],
+     argv=["generate", "--model", "{dir}", "--prompt", "--help"])
 case("cli_empty_model_dir", {}, ["config.json", "cannot open"], links=[])
 case("cli_empty_prompt", {}, ["prompt", "empty"], argv=["generate", "--model", "{dir}", "--prompt", "", "-n", "1"])
 case("cli_prompt_outside_vocab", {}, ["token id", "outside [0, 256)"],
