@@ -4,6 +4,7 @@
  * compress/reconstruct, recon-stat merging, the null Df closed form, power-law spectra, ESAP
  * representations and anchors, cache and codec sizes, model/file paths, config parsing, output
  * files. */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -100,12 +101,36 @@ static void test_process_tune_returns(void **state) {
     unsetenv("EA_NO_REEXEC");
 }
 
+/* Entries of a directory other than . and .. */
+static int count_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    return n;
+}
+
 static void test_outfile(void **state) {
     (void)state;
     char *dir = test_tmpdir(), path[600];
     snprintf(path, sizeof path, "%s/out.txt", dir);
     ea_outfile o;
+    /* Where the filesystem has O_TMPFILE the temporary has no name at all until commit: nothing
+     * is in the directory before it, and o.tmp is NULL. */
     assert_int_equal(ea_outfile_open(&o, path), EA_OK);
+    if (!o.tmp) {
+        fputs("x", (FILE *)o.fp);
+        assert_int_equal(count_entries(dir), 0);
+        ea_outfile_abort(&o);
+        assert_int_equal(count_entries(dir), 0);
+    } else
+        ea_outfile_abort(&o);
+    /* The named temporary "<path>.tmp.XXXXXX" (forced here; the fallback without O_TMPFILE). */
+    setenv("EA_NO_O_TMPFILE", "1", 1);
+    assert_int_equal(ea_outfile_open(&o, path), EA_OK);
+    assert_non_null(o.tmp);
     char *tmp = strdup(o.tmp);
     fputs("hello\n", (FILE *)o.fp);
     assert_int_equal(access(path, F_OK), -1); /* nothing at the final path before commit */
@@ -141,6 +166,7 @@ static void test_outfile(void **state) {
     ea_outfile_abort(&a);
     ea_outfile_abort(&b);
     assert_int_equal(access(p2, F_OK), -1);
+    unsetenv("EA_NO_O_TMPFILE");
     test_rmdir(dir);
     free(dir);
 }
