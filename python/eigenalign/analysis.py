@@ -17,18 +17,21 @@ C_KEYS = (1, 2, 5, 9, 22)
 class Spectrum(dict):
     """One (site, layer, head, variant): the keys of one entry of analyze's "sites"."""
 
+    def _ev(self):
+        ev = self["eigenvalues"]
+        return ffi.new("double[]", ev), len(ev)
+
     def k_at(self, fraction):
-        """Smallest k whose cumulative variance C(k) reaches fraction (0 < fraction <= 1)."""
+        """Smallest k whose cumulative variance C(k) reaches fraction (0 < fraction <= 1);
+        the library's ea_spectrum_k_for, as k90/k95/k99 and k_var."""
         if not 0 < fraction <= 1:
             raise ArgumentError("fraction must lie in (0, 1]")
-        c = np.cumsum(self["eigenvalues"]) / max(sum(self["eigenvalues"]), 1e-300)
-        return int(min(np.searchsorted(c, fraction - 1e-12) + 1, len(c)))
+        return lib.ea_spectrum_k_for(*self._ev(), float(fraction))
 
     def C(self, k):
-        """Cumulative variance share of the top k eigenvalues."""
-        ev = self["eigenvalues"]
-        t = sum(ev)
-        return float(sum(ev[:int(k)]) / t) if t > 0 else 1.0
+        """Cumulative variance share of the top k eigenvalues (ea_spectrum_cumvar)."""
+        ev, d = self._ev()
+        return lib.ea_spectrum_cumvar(ev, d, _int_arg("k", k, 0, d))
 
     @property
     def Df(self):
