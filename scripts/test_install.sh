@@ -27,6 +27,14 @@ grep -q 'SONAME.*libeigenalign\.so\.0' <<<"$soname" || fail "soname is not libei
 bad=$(nm -D --defined-only "$prefix/lib/libeigenalign.so" | awk '{print $3}' | grep -v '^ea_' || true)
 [ -z "$bad" ] || fail "libeigenalign.so exports non-ea_ symbols: $(echo $bad | head -c 300)"
 "$prefix/bin/eigenalign" --version >/dev/null || fail "installed tool does not run"
+# Only the public API: every exported symbol is declared EA_API in the installed headers.
+public=$(grep -ho 'EA_API[^;(]*(' "$prefix"/include/ea/*.h | grep -o 'ea_[a-z0-9_]*($' | tr -d '(' | sort -u)
+internal=$(nm -D --defined-only "$prefix/lib/libeigenalign.so" | awk '{print $3}' | sort -u | comm -23 - <(echo "$public"))
+[ -z "$internal" ] || fail "libeigenalign.so exports functions the headers do not declare EA_API: $(echo $internal | head -c 300)"
+# The BLAS a program linked against the install loads: the library's own build (the OpenMP
+# OpenBLAS when it was linked with it), never the one the system's BLAS alternative names.
+blas_of() { local out; out=$(ldd "$1") || return 2; awk '/lib(open)?blas|liblapack\./ {print $1, $3}' <<<"$out" | sort; }
+want_blas=$(blas_of "$prefix/lib/libeigenalign.so.0")
 
 # The man page: renders without warnings and has a section for every command of `--help`.
 warn=$(LC_ALL=C MANWIDTH=100 man -l "$prefix/share/man/man1/eigenalign.1" 2>&1 >"$scratch/man.txt") || fail "man -l failed"
@@ -43,6 +51,10 @@ run_examples() { # DIR LABEL
   grep -q 'Df = ' "$scratch/out.txt" || fail "$2: spectrum printed no Df"
   "$1/compress" models/gpt2-micro "$text" data/eval.txt 1024 >"$scratch/out.txt" || fail "$2: compress failed"
   grep -q 'relative error' "$scratch/out.txt" || fail "$2: compress printed no error"
+  for ex in spectrum compress; do
+    [ "$(blas_of "$1/$ex")" = "$want_blas" ] ||
+      fail "$2: $ex loads $(blas_of "$1/$ex" | tr '\n' ' ')instead of the library's $(echo $want_blas)"
+  done
   echo "test_install: examples built and run: $2" >&2
 }
 

@@ -125,10 +125,13 @@ class EigenProjector:
         return x.reshape(lead + (self.dim,))
 
     def error(self, x):
-        """Relative Frobenius error ‖X − X̂‖/‖X‖ of reconstructing x."""
-        x = np.asarray(x, dtype=np.float32)
-        d = x - self.reconstruct(self.compress(x))
-        return float(np.sqrt((d.astype(np.float64) ** 2).sum() / max((x.astype(np.float64) ** 2).sum(), 1e-300)))
+        """Relative Frobenius error ‖X − X̂‖/‖X‖ of reconstructing x (ea_recon_stats, as evaluate)."""
+        _, rows = _rows(x, self.dim)
+        xh = np.ascontiguousarray(self.reconstruct(self.compress(rows)))
+        st = ffi.new("ea_recon_stats *")
+        lib.ea_recon_stats_add(st, ffi.from_buffer("float[]", rows), self.dim, ffi.from_buffer("float[]", xh), self.dim,
+                               rows.shape[0], self.dim)
+        return lib.ea_recon_stats_rel_error(st)
 
 
 def _sites_mask(sites):

@@ -1,12 +1,11 @@
 """KV-cache codecs: KVCodec (a spec such as "q8" or "klt:2", fitted to a model), eval_kv (the
 `eigenalign eval` table: ppl, KL and top-1 of each codec against the exact float32 cache) and
 bench_memory (the `eigenalign bench-memory` table: bytes by sequence length)."""
+import math
 import os
 
-import numpy as np
-
 from ._data import calib_path
-from ._ffi import ArgumentError, check, ffi, lib
+from ._ffi import ArgumentError, Callbacks, check, ffi, lib
 from .model import Model, _Cache, _int_arg
 
 
@@ -34,11 +33,12 @@ class KVCodec:
             ids = model.corpus_ids(self.calib, calib_max_tokens)
             with model._lock:
                 check(lib.ea_kv_codec_fit_model(model._m, spec.encode(), ffi.from_buffer("int[]", ids), len(ids), ctx,
-                                                0, p))
+                                                ffi.NULL, ffi.NULL, p))
             self.calib_tokens = len(ids)
-        else:
+        else:  # no basis; "file:PATH" is checked against this model's fingerprint
             self.calib, self.calib_tokens = None, 0
-            check(lib.ea_kv_codec_create(spec.encode(), model._cfg(), ffi.NULL, p))
+            with model._lock:
+                check(lib.ea_kv_codec_fit_model(model._m, spec.encode(), ffi.NULL, 0, 2, ffi.NULL, ffi.NULL, p))
         self._c = ffi.gc(p[0], lib.ea_kv_codec_free)
 
     @classmethod
@@ -83,96 +83,78 @@ def _codec_list(model, codecs, calib, calib_max_tokens, ctx):
     return out
 
 
-def _log_softmax_rows(x):
-    m = x.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
-    return lse
-
-
-def _score(base, logits, ids, first, acc):
-    """Accumulate nll of the codec's predictions, KL(base || codec) and top-1 agreement over
-    predictions first..len-1 (row t-1 predicts ids[t]), in float64, chunk by chunk."""
-    n = len(ids)
-    for r0 in range(first - 1, n - 1, 64):
-        r1 = min(r0 + 64, n - 1)
-        lb = base[r0:r1].astype(np.float64)
-        lc = logits[r0:r1].astype(np.float64)
-        lse_b, lse_c = _log_softmax_rows(lb), _log_softmax_rows(lc)
-        tgt = ids[r0 + 1:r1 + 1]
-        acc["nll"] += float((lse_c - lc[np.arange(r1 - r0), tgt]).sum())
-        pb = np.exp(lb - lse_b[:, None])
-        kl = (pb * (lb - lc)).sum(axis=1) + lse_c - lse_b
-        acc["kl"] += float(np.maximum(kl, 0).sum())
-        acc["top1"] += int((lb.argmax(axis=1) == lc.argmax(axis=1)).sum())
-        acc["scored"] += r1 - r0
-
-
 def eval_kv(model, text, codecs, ctx=None, max_tokens=0, protocol="full", calib=None, calib_max_tokens=0,
-            progress=None):
-    """`eigenalign eval`: run the exact float32 cache and every codec on the same windows of text
-    (a path or token ids) and compare next-token distributions. codecs: specs or KVCodec objects.
-    Returns the CLI's JSON keys; decode speed is not measured here (decode_tok_s None), and the
-    scores are computed in float64 by NumPy from the logits the library returns.
-    progress(done, total) is called after each window and codec."""
+            decode_tokens=0, progress=None):
+    """`eigenalign eval`: the exact float32 cache and every codec on the same windows of text (a
+    path or token ids), scored by the library (ea_kv_codecs_eval: KL(f32 || codec), top-1 and ppl
+    against the f32 logits), so the numbers are the CLI's. codecs: specs or KVCodec objects.
+    decode_tokens > 0 also times that many one-token decode steps per codec at the end of a ctx
+    window (ea_kv_decode_rate; 0 leaves decode_tok_s None, as --decode-tokens 0).
+    progress(done, total) is called after each window and codec. Returns the CLI's JSON keys."""
     if protocol not in ("full", "llama"):
         raise ArgumentError("protocol must be full or llama, not %r" % (protocol,))
     n_pos = model.config["n_positions"]
     ctx = min(1024, n_pos) if ctx is None else _int_arg("ctx", ctx, 2, n_pos)
+    decode_tokens = _int_arg("decode_tokens", decode_tokens, 0, 1 << 20)
     ids = model.corpus_ids(text, max_tokens)
     if len(ids) < 2:
         raise ArgumentError("%s: need at least 2 tokens" % (text if isinstance(text, str) else "ids"))
     runs = [None] + _codec_list(model, codecs, calib, calib_max_tokens, ctx)
     proto = lib.EA_PPL_FULL if protocol == "full" else lib.EA_PPL_LLAMA
-    V = model.config["vocab_size"]
-    accs = [{"nll": 0.0, "kl": 0.0, "top1": 0, "scored": 0, "t": 0.0, "tok": 0} for _ in runs]
-    caches = [_Cache(model, ctx, r) for r in runs]
-    base = np.empty((ctx, V), dtype=np.float32)
-    out = np.empty((ctx, V), dtype=np.float32)
-    starts = [s for s in range(0, len(ids) - 1, ctx) if len(ids) - s >= 2]
-    step, total = 0, len(starts) * len(runs)
+    handles = ffi.new("const ea_kv_codec *[]", [ffi.NULL if r is None else r._c for r in runs])
+    ev = ffi.new("ea_kv_codec_eval[]", len(runs))
+    cbs = Callbacks()
+    idp = ffi.from_buffer("int[]", ids)
+    decode = [None] * len(runs)
     with model._lock:
-        for s0 in starts:
-            w = np.ascontiguousarray(ids[s0:s0 + ctx])
-            first = lib.ea_ppl_first_scored(proto, len(w))
-            for i, r in enumerate(runs):
-                buf = base if i == 0 else out
-                lib.ea_kvcache_reset(caches[i].ptr)
-                t0 = lib.ea_time_now()
-                check(lib.ea_model_forward(model._m, caches[i].ptr, ffi.from_buffer("int[]", w), len(w),
-                                           ffi.from_buffer("float[]", buf), 1))
-                accs[i]["t"] += lib.ea_time_now() - t0
-                accs[i]["tok"] += len(w)
-                _score(base[:len(w)], buf[:len(w)], w, first, accs[i])
-                step += 1
-                if progress is not None:
-                    progress(step, total)
-    base_ppl = float(np.exp(accs[0]["nll"] / accs[0]["scored"]))
+        st = lib.ea_kv_codecs_eval(model._m, idp, len(ids), ctx, proto, handles, len(runs), ev, cbs.progress(progress),
+                                   ffi.NULL)
+        cbs.raise_pending()
+        check(st)
+        if decode_tokens:
+            rate = ffi.new("double *")
+            for i in range(len(runs)):
+                check(lib.ea_kv_decode_rate(model._m, handles[i], idp, len(ids), ctx, decode_tokens, rate))
+                decode[i] = rate[0]
+
+    def ppl(sc):
+        return math.exp(sc.nll / sc.scored)
+    base = ev[0]
+    base_ppl = ppl(base.score)
     res = {"model": model.path, "text": text if isinstance(text, str) else None, "ctx": ctx, "protocol": protocol,
            "tokens": len(ids)}
     fitted = [r for r in runs[1:] if r.calib is not None]
     if fitted:
         res["calibration"] = {"source": fitted[0].calib, "tokens": fitted[0].calib_tokens, "skip": 0}
-    res["baseline"] = {"ppl": base_ppl, "tokens_scored": accs[0]["scored"], "bits_per_value": 32,
-                       "cache_bytes": lib.ea_kvcache_bytes_for(caches[0].ptr, ctx),
-                       "prefill_tok_s": accs[0]["tok"] / accs[0]["t"], "decode_tok_s": None}
+    res["baseline"] = {"ppl": base_ppl, "tokens_scored": base.score.scored, "bits_per_value": 32,
+                       "cache_bytes": base.cache_bytes, "prefill_tok_s": base.prefill_tok / base.prefill_s,
+                       "decode_tok_s": decode[0]}
     res["codecs"] = []
-    L, d = model.config["n_layer"], model.config["n_embd"]
     for i, r in enumerate(runs[1:], 1):
-        a = accs[i]
-        ppl = float(np.exp(a["nll"] / a["scored"]))
+        sc = ev[i].score
+        p = ppl(sc)
         res["codecs"].append({
-            "codec": r.spec, "bits_per_value": r.cache_bytes(ctx) * 8.0 / (2.0 * L * ctx * d),
+            "codec": r.spec,
+            "bits_per_value": r.cache_bytes(ctx) * 8.0 / (2.0 * lib.ea_kv_codec_n_layer(r._c) * ctx *
+                                                          lib.ea_kv_codec_dim(r._c)),
             "overhead_bytes": r.overhead_bytes, "resident_bytes": r.resident_bytes, "stored_in_compressor": False,
-            "cache_bytes": lib.ea_kvcache_bytes_for(caches[i].ptr, ctx), "ppl": ppl,
-            "dppl_pct": 100.0 * (ppl / base_ppl - 1), "kl": a["kl"] / a["scored"], "top1": a["top1"] / a["scored"],
-            "prefill_tok_s": a["tok"] / a["t"], "decode_tok_s": None})
+            "cache_bytes": ev[i].cache_bytes, "ppl": p, "dppl_pct": 100.0 * (p / base_ppl - 1),
+            "kl": sc.kl / sc.scored, "top1": sc.top1 / sc.scored,
+            "prefill_tok_s": ev[i].prefill_tok / ev[i].prefill_s, "decode_tok_s": decode[i]})
     return res
 
 
-def _weights_bytes(c):
-    d, f = float(c["n_embd"]), float(c["n_inner"] if c["n_inner"] and c["n_inner"] > 0 else 4 * c["n_embd"])
+def _weights_bytes(c, gpt2):
+    """Parameters as float32, as `eigenalign bench-memory` counts them (the CLI's weights_bytes)."""
+    d = float(c["n_embd"])
+    f = float(c["n_inner"]) if c["n_inner"] > 0 else 4.0 * c["n_embd"]
+    if not gpt2:  # Llama family: RMSNorm, q/k/v/o, SwiGLU, no learned positions
+        qd, kvd, hd = float(c["q_dim"]), float(c["kv_dim"]), float(c["head_dim"])
+        layer = 2 * d + (qd + 2 * kvd) * d + d * qd + 3 * f * d + (qd + 2 * kvd if c["qkv_bias"] else 0) + \
+            (d if c["o_bias"] else 0) + (2 * hd if c["qk_norm"] else 0)
+        return 4.0 * (float(c["vocab_size"]) * d * (1 if c["tie_word_embeddings"] else 2) + c["n_layer"] * layer + d)
     layer = 4 * d + 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d
-    return 4.0 * (c["vocab_size"] * d + c["n_positions"] * d + c["n_layer"] * layer + 2 * d)
+    return 4.0 * (float(c["vocab_size"]) * d + float(c["n_positions"]) * d + c["n_layer"] * layer + 2 * d)
 
 
 def bench_memory(model, seq_lens=(64, 128, 256, 512, 1024, 2048), codecs=("f32", "f16", "q8", "q4", "klt:2"),
@@ -188,7 +170,7 @@ def bench_memory(model, seq_lens=(64, 128, 256, 512, 1024, 2048), codecs=("f32",
     if isinstance(codecs, (str, KVCodec)):
         codecs = [codecs]
     c = model.config
-    L, d, H = c["n_layer"], c["n_embd"], c["n_head"]
+    L, d, H = c["n_layer"], c["kv_dim"], c["n_head"]  # d: one cached K or V row
     fit_ctx = min(1024, c["n_positions"])
     info = []
     for spec in codecs:
@@ -200,7 +182,7 @@ def bench_memory(model, seq_lens=(64, 128, 256, 512, 1024, 2048), codecs=("f32",
         row_b = (lib.ea_kv_codec_bytes(k._c, 2 * br) - lib.ea_kv_codec_bytes(k._c, br)) / br
         seq_b = lib.ea_kv_codec_bytes(k._c, br) - br * row_b
         info.append((k.spec, k, k.bits_per_value, row_b, seq_b, k.overhead_bytes, k.resident_bytes))
-    wbytes = _weights_bytes(c)
+    wbytes = _weights_bytes(c, lib.ea_model_config(model._m).arch == lib.EA_ARCH_GPT2)
     rows = []
     for seq in seqs:
         for spec, k, bits, row_b, seq_b, over, res in info:
@@ -216,5 +198,6 @@ def bench_memory(model, seq_lens=(64, 128, 256, 512, 1024, 2048), codecs=("f32",
                          "claimed_bytes": kv32 / claimed_ratio, "attn_scores_bytes": 4.0 * H * seq * seq,
                          "weights_bytes": wbytes, "cache_allocated_bytes": alloc, "peak_rss_bytes": None,
                          "rss_growth_bytes": None})
-    return {"model": model.path, "n_layer": L, "n_embd": d, "n_head": H, "n_positions": c["n_positions"],
+    return {"model": model.path, "n_layer": L, "n_embd": c["n_embd"], "kv_dim": d, "n_kv_head": c["n_kv_head"],
+            "n_head": H, "n_positions": c["n_positions"],
             "weights_bytes": wbytes, "claimed_ratio": claimed_ratio, "rows": rows}

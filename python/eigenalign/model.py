@@ -11,6 +11,9 @@ from ._ffi import Callbacks, ArgumentError, check, ffi, lib, take_string
 
 MAX_TEXT_BYTES = 1 << 30  # as the CLI
 SITES = ("hidden", "q", "k", "v")
+CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "layer_norm_epsilon",
+               "tie_word_embeddings", "qkv_bias", "o_bias", "qk_norm", "rope_theta", "rope_factor",
+               "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions")
 
 
 def _site_index(name):
@@ -39,8 +42,11 @@ class Model:
         self._tok = ffi.gc(tok, lib.ea_tokenizer_free)
         self._lock = threading.RLock()
         c = lib.ea_model_config(self._m)
-        self.config = {k: getattr(c, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size",
-                                                  "n_inner", "layer_norm_epsilon")}
+        self.config = {k: getattr(c, k) for k in CONFIG_KEYS}
+        self.config["arch"] = ffi.string(lib.ea_arch_name(c.arch)).decode()
+        # the widths with GQA and head_dim resolved (0 in config.json-less GPT-2 configs)
+        self.config.update(n_kv_head=lib.ea_config_kv_heads(c), head_dim=lib.ea_config_head_dim(c),
+                           kv_dim=lib.ea_config_kv_dim(c), q_dim=lib.ea_config_q_dim(c))
         self.fingerprint = ffi.string(lib.ea_model_fingerprint(self._m)).decode()
 
     @classmethod
@@ -201,7 +207,8 @@ class Model:
         """Activations of one window of text (str, bytes, or token ids; at most n_positions
         tokens): {site: float32 array (len(layers), tokens, d)}. Sites: "hidden" (layer i = the
         residual stream entering block i; n_layer = after ln_f), "q", "k", "v" (c_attn output of
-        block i). layers: list of layer indices (default all of the site)."""
+        block i; RoPE models: q and k after the rotation, k and v n_kv_head·head_dim wide). layers: list
+        of layer indices (default all of the site)."""
         if isinstance(sites, str):
             sites = [sites]
         ids = self._ids_array(text) if not isinstance(text, (str, bytes, bytearray)) else \
@@ -209,11 +216,13 @@ class Model:
         n = len(ids)
         if not 1 <= n <= self.config["n_positions"]:
             raise ArgumentError("activations: %d tokens; one window holds 1..%d" % (n, self.config["n_positions"]))
-        L, d = self.config["n_layer"], self.config["n_embd"]
+        c = self.config
+        L = c["n_layer"]
         want = {}
         for s in sites:
             si = _site_index(s)
             top = L if si == 0 else L - 1
+            d = (c["n_embd"], c["q_dim"], c["kv_dim"], c["kv_dim"])[si]  # K and V: n_kv_head heads (GQA)
             ls = list(range(top + 1)) if layers is None else [_int_arg("layer", x, 0, top) for x in layers]
             want[si] = (ls, np.empty((len(ls), n, d), dtype=np.float32))
         cbs = Callbacks()
@@ -221,15 +230,15 @@ class Model:
         def hook(user, site, layer, pos0, cnt, dd, x, ld):
             w = want.get(site)
             if w is None or layer not in w[0]:
-                return 0
+                return lib.EA_OK
             try:
                 rows = np.frombuffer(ffi.buffer(x, 4 * ((cnt - 1) * ld + dd)), dtype=np.float32)
                 w[1][w[0].index(layer), pos0:pos0 + cnt] = np.lib.stride_tricks.as_strided(
                     rows, (cnt, dd), (4 * ld, 4))
             except BaseException as e:
                 cbs.error = e
-                return 1
-            return 0
+                return lib.EA_ERR_ARG  # ends the pass; raise_pending() raises e before check()
+            return lib.EA_OK
         with self._lock:
             cb = ffi.callback("ea_capture_fn", hook)
             cache = _Cache(self, n, None)

@@ -8,9 +8,8 @@ import os
 import sys
 import time
 
+import eigenalign as ea  # before numpy: the library then binds to its own OpenBLAS (see ea.TUNING)
 import numpy as np
-
-import eigenalign as ea
 
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 model = ea.Model.load(sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "models", "gpt2-micro"))

@@ -6,6 +6,11 @@ import subprocess
 
 import pytest
 
+# The package before anything that loads numpy: numpy's OpenBLAS (Debian: the pthread build, same
+# libblas.so.3 soname) would otherwise be the one the library's BLAS calls bind to, and results
+# would differ from the CLI's in the last bits (see eigenalign.TUNING).
+import eigenalign  # noqa: F401,E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "models", "gpt2-micro")
 CALIB = os.path.join(ROOT, "data", "calib.txt")

@@ -86,6 +86,9 @@ def test_projector_fit_against_numpy(ea):
     np.testing.assert_allclose(p.basis.T @ p.basis, np.eye(5), atol=1e-5)
     q = ea.EigenProjector.from_parts(p.mean, p.basis, p.eigenvalues)
     np.testing.assert_array_equal(q.compress(x), p.compress(x))
-    assert 0 < p.error(x) < 1
+    xf = x.astype(np.float32)
+    xh = p.reconstruct(p.compress(xf)).astype(np.float64)
+    want = np.sqrt(((xf - xh) ** 2).sum() / (xf.astype(np.float64) ** 2).sum())  # independent, float64
+    assert 0 < p.error(x) < 1 and p.error(x) == pytest.approx(want, rel=1e-9)
     with pytest.raises(ea.FormatError, match="orthonormal"):
         ea.EigenProjector.from_parts(p.mean, p.basis * 2, p.eigenvalues)

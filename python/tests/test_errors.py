@@ -110,3 +110,12 @@ def test_library_search_and_tuning():
     assert r.stdout.strip() in ("20000", os.environ.get("GOMP_SPINCOUNT", "20000"))
     r = _python("import os, eigenalign as ea; print(ea.TUNING['skipped'])", EA_NO_REEXEC="1")
     assert "EA_NO_REEXEC" in r.stdout
+
+
+def test_blas_loaded_first_is_reported():
+    """numpy first: its OpenBLAS takes the library's BLAS calls (shared sonames), so the import
+    says so; eigenalign first: the library's own BLAS, and nothing to report."""
+    r = _python("import numpy, eigenalign as ea; print(bool(ea.TUNING['blas_loaded_before']))")
+    assert r.returncode == 0 and r.stdout.strip() == "True" and "Import eigenalign before numpy" in r.stderr
+    r = _python("import eigenalign as ea, numpy; print(ea.TUNING['blas_loaded_before'])")
+    assert r.returncode == 0 and r.stdout.strip() == "[]" and "RuntimeWarning" not in r.stderr
