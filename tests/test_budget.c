@@ -129,6 +129,15 @@ static void bad_input(void **state) {
     assert_int_not_equal(ea_budget_compute(&c, 16, "zip", 1, &b), EA_OK);
     assert_int_not_equal(ea_budget_compute(&c, 16, "pca:769", 1, &b), EA_OK);
     assert_int_not_equal(ea_budget_compute(&c, 16, "file:/x", 1, &b), EA_OK);
+    /* the largest shape config.json allows at the longest --seq: refused, not wrapped */
+    const char *huge = "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 65536, \"intermediate_size\": 1048576,"
+                       "\"num_attention_heads\": 1024, \"num_key_value_heads\": 1024, \"head_dim\": 1024,"
+                       "\"num_hidden_layers\": 256, \"vocab_size\": 4194304, \"max_position_embeddings\": 1048576}";
+    ea_config hc;
+    assert_int_equal(ea_config_parse(huge, strlen(huge), "huge.json", &hc), EA_OK);
+    assert_int_not_equal(ea_budget_compute(&hc, 1 << 24, "q8", 1, &b), EA_OK);
+    printf("huge: %s\n", ea_last_error());
+    assert_int_equal(ea_budget_compute(&hc, 1, "q8", 1, &b), EA_OK); /* one token still counts exactly */
 
     char *out, *err;
     const char *unknown[] = {"budget", "--shape", "gpt5", NULL};

@@ -113,6 +113,11 @@ ea_status ea_budget_compute(const ea_config *cfg, int seq, const char *kv_spec, 
     out->kv_heads = ea_config_kv_heads(c);
     out->kv_dim = ea_config_kv_dim(c);
     out->kv_f32 = 2 * L * S * KVD * 4;
+    /* the largest figure: above 2^53 doubles stop being exact byte counts (and size_t may wrap in
+     * the codec's own accounting): refuse rather than print a rounded or wrapped number */
+    double biggest = fmax(fmax(out->kv_f32, (double)c->n_head * S * S * 4), fmax(out->engine_f32_ckpt, V * S * 4));
+    if (biggest > 9007199254740992.0)
+        return ea_error(EA_ERR_ARG, "%g bytes at seq %d are beyond exact counting (2^53); use a shorter --seq", biggest, seq);
     const char *colon = strchr(kv_spec, ':');
     if (!strncmp(kv_spec, "pca", 3)) {
         int per_head = !strncmp(kv_spec, "pca-head", 8);
