@@ -93,6 +93,8 @@ typedef struct {
     int head;  /* -1: the whole site; h: columns h*hd..(h+1)*hd of q/k/v */
     int d;
     ea_cov *first, *rest;
+    double *pool_sum; /* --pool: the current sample's running sum (mean) or last row (last); d */
+    int pool_rows;    /* rows of the current sample seen so far */
 } ea_site_acc;
 
 typedef struct {
@@ -105,7 +107,23 @@ typedef struct {
     double accumulate_s; /* time spent inside the capture hook */
     ea_status err;       /* first failure inside the hook (the forward pass only says "aborted") */
     char errmsg[512];
+    int uncentered;      /* ea_site_stats_set_protocol: spectra of XᵀX/n, not the covariance */
+    int pool;            /* ea_pool */
 } ea_site_stats;
+
+/* The research note's protocol (issue 18). pool: one vector per sample instead of one per token:
+ * EA_POOL_MEAN the mean of a sample's rows, EA_POOL_LAST its last row; a sample ends at
+ * ea_site_stats_end_sample (ea_site_stats_run calls it after every window, so a sample is a
+ * window). Pooled vectors go to the accumulators' "rest" (there is no position 0 in a pooled
+ * vector: exclude_first then equals all). uncentered: summaries decompose the second-moment
+ * matrix XᵀX/n = (n-1)/n · cov + μμᵀ (the note's SVD of raw activations: its singular values are
+ * sqrt(n · eigenvalue)) instead of the covariance; the standardized variant is then refused. Call
+ * before any capture. wte rows are never pooled. */
+typedef enum { EA_POOL_NONE = 0, EA_POOL_MEAN = 1, EA_POOL_LAST = 2 } ea_pool;
+EA_API ea_status ea_site_stats_set_protocol(ea_site_stats *s, int uncentered, ea_pool pool);
+/* End the current sample: add each accumulator's pooled vector (if it saw rows) and reset. A
+ * no-op without pooling. */
+EA_API ea_status ea_site_stats_end_sample(ea_site_stats *s);
 
 /* kinds_mask: bit (1 << kind) for each site kind wanted. per_head: also q/k/v per head. */
 EA_API ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned kinds_mask, int per_head);

@@ -2,6 +2,7 @@
 #include "ea/calib.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ void ea_site_stats_free(ea_site_stats *s) {
     for (int i = 0; i < s->n_acc; i++) {
         ea_cov_free(s->acc[i].first);
         ea_cov_free(s->acc[i].rest);
+        free(s->acc[i].pool_sum);
     }
     free(s->acc);
     free(s->index);
@@ -87,8 +89,58 @@ ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned
     return EA_OK;
 }
 
+ea_status ea_site_stats_set_protocol(ea_site_stats *s, int uncentered, ea_pool pool) {
+    if (pool != EA_POOL_NONE && pool != EA_POOL_MEAN && pool != EA_POOL_LAST)
+        return ea_error(EA_ERR_ARG, "site stats: unknown pooling %d", (int)pool);
+    for (int i = 0; i < s->n_acc; i++)
+        if (ea_cov_count(s->acc[i].first) + ea_cov_count(s->acc[i].rest) > 0)
+            return ea_error(EA_ERR_ARG, "site stats: the protocol is set before any rows are added");
+    s->uncentered = uncentered != 0;
+    s->pool = (int)pool;
+    for (int i = 0; i < s->n_acc && pool; i++) {
+        ea_site_acc *a = &s->acc[i];
+        if (a->kind == EA_SITE_KIND_WTE || a->pool_sum) continue;
+        if (!(a->pool_sum = calloc((size_t)a->d, sizeof *a->pool_sum)))
+            return ea_error(EA_ERR_NOMEM, "site stats: out of memory");
+    }
+    return EA_OK;
+}
+
+ea_status ea_site_stats_end_sample(ea_site_stats *s) {
+    if (!s->pool) return EA_OK;
+    ea_status st = EA_OK;
+    for (int i = 0; i < s->n_acc && !st; i++) {
+        ea_site_acc *a = &s->acc[i];
+        if (!a->pool_sum || a->pool_rows == 0) continue;
+        if (s->pool == EA_POOL_MEAN)
+            for (int j = 0; j < a->d; j++) a->pool_sum[j] /= a->pool_rows;
+        st = ea_cov_add_f64(a->rest, a->pool_sum, 1, a->d);
+        memset(a->pool_sum, 0, sizeof *a->pool_sum * (size_t)a->d);
+        a->pool_rows = 0;
+    }
+    return st;
+}
+
+/* Pooling: the rows only update the current sample's vector. */
+static void acc_pool(ea_site_acc *a, int pool, const float *x, int n, int ld) {
+    if (pool == EA_POOL_LAST) {
+        for (int j = 0; j < a->d; j++) a->pool_sum[j] = x[(size_t)(n - 1) * ld + j];
+    } else {
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < a->d; j++) a->pool_sum[j] += x[(size_t)r * ld + j];
+    }
+    a->pool_rows += n;
+}
+
 /* Rows at position 0 of a window go to `first`, the others to `rest`. */
-static ea_status acc_add(ea_site_acc *a, const float *x, int pos0, int n, int ld) {
+static ea_status acc_add(ea_site_acc *a, int pool, const float *x, int pos0, int n, int ld) {
+    if (pool && a->pool_sum) {
+        for (size_t i = 0; i < (size_t)n * ld; i += (size_t)ld)
+            for (int j = 0; j < a->d; j++)
+                if (!isfinite(x[i + (size_t)j])) return ea_error(EA_ERR_NUMERIC, "non-finite activation (%g)", (double)x[i + (size_t)j]);
+        acc_pool(a, pool, x, n, ld);
+        return EA_OK;
+    }
     int nf = pos0 == 0 ? 1 : 0;
     ea_status st = ea_cov_add(a->first, x, nf, ld);
     if (!st) st = ea_cov_add(a->rest, x + (size_t)nf * ld, n - nf, ld);
@@ -106,10 +158,10 @@ ea_status ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, i
     ea_status st = EA_OK;
     if (d != g->d)
         st = ea_error(EA_ERR_MISMATCH, "capture gave %d columns, expected %d", d, g->d);
-    if (!st) st = acc_add(g, x, pos0, n, ld);
+    if (!st) st = acc_add(g, s->pool, x, pos0, n, ld);
     if (s->per_head && site != EA_SITE_HIDDEN) {
         int hd = s->head_dim, nh = site == EA_SITE_Q || site == EA_SITE_Q_PRE ? s->n_head : s->n_kv_head;
-        for (int h = 0; h < nh && !st; h++) st = acc_add(&s->acc[gi + 1 + h], x + (size_t)h * hd, pos0, n, ld);
+        for (int h = 0; h < nh && !st; h++) st = acc_add(&s->acc[gi + 1 + h], s->pool, x + (size_t)h * hd, pos0, n, ld);
     }
     s->accumulate_s += ea_time_now() - t0;
     if (st) {
@@ -180,7 +232,7 @@ static ea_status timer_begin(void *user, ea_kvcache *cache, const int *ids, size
 static ea_status timer_end(void *user, ea_kvcache *cache, const int *ids, size_t start, int len, const float *logits) {
     run_timer *t = user;
     t->total += ea_time_now() - t->t0;
-    return EA_OK;
+    return ea_site_stats_end_sample(t->s); /* a sample is a window */
 }
 
 ea_status ea_site_stats_run(ea_site_stats *s, ea_model *m, ea_kvcache *cache, const int *ids, const ea_window *w,
@@ -200,7 +252,57 @@ void ea_site_results_free(ea_site_result *r, int n) {
     free(r);
 }
 
-static ea_status summarize_one(const ea_site_acc *a, const ea_cov *c, ea_variant v, ea_site_result *r) {
+/* The note's spectrum: eigenvalues of the second-moment matrix XᵀX/n = (n-1)/n · cov + μμᵀ. The
+ * summary's statistics as ea_spectrum_summarize computes them, of this matrix; top dims from its
+ * diagonal (mean squares). */
+static ea_status summarize_uncentered(const ea_cov *c, ea_spectrum_summary *out) {
+    memset(out, 0, sizeof *out);
+    int d = ea_cov_dim(c);
+    double n = ea_cov_count(c);
+    double *m = malloc((size_t)d * d * sizeof *m), *ev = malloc((size_t)d * sizeof *ev);
+    if (!m || !ev) {
+        free(m);
+        free(ev);
+        return ea_error(EA_ERR_NOMEM, "uncentered spectrum: cannot allocate for d = %d", d);
+    }
+    ea_status st = ea_cov_matrix(c, 0, m);
+    const double *mu = ea_cov_mean(c);
+    double trace = 0;
+    if (!st)
+        for (int i = 0; i < d; i++) {
+            for (int j = 0; j < d; j++) m[(size_t)i * d + j] = m[(size_t)i * d + j] * (n - 1) / n + mu[i] * mu[j];
+            trace += m[(size_t)i * d + i];
+        }
+    int nt = d < 8 ? d : 8;
+    for (int t = 0; t < nt && !st; t++) {
+        int best = -1;
+        for (int i = 0; i < d; i++) {
+            int taken = 0;
+            for (int u = 0; u < t; u++) taken |= out->top_dims[u] == i;
+            if (!taken && (best < 0 || m[(size_t)i * d + i] > m[(size_t)best * d + best])) best = i;
+        }
+        out->top_dims[t] = best;
+        out->top_share[t] = trace > 0 ? m[(size_t)best * d + best] / trace : 0;
+    }
+    out->n_top = nt;
+    if (!st) st = ea_eigh(m, d, ev, NULL);
+    free(m);
+    if (st) {
+        free(ev);
+        return st;
+    }
+    out->d = d;
+    out->n = n;
+    out->eigenvalues = ev;
+    out->df = ea_spectrum_df(ev, d);
+    out->trace = trace;
+    out->k90 = ea_spectrum_k_for(ev, d, 0.90);
+    out->k95 = ea_spectrum_k_for(ev, d, 0.95);
+    out->k99 = ea_spectrum_k_for(ev, d, 0.99);
+    return EA_OK;
+}
+
+static ea_status summarize_one(const ea_site_acc *a, const ea_cov *c, ea_variant v, int uncentered, ea_site_result *r) {
     memset(r, 0, sizeof *r);
     r->kind = a->kind;
     r->layer = a->layer;
@@ -213,7 +315,10 @@ static ea_status summarize_one(const ea_site_acc *a, const ea_cov *c, ea_variant
         return ea_error(EA_ERR_ARG, "%s layer %d%s (%s): %g row(s) cannot give a covariance; more tokens are needed",
                         ea_site_kind_name(a->kind), a->layer, head, ea_variant_name(v), n);
     }
-    ea_status st = ea_spectrum_summarize(c, v == EA_VARIANT_STANDARDIZED, &r->sum);
+    if (uncentered && v == EA_VARIANT_STANDARDIZED)
+        return ea_error(EA_ERR_ARG, "%s layer %d: the standardized variant is a correlation spectrum: it has no "
+                        "uncentered form", ea_site_kind_name(a->kind), a->layer);
+    ea_status st = uncentered ? summarize_uncentered(c, &r->sum) : ea_spectrum_summarize(c, v == EA_VARIANT_STANDARDIZED, &r->sum);
     if (st) return st;
     return ea_spectrum_null(n > INT_MAX ? INT_MAX : (int)n, a->d, 0, &r->null_df, &r->null_k95);
 }
@@ -236,7 +341,7 @@ ea_status ea_site_stats_summarize(const ea_site_stats *s, unsigned variant_mask,
         for (int v = 0; v < EA_VARIANTS && !st; v++) {
             if (!(variant_mask & (1u << v))) continue;
             if (v == EA_VARIANT_EXCLUDE_FIRST && a->kind == EA_SITE_KIND_WTE) continue;
-            st = summarize_one(a, v == EA_VARIANT_EXCLUDE_FIRST ? a->rest : all, (ea_variant)v, &res[nr]);
+            st = summarize_one(a, v == EA_VARIANT_EXCLUDE_FIRST ? a->rest : all, (ea_variant)v, s->uncentered, &res[nr]);
             nr++; /* counted even on failure so the partial summary is freed */
         }
         ea_cov_free(all);

@@ -112,6 +112,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
+int cmd_budget(int argc, char **argv);
 int cmd_fit(int argc, char **argv);
 int cmd_compress(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

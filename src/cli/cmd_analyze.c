@@ -14,6 +14,7 @@ static const char *usage =
     "                          [--sites hidden,q,k,v,q_pre,k_pre,wte] [--exclude-first] [--standardize]\n"
     "                          [--variants all,exclude_first,standardized] [--variance X[,X...]]\n"
     "                          [--samples N [--sample-len T] [--seed S]] [--no-heads]\n"
+    "                          [--center mean|none] [--pool none|mean|last]\n"
     "                          [--threads N] [--json] [--svg PATH] [--time-reference]\n"
     "  Covariance spectra of activations over calibration text (default: the bundled data/calib.txt).\n"
     "  Sites: hidden = residual stream entering each block (0 = embeddings, n_layer = after ln_f);\n"
@@ -29,6 +30,12 @@ static const char *usage =
     "  --max-tokens N keeps the first N tokens of the text. --variance X adds k for a fraction X in (0,1].\n"
     "  Null reference: Df and k95 of the sample covariance of isotropic Gaussian data of the same n\n"
     "  and d (Wishart moments for Df, Marchenko-Pastur quantiles for k), shown in parentheses.\n"
+    "  The note's protocol: --center none decomposes XᵀX/n (the SVD of the raw, uncentred activations, as\n"
+    "  the note's code) instead of the covariance (variants all, exclude_first); --pool mean|last takes\n"
+    "  one vector per sample, the mean of its tokens or its last token, where a sample is a window (the\n"
+    "  note's 500 sentences: --samples 500 --sample-len 32; variant all). Both report eigenvalues λ and\n"
+    "  singular values σ = sqrt(n·λ) (centred: sqrt((n-1)·λ)), n = rows (tokens or samples).\n"
+    "  example: eigenalign analyze --sites hidden --center none --pool mean --samples 500 --sample-len 32\n"
     "  --svg PATH: C(k) curves per layer (log k) for each variant and Df per layer, per site.\n"
     "  --time-reference: also time a bare dsyrk over the same shapes (accumulation overhead).\n"
     "  --json: {\"model\", \"tokens\", \"sites\": [{\"site\", \"layer\", \"head\", \"variant\", \"d\", \"n\", \"Df\", \"trace\",\n"
@@ -39,7 +46,9 @@ static const char *usage =
 static const int c_keys[5] = {1, 2, 5, 9, 22};
 
 typedef struct {
-    const char *model_dir, *text, *svg, *sites_s, *variants_s, *variance_s;
+    const char *model_dir, *text, *svg, *sites_s, *variants_s, *variance_s, *center_s, *pool_s;
+    int uncentered;
+    ea_pool pool;
     long ctx, max_tokens, samples, sample_len, seed, threads;
     int json, exclude_first, standardize, no_heads, time_reference;
     unsigned kinds, variants;
@@ -107,6 +116,8 @@ static int parse_opts(int argc, char **argv, analyze_opts *o) {
     o->json = cli_has(&a, "--json");
     o->svg = cli_str(&a, "--svg", NULL);
     o->time_reference = cli_has(&a, "--time-reference");
+    o->center_s = cli_str(&a, "--center", "mean");
+    o->pool_s = cli_str(&a, "--pool", "none");
     int rc = cli_finish(&a);
     cli_args_free(&a);
     if (rc) return rc;
@@ -124,6 +135,22 @@ static int parse_opts(int argc, char **argv, analyze_opts *o) {
                       (o->standardize ? 1u << EA_VARIANT_STANDARDIZED : 0);
     } else {
         o->variants = (1u << EA_VARIANTS) - 1;
+    }
+    if (!strcmp(o->center_s, "none")) o->uncentered = 1;
+    else if (strcmp(o->center_s, "mean")) return cli_error("analyze", "--center must be mean or none, not '%s'", o->center_s), 2;
+    if (!strcmp(o->pool_s, "mean")) o->pool = EA_POOL_MEAN;
+    else if (!strcmp(o->pool_s, "last")) o->pool = EA_POOL_LAST;
+    else if (strcmp(o->pool_s, "none")) return cli_error("analyze", "--pool must be none, mean or last, not '%s'", o->pool_s), 2;
+    int explicit_variants = o->variants_s || o->exclude_first || o->standardize;
+    if (o->uncentered && (o->variants & (1u << EA_VARIANT_STANDARDIZED))) {
+        if (explicit_variants)
+            return cli_error("analyze", "--center none: the standardized variant (a correlation spectrum) has no uncentred form"), 2;
+        o->variants &= ~(1u << EA_VARIANT_STANDARDIZED);
+    }
+    if (o->pool && (o->variants & (1u << EA_VARIANT_EXCLUDE_FIRST))) {
+        if (explicit_variants)
+            return cli_error("analyze", "--pool: one vector per sample has no position 0 to exclude (exclude_first)"), 2;
+        o->variants &= ~(1u << EA_VARIANT_EXCLUDE_FIRST);
     }
     if (o->sample_len && !o->samples) return cli_error("analyze", "--sample-len needs --samples"), 2;
     if (parse_variance(o)) return 2;
@@ -211,6 +238,10 @@ static cJSON *result_json(const ea_site_result *r, const analyze_opts *o) {
         cJSON_AddItemToArray(top, pair);
     }
     cJSON_AddItemToObject(j, "eigenvalues", cJSON_CreateDoubleArray(s->eigenvalues, s->d));
+    /* singular values of the data matrix behind the spectrum: sqrt(n λ) for XᵀX/n, sqrt((n-1) λ) centred */
+    cJSON *sv = cJSON_AddArrayToObject(j, "singular_values");
+    double rows = o->uncentered ? s->n : s->n - 1;
+    for (int i = 0; i < s->d; i++) cJSON_AddItemToArray(sv, cJSON_CreateNumber(sqrt(rows * s->eigenvalues[i])));
     cJSON *nul = cJSON_AddObjectToObject(j, "null");
     cli_add_number(nul, "Df", r->null_df);
     cJSON_AddNumberToObject(nul, "k95", r->null_k95);
@@ -232,6 +263,8 @@ static void print_json(const analyze_opts *o, const ea_model *m, size_t n_tokens
     cJSON_AddNumberToObject(j, "windows", n_windows);
     cJSON_AddStringToObject(j, "sampling", o->samples ? "samples" : "windows");
     cJSON_AddNumberToObject(j, "ctx", ctx); /* window length (--sample-len when sampling) */
+    cJSON_AddStringToObject(j, "center", o->uncentered ? "none" : "mean");
+    cJSON_AddStringToObject(j, "pool", o->pool_s);
     cJSON *sites = cJSON_AddArrayToObject(j, "sites");
     for (int i = 0; i < nr; i++) cJSON_AddItemToArray(sites, result_json(&r[i], o));
     cJSON *tj = cJSON_AddObjectToObject(j, "timing");
@@ -257,6 +290,10 @@ static void print_table_row(const ea_site_result *r, const analyze_opts *o) {
            ea_spectrum_cumvar(s->eigenvalues, s->d, 1), ea_spectrum_cumvar(s->eigenvalues, s->d, 9), s->top_dims[0],
            100 * s->top_share[0]);
     for (int i = 0; i < o->n_extra; i++) printf(" %5d", ea_spectrum_k_for(s->eigenvalues, s->d, o->extra_var[i]));
+    if (o->uncentered || o->pool) {
+        double rows = o->uncentered ? s->n : s->n - 1;
+        printf("  %10.4g %10.4g", s->eigenvalues[0], sqrt(rows * s->eigenvalues[0]));
+    }
     printf("\n");
 }
 
@@ -300,10 +337,18 @@ static void print_table(const analyze_opts *o, size_t n_tokens, int n_windows, i
                o->samples ? "random windows" : "windows", ctx);
     else
         printf("model %s (wte only: no text read)\n", o->model_dir);
-    printf("(in parentheses: the null reference, isotropic Gaussian data of the same n and d)\n\n");
+    printf("(in parentheses: the null reference, isotropic Gaussian data of the same n and d)\n");
+    if (o->uncentered || o->pool)
+        printf("protocol: %s; %s (n = %s); σ = sqrt(%s·λ); every λ and σ is in --json\n",
+               o->uncentered ? "uncentred, eigenvalues λ of XᵀX/n (the note's SVD of raw activations)" : "centred covariance",
+               o->pool == EA_POOL_MEAN ? "one vector per sample: the mean of its tokens"
+               : o->pool == EA_POOL_LAST ? "one vector per sample: its last token" : "every token a row",
+               o->pool ? "samples" : "tokens", o->uncentered ? "n" : "(n-1)");
+    printf("\n");
     printf("%-6s %5s  %-13s %5s %7s %8s (%6s) %5s %5s (%4s) %5s  %6s %6s  %s", "site", "layer", "variant", "d", "n", "Df",
            "null", "k90", "k95", "null", "k99", "C(1)", "C(9)", "top dim (share)");
     for (int i = 0; i < o->n_extra; i++) printf(" k%-4g", 100 * o->extra_var[i]);
+    if (o->uncentered || o->pool) printf("  %10s %10s", "λ1", "σ1");
     printf("\n");
     int last_kind = -1;
     for (int i = 0; i < nr; i++) {
@@ -370,6 +415,7 @@ int cmd_analyze(int argc, char **argv) {
         if ((st = ea_kvcache_init(&cache, cfg, len, NULL))) goto fail;
     }
     if ((st = ea_site_stats_init(&stats, cfg, o.kinds, !o.no_heads))) goto fail;
+    if ((st = ea_site_stats_set_protocol(stats, o.uncentered, o.pool))) goto fail;
     if ((st = ea_site_stats_add_wte(stats, ea_model_wte(m), cfg->vocab_size, cfg->n_embd))) goto fail;
     if (fwd_kinds) {
         st = ea_site_stats_run(stats, m, cache, ids, win, nwin, cli_progress, NULL, &tm.forward_s);

@@ -21,6 +21,7 @@ static const command commands[] = {
     {"compress", cmd_compress, "reconstruction error and model quality of a compressor on unseen text"},
     {"eval", cmd_eval, "perplexity, KL and speed of KV-cache codecs against the exact cache"},
     {"bench-memory", cmd_bench_memory, "memory table by sequence length, computed and measured"},
+    {"budget", cmd_budget, "memory arithmetic for any config or named shape, beside the note's"},
     {"handshake", cmd_handshake, "ESAP: compare two models' spectra, with controls"},
     {"align", cmd_align, "ESAP: Procrustes alignment of two models on shared anchors"},
     {"message", cmd_message, "ESAP: k-dimensional messages between two aligned models"},
