@@ -323,6 +323,8 @@ typedef struct {
     int head;
     int d;
     ea_cov *first, *rest;
+    double *pool_sum;
+    int pool_rows;
 } ea_site_acc;
 typedef struct {
     ea_site_acc *acc;
@@ -334,8 +336,13 @@ typedef struct {
     double accumulate_s;
     ea_status err;
     char errmsg[512];
+    int uncentered;
+    int pool;
 } ea_site_stats;
 ea_status ea_site_stats_init(ea_site_stats **out, const ea_config *cfg, unsigned kinds_mask, int per_head);
+typedef enum { EA_POOL_NONE = 0, EA_POOL_MEAN = 1, EA_POOL_LAST = 2 } ea_pool;
+ea_status ea_site_stats_set_protocol(ea_site_stats *s, int uncentered, ea_pool pool);
+ea_status ea_site_stats_end_sample(ea_site_stats *s);
 void ea_site_stats_free(ea_site_stats *s);
 ea_status ea_site_stats_capture(void *user, ea_site site, int layer, int pos0, int n, int d, float *x, int ld);
 ea_status ea_site_stats_add_wte(ea_site_stats *s, const float *wte, int vocab, int d);
@@ -613,6 +620,23 @@ const char *ea_svg_ramp(int i, int n, char buf[8]);
 ea_status ea_svg_render(const ea_svg *s, char **out, size_t *len);
 ea_status ea_svg_save(const ea_svg *s, const char *path);
 ea_status ea_spectra_figure_save(const char *path, const char *title, const ea_site_result *r, int n, int n_layer);
+typedef struct {
+    double n_params, n_matrix, n_vector;
+    double n_decode;
+    double w_f32, w_f16, w_q8_0, w_q4_0;
+    double engine_f16_ckpt, engine_f32_ckpt;
+    int kv_heads, kv_dim;
+    double kv_f32;
+    double kv_bytes, kv_bits_per_value;
+    double kv_overhead;
+    double scores_note;
+    double scores_engine;
+    double activations;
+    double logits_last, logits_all;
+} ea_budget;
+ea_status ea_budget_compute(const ea_config *cfg, int seq, const char *kv_spec, int threads, ea_budget *out);
+ea_status ea_budget_shape(const char *name, ea_config *cfg);
+const char *ea_budget_shape_list(void);
 /* libc */
 void free(void *p);
 """)
