@@ -971,5 +971,5 @@ int main(void) {
         cmocka_unit_test(test_max_tokens_bounds_tokenization),
         cmocka_unit_test(test_kv_codec_is_tied_to_its_model),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }
