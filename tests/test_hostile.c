@@ -852,6 +852,61 @@ static void test_max_tokens_bounds_tokenization(void **state) {
     ea_tokenizer_free(t);
 }
 
+/* Item 11 for tokenizer.json: the same contract. Every bound gives the start of the full
+ * encoding (four pipelines: GPT-2 byte-level, Llama 3 / Qwen3 split regexes, Llama 2 SentencePiece
+ * with its "▁" cuts); with a bound of 3, a 16 MB word after "The cat sat. " is never merged
+ * (whole, its BPE would take minutes). */
+static void test_max_tokens_bounds_tokenizer_json(void **state) {
+    (void)state;
+    static const char *const dirs[] = {"gpt2", "llama3", "qwen3", "llama2"};
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(ea_read_file(EA_SOURCE_DIR "/data/calib.txt", 1 << 26, &text, &len), EA_OK);
+    if (len > 20000) len = 20000;
+    size_t big = (size_t)16 << 20;
+    char *huge = malloc(big);
+    assert_non_null(huge);
+    memcpy(huge, "The cat sat. ", 13);
+    for (size_t i = 13; i < big; i++) huge[i] = (char)('a' + (i * 2654435761u >> 13) % 10);
+    for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/tokenizers/%s", TEST_FIXTURE_DIR, dirs[d]);
+        ea_tokenizer *t = NULL;
+        assert_int_equal(ea_tokenizer_load_dir(path, &t), EA_OK);
+        for (int special = 0; special < 2; special++) {
+            int *all = NULL;
+            size_t n_all = 0;
+            assert_int_equal(ea_tokenizer_encode(t, text, len, special, &all, &n_all), EA_OK);
+            const size_t bounds[] = {1, 2, 7, 64, 1000, n_all - 1, n_all, n_all + 5};
+            for (size_t k = 0; k < sizeof bounds / sizeof *bounds; k++) {
+                int *ids = NULL;
+                size_t n = 0;
+                assert_int_equal(ea_tokenizer_encode_max(t, text, len, special, bounds[k], &ids, &n), EA_OK);
+                assert_int_equal(n, bounds[k] < n_all ? bounds[k] : n_all);
+                assert_memory_equal(ids, all, n * sizeof *ids);
+                free(ids);
+            }
+            free(all);
+        }
+        int *ids = NULL;
+        size_t n = 0;
+        double t0 = ea_time_now();
+        assert_int_equal(ea_tokenizer_encode_max(t, huge, big, 0, 3, &ids, &n), EA_OK);
+        printf("%s: a 16 MB word after 3 tokens: %zu ids in %.3f s\n", dirs[d], n, ea_time_now() - t0);
+        assert_int_equal(n, 3);
+        int *head = NULL;
+        size_t nh = 0; /* the 3 ids are those of the text without the word */
+        assert_int_equal(ea_tokenizer_encode(t, huge, 13, 0, &head, &nh), EA_OK);
+        assert_true(nh >= 3);
+        assert_memory_equal(ids, head, 3 * sizeof *ids);
+        free(head);
+        free(ids);
+        ea_tokenizer_free(t);
+    }
+    free(huge);
+    free(text);
+}
+
 /* Copy a safetensors file to dst with its JSON header changed by edit (offsets kept valid by the
  * caller: the data bytes are copied as they are). */
 static void rewrite_st(const char *src, const char *dst, void (*edit)(cJSON *)) {
@@ -969,6 +1024,7 @@ int main(void) {
         cmocka_unit_test(test_memory_limit_never_hangs),
         cmocka_unit_test(test_generate_json_is_always_utf8),
         cmocka_unit_test(test_max_tokens_bounds_tokenization),
+        cmocka_unit_test(test_max_tokens_bounds_tokenizer_json),
         cmocka_unit_test(test_kv_codec_is_tied_to_its_model),
     };
     return TEST_RUN(tests, NULL, NULL);
