@@ -907,6 +907,33 @@ static void test_max_tokens_bounds_tokenizer_json(void **state) {
     free(text);
 }
 
+/* Item 14: arguments the model decides (codec specs' bounds, --calib-skip) are refused before
+ * anything is fitted: no "fitting" progress line, exit 2, the spec as typed. */
+static void test_arguments_checked_before_fitting(void **state) {
+    (void)state;
+    static const char *const cases[][12] = {
+        {"eval", "--text", "data/calib.txt", "--kv", "q8,pca:100000", NULL},
+        {"eval", "--text", "data/calib.txt", "--kv", "q8,pca-head:65", NULL},
+        {"eval", "--text", "data/calib.txt", "--kv", "klt:2:ssssssssssssssssssssssssssssssssssssssssssssssssssssssss", NULL},
+        {"eval", "--text", "data/calib.txt", "--kv", "pca:4", "--ctx", "64", "--calib-skip", "64", NULL},
+        {"bench-memory", "--codec", "q8,pca:99999", "--no-measure", NULL},
+        {"generate", "--prompt", "hello", "-n", "2", "--kv", "pca:129", NULL},
+    };
+    static const char *const want[] = {"'pca:100000'", "'pca-head:65'", "spec too long", "--calib-skip 64", "'pca:99999'",
+                                       "'pca:129'"};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *out = NULL, *err = NULL;
+        int rc = test_run_cli(&out, &err, (const char *const *)cases[i]);
+        printf("  %s (%s): exit %d, %s", cases[i][0], want[i], rc, err);
+        assert_true(rc == 1 || rc == 2);
+        assert_non_null(strstr(err, want[i]));
+        assert_null(strstr(err, "fitting"));
+        assert_string_equal(out, "");
+        free(out);
+        free(err);
+    }
+}
+
 /* Copy a safetensors file to dst with its JSON header changed by edit (offsets kept valid by the
  * caller: the data bytes are copied as they are). */
 static void rewrite_st(const char *src, const char *dst, void (*edit)(cJSON *)) {
@@ -1025,6 +1052,7 @@ int main(void) {
         cmocka_unit_test(test_generate_json_is_always_utf8),
         cmocka_unit_test(test_max_tokens_bounds_tokenization),
         cmocka_unit_test(test_max_tokens_bounds_tokenizer_json),
+        cmocka_unit_test(test_arguments_checked_before_fitting),
         cmocka_unit_test(test_kv_codec_is_tied_to_its_model),
     };
     return TEST_RUN(tests, NULL, NULL);

@@ -241,12 +241,24 @@ int cmd_bench_memory(int argc, char **argv) {
         cli_error("bench-memory", "--codec lists no codec");
         goto done;
     }
+    for (int i = 0; i < nc; i++)
+        if ((st = ea_kv_codec_check_spec(cinfo[i].spec))) {
+            cli_fail_status("bench-memory", st);
+            rc = 2;
+            goto done;
+        }
     if ((st = cli_load_model(model_dir, &m, &tok))) {
         cli_fail_status("bench-memory", st);
         goto done;
     }
     const ea_config *cfg = ea_model_config(m);
     int L = cfg->n_layer, d = ea_config_kv_dim(cfg), H = cfg->n_head; /* d: one cached K or V row */
+    for (int i = 0; i < nc; i++) /* the model's bounds, before fitting anything */
+        if ((st = ea_kv_codec_check_spec_for(cinfo[i].spec, cfg))) {
+            cli_fail_status("bench-memory", st);
+            rc = 2;
+            goto done;
+        }
     int want = 0;
     for (int i = 0; i < nc; i++) want |= !strncmp(cinfo[i].spec, "pca", 3) || !strncmp(cinfo[i].spec, "klt", 3);
     int fit_ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
