@@ -702,7 +702,7 @@ static void test_truncated_while_open(void **state) {
 static void test_memory_limit_never_hangs(void **state) {
     (void)state;
 #if defined(__SANITIZE_ADDRESS__)
-    TEST_SKIP("AddressSanitizer reserves terabytes of address space: ulimit -v cannot apply");
+    TEST_SKIP_PLATFORM("AddressSanitizer reserves terabytes of address space: ulimit -v cannot apply");
 #else
     /* One BLAS: the OpenMP build of OpenBLAS when it is installed, never the pthread build beside it. */
     if (access("/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", F_OK) == 0) {
@@ -934,6 +934,71 @@ static void test_arguments_checked_before_fitting(void **state) {
     }
 }
 
+/* Item 14: out of memory while parsing vocab.json (or tokenizer.json) says so, never "not valid
+ * JSON". A fresh process (this binary with --load-tokenizer: a forked one would inherit a heap with
+ * megabytes of free holes) loads a tokenizer under an address-space limit a little above what it
+ * already maps, for a range of margins: some fail inside the parser, the largest succeed. */
+static int load_tokenizer_limited(const char *dir, long margin_kb) {
+    long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%ld", &pages) != 1) return 3;
+    fclose(f);
+    struct rlimit rl;
+    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)margin_kb * 1024;
+    if (setrlimit(RLIMIT_AS, &rl)) return 4;
+    ea_tokenizer *t = NULL;
+    ea_status st = ea_tokenizer_load_dir(dir, &t);
+    fputs(st ? ea_last_error() : "ok", stdout);
+    return st ? 1 : 0;
+}
+
+static void test_json_out_of_memory_is_reported_as_such(void **state) {
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    TEST_SKIP_PLATFORM("AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot apply");
+#else
+    static const char *const dirs[] = {TEST_MODEL_DIR, TEST_FIXTURE_DIR "/tokenizers/gpt2"};
+    for (size_t d = 0; d < 2; d++) {
+        int oom = 0, invalid = 0, ok = 0;
+        for (long margin_kb = 64; margin_kb <= 96 * 1024; margin_kb += margin_kb / 3) {
+            int p[2];
+            assert_int_equal(pipe(p), 0);
+            char margin_s[32];
+            snprintf(margin_s, sizeof margin_s, "%ld", margin_kb);
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+                dup2(p[1], 1);
+                close(p[0]);
+                close(p[1]);
+                execl("/proc/self/exe", "test_hostile", "--load-tokenizer", dirs[d], margin_s, (char *)NULL);
+                _exit(127);
+            }
+            close(p[1]);
+            char msg[1024] = {0};
+            size_t got = 0;
+            ssize_t r;
+            while (got < sizeof msg - 1 && (r = read(p[0], msg + got, sizeof msg - 1 - got)) > 0) got += (size_t)r;
+            close(p[0]);
+            int status = 0;
+            assert_int_equal(waitpid(pid, &status, 0), pid);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) > 1) /* a limit too tight to start is not a finding */
+                continue;
+            if (strstr(msg, "not valid JSON")) {
+                printf("  %s, +%ld KB: %s\n", dirs[d], margin_kb, msg);
+                invalid++;
+            }
+            if (strstr(msg, "out of memory while parsing")) oom++;
+            if (!strcmp(msg, "ok")) ok++;
+        }
+        printf("%s: %d limits failed inside the JSON parser, reported as out of memory; %d loaded\n", dirs[d], oom, ok);
+        assert_int_equal(invalid, 0);
+        assert_true(oom > 0);
+        assert_true(ok > 0);
+    }
+#endif
+}
+
 /* Copy a safetensors file to dst with its JSON header changed by edit (offsets kept valid by the
  * caller: the data bytes are copied as they are). */
 static void rewrite_st(const char *src, const char *dst, void (*edit)(cJSON *)) {
@@ -1035,7 +1100,8 @@ static void test_kv_codec_is_tied_to_its_model(void **state) {
     free(dir);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "--load-tokenizer")) return load_tokenizer_limited(argv[2], atol(argv[3]));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
         cmocka_unit_test(test_loaders_reject_hostile_files_in_process),
@@ -1053,6 +1119,7 @@ int main(void) {
         cmocka_unit_test(test_max_tokens_bounds_tokenization),
         cmocka_unit_test(test_max_tokens_bounds_tokenizer_json),
         cmocka_unit_test(test_arguments_checked_before_fitting),
+        cmocka_unit_test(test_json_out_of_memory_is_reported_as_such),
         cmocka_unit_test(test_kv_codec_is_tied_to_its_model),
     };
     return TEST_RUN(tests, NULL, NULL);
