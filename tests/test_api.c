@@ -102,6 +102,8 @@ static void test_process_tune_returns(void **state) {
 
 static void test_outfile(void **state) {
     (void)state;
+    /* the named temporary (o.tmp) is what this case checks; where O_TMPFILE works, o.tmp is NULL */
+    setenv("EA_NO_O_TMPFILE", "1", 1);
     char *dir = test_tmpdir(), path[600];
     snprintf(path, sizeof path, "%s/out.txt", dir);
     ea_outfile o;
@@ -143,6 +145,7 @@ static void test_outfile(void **state) {
     assert_int_equal(access(p2, F_OK), -1);
     test_rmdir(dir);
     free(dir);
+    unsetenv("EA_NO_O_TMPFILE");
 }
 
 /* ---- io ---- */
