@@ -114,6 +114,8 @@ static int count_entries(const char *dir) {
 
 static void test_outfile(void **state) {
     (void)state;
+    /* the named temporary (o.tmp) is what this case checks; where O_TMPFILE works, o.tmp is NULL */
+    setenv("EA_NO_O_TMPFILE", "1", 1);
     char *dir = test_tmpdir(), path[600];
     snprintf(path, sizeof path, "%s/out.txt", dir);
     ea_outfile o;
@@ -169,6 +171,7 @@ static void test_outfile(void **state) {
     unsetenv("EA_NO_O_TMPFILE");
     test_rmdir(dir);
     free(dir);
+    unsetenv("EA_NO_O_TMPFILE");
 }
 
 /* ---- io ---- */

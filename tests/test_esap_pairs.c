@@ -462,5 +462,5 @@ int main(void) {
         cmocka_unit_test(test_text_pairs_agree_with_ids),
         cmocka_unit_test(test_cli_pairs),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

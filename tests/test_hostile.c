@@ -702,7 +702,7 @@ static void test_truncated_while_open(void **state) {
 static void test_memory_limit_never_hangs(void **state) {
     (void)state;
 #if defined(__SANITIZE_ADDRESS__)
-    TEST_SKIP("AddressSanitizer reserves terabytes of address space: ulimit -v cannot apply");
+    TEST_SKIP_PLATFORM("AddressSanitizer reserves terabytes of address space: ulimit -v cannot apply");
 #else
     /* One BLAS: the OpenMP build of OpenBLAS when it is installed, never the pthread build beside it. */
     if (access("/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", F_OK) == 0) {
@@ -852,6 +852,153 @@ static void test_max_tokens_bounds_tokenization(void **state) {
     ea_tokenizer_free(t);
 }
 
+/* Item 11 for tokenizer.json: the same contract. Every bound gives the start of the full
+ * encoding (four pipelines: GPT-2 byte-level, Llama 3 / Qwen3 split regexes, Llama 2 SentencePiece
+ * with its "▁" cuts); with a bound of 3, a 16 MB word after "The cat sat. " is never merged
+ * (whole, its BPE would take minutes). */
+static void test_max_tokens_bounds_tokenizer_json(void **state) {
+    (void)state;
+    static const char *const dirs[] = {"gpt2", "llama3", "qwen3", "llama2"};
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(ea_read_file(EA_SOURCE_DIR "/data/calib.txt", 1 << 26, &text, &len), EA_OK);
+    if (len > 20000) len = 20000;
+    size_t big = (size_t)16 << 20;
+    char *huge = malloc(big);
+    assert_non_null(huge);
+    memcpy(huge, "The cat sat. ", 13);
+    for (size_t i = 13; i < big; i++) huge[i] = (char)('a' + (i * 2654435761u >> 13) % 10);
+    for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/tokenizers/%s", TEST_FIXTURE_DIR, dirs[d]);
+        ea_tokenizer *t = NULL;
+        assert_int_equal(ea_tokenizer_load_dir(path, &t), EA_OK);
+        for (int special = 0; special < 2; special++) {
+            int *all = NULL;
+            size_t n_all = 0;
+            assert_int_equal(ea_tokenizer_encode(t, text, len, special, &all, &n_all), EA_OK);
+            const size_t bounds[] = {1, 2, 7, 64, 1000, n_all - 1, n_all, n_all + 5};
+            for (size_t k = 0; k < sizeof bounds / sizeof *bounds; k++) {
+                int *ids = NULL;
+                size_t n = 0;
+                assert_int_equal(ea_tokenizer_encode_max(t, text, len, special, bounds[k], &ids, &n), EA_OK);
+                assert_int_equal(n, bounds[k] < n_all ? bounds[k] : n_all);
+                assert_memory_equal(ids, all, n * sizeof *ids);
+                free(ids);
+            }
+            free(all);
+        }
+        int *ids = NULL;
+        size_t n = 0;
+        double t0 = ea_time_now();
+        assert_int_equal(ea_tokenizer_encode_max(t, huge, big, 0, 3, &ids, &n), EA_OK);
+        printf("%s: a 16 MB word after 3 tokens: %zu ids in %.3f s\n", dirs[d], n, ea_time_now() - t0);
+        assert_int_equal(n, 3);
+        int *head = NULL;
+        size_t nh = 0; /* the 3 ids are those of the text without the word */
+        assert_int_equal(ea_tokenizer_encode(t, huge, 13, 0, &head, &nh), EA_OK);
+        assert_true(nh >= 3);
+        assert_memory_equal(ids, head, 3 * sizeof *ids);
+        free(head);
+        free(ids);
+        ea_tokenizer_free(t);
+    }
+    free(huge);
+    free(text);
+}
+
+/* Item 14: arguments the model decides (codec specs' bounds, --calib-skip) are refused before
+ * anything is fitted: no "fitting" progress line, exit 2, the spec as typed. */
+static void test_arguments_checked_before_fitting(void **state) {
+    (void)state;
+    static const char *const cases[][12] = {
+        {"eval", "--text", "data/calib.txt", "--kv", "q8,pca:100000", NULL},
+        {"eval", "--text", "data/calib.txt", "--kv", "q8,pca-head:65", NULL},
+        {"eval", "--text", "data/calib.txt", "--kv", "klt:2:ssssssssssssssssssssssssssssssssssssssssssssssssssssssss", NULL},
+        {"eval", "--text", "data/calib.txt", "--kv", "pca:4", "--ctx", "64", "--calib-skip", "64", NULL},
+        {"bench-memory", "--codec", "q8,pca:99999", "--no-measure", NULL},
+        {"generate", "--prompt", "hello", "-n", "2", "--kv", "pca:129", NULL},
+    };
+    static const char *const want[] = {"'pca:100000'", "'pca-head:65'", "spec too long", "--calib-skip 64", "'pca:99999'",
+                                       "'pca:129'"};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *out = NULL, *err = NULL;
+        int rc = test_run_cli(&out, &err, (const char *const *)cases[i]);
+        printf("  %s (%s): exit %d, %s", cases[i][0], want[i], rc, err);
+        assert_true(rc == 1 || rc == 2);
+        assert_non_null(strstr(err, want[i]));
+        assert_null(strstr(err, "fitting"));
+        assert_string_equal(out, "");
+        free(out);
+        free(err);
+    }
+}
+
+/* Item 14: out of memory while parsing vocab.json (or tokenizer.json) says so, never "not valid
+ * JSON". A fresh process (this binary with --load-tokenizer: a forked one would inherit a heap with
+ * megabytes of free holes) loads a tokenizer under an address-space limit a little above what it
+ * already maps, for a range of margins: some fail inside the parser, the largest succeed. */
+static int load_tokenizer_limited(const char *dir, long margin_kb) {
+    long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%ld", &pages) != 1) return 3;
+    fclose(f);
+    struct rlimit rl;
+    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)margin_kb * 1024;
+    if (setrlimit(RLIMIT_AS, &rl)) return 4;
+    ea_tokenizer *t = NULL;
+    ea_status st = ea_tokenizer_load_dir(dir, &t);
+    fputs(st ? ea_last_error() : "ok", stdout);
+    return st ? 1 : 0;
+}
+
+static void test_json_out_of_memory_is_reported_as_such(void **state) {
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    TEST_SKIP_PLATFORM("AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot apply");
+#else
+    static const char *const dirs[] = {TEST_MODEL_DIR, TEST_FIXTURE_DIR "/tokenizers/gpt2"};
+    for (size_t d = 0; d < 2; d++) {
+        int oom = 0, invalid = 0, ok = 0;
+        for (long margin_kb = 64; margin_kb <= 96 * 1024; margin_kb += margin_kb / 3) {
+            int p[2];
+            assert_int_equal(pipe(p), 0);
+            char margin_s[32];
+            snprintf(margin_s, sizeof margin_s, "%ld", margin_kb);
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+                dup2(p[1], 1);
+                close(p[0]);
+                close(p[1]);
+                execl("/proc/self/exe", "test_hostile", "--load-tokenizer", dirs[d], margin_s, (char *)NULL);
+                _exit(127);
+            }
+            close(p[1]);
+            char msg[1024] = {0};
+            size_t got = 0;
+            ssize_t r;
+            while (got < sizeof msg - 1 && (r = read(p[0], msg + got, sizeof msg - 1 - got)) > 0) got += (size_t)r;
+            close(p[0]);
+            int status = 0;
+            assert_int_equal(waitpid(pid, &status, 0), pid);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) > 1) /* a limit too tight to start is not a finding */
+                continue;
+            if (strstr(msg, "not valid JSON")) {
+                printf("  %s, +%ld KB: %s\n", dirs[d], margin_kb, msg);
+                invalid++;
+            }
+            if (strstr(msg, "out of memory while parsing")) oom++;
+            if (!strcmp(msg, "ok")) ok++;
+        }
+        printf("%s: %d limits failed inside the JSON parser, reported as out of memory; %d loaded\n", dirs[d], oom, ok);
+        assert_int_equal(invalid, 0);
+        assert_true(oom > 0);
+        assert_true(ok > 0);
+    }
+#endif
+}
+
 /* Copy a safetensors file to dst with its JSON header changed by edit (offsets kept valid by the
  * caller: the data bytes are copied as they are). */
 static void rewrite_st(const char *src, const char *dst, void (*edit)(cJSON *)) {
@@ -953,7 +1100,8 @@ static void test_kv_codec_is_tied_to_its_model(void **state) {
     free(dir);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "--load-tokenizer")) return load_tokenizer_limited(argv[2], atol(argv[3]));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_model_is_valid),
         cmocka_unit_test(test_loaders_reject_hostile_files_in_process),
@@ -969,7 +1117,10 @@ int main(void) {
         cmocka_unit_test(test_memory_limit_never_hangs),
         cmocka_unit_test(test_generate_json_is_always_utf8),
         cmocka_unit_test(test_max_tokens_bounds_tokenization),
+        cmocka_unit_test(test_max_tokens_bounds_tokenizer_json),
+        cmocka_unit_test(test_arguments_checked_before_fitting),
+        cmocka_unit_test(test_json_out_of_memory_is_reported_as_such),
         cmocka_unit_test(test_kv_codec_is_tied_to_its_model),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

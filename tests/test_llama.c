@@ -304,5 +304,5 @@ int main(void) {
         cmocka_unit_test(test_llama_long_qkv_reference),
         cmocka_unit_test(test_llama_long_gqa_codecs),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

@@ -149,5 +149,5 @@ int main(void) {
         cmocka_unit_test(test_tiny_qwen2),
         cmocka_unit_test(test_tiny_qwen3),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_RUN(tests, NULL, NULL);
 }

@@ -742,5 +742,5 @@ int main(void) {
         cmocka_unit_test(test_cli_tokenize_json),
         cmocka_unit_test(test_threads_share),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return TEST_RUN(tests, group_setup, group_teardown);
 }

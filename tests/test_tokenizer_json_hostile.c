@@ -276,5 +276,5 @@ int main(void) {
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_cli_refuses_larger_tokenizer),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return TEST_RUN(tests, setup, teardown);
 }

@@ -107,8 +107,15 @@ EA_API void ea_outfile_abort(ea_outfile *o);       /* remove the temporary; free
  * uncovered. Signals that are ignored or already have a handler are left alone. Never called by
  * the library itself. */
 EA_API void ea_outfile_install_signal_cleanup(void);
-/* Unlink the open temporaries; async-signal-safe, for programs with handlers of their own. */
+/* Unlink the open temporaries and empty and remove the registered temporary directories;
+ * async-signal-safe, for programs with handlers of their own. */
 EA_API void ea_outfile_remove_temporaries(void);
+/* A private temporary directory: mkdtemp(tmpl) (tmpl ends in XXXXXX and is rewritten), created
+ * with the cleanup signals blocked and registered, so the handlers above delete the files directly
+ * inside it and the directory itself. At most 4 at once. NULL with errno on failure. */
+EA_API char *ea_tempdir_create(char *tmpl);
+/* Delete the files directly inside dir and dir itself, and forget it. NULL is accepted. */
+EA_API void ea_tempdir_remove(const char *dir);
 /* Write a whole buffer atomically. */
 EA_API ea_status ea_write_file_atomic(const char *path, const void *data, size_t n);
 /* Open an existing input file read-only without ever blocking (a FIFO is refused, not waited

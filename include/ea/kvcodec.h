@@ -58,6 +58,9 @@ EA_API void ea_kv_metric_free(ea_kv_metric *mt);
 /* Syntax of a codec spec (name, parameter, flags) without building it: lets commands reject a
  * typo before loading anything. */
 EA_API ea_status ea_kv_codec_check_spec(const char *spec);
+/* The same, and the bounds that depend on the model (a pca rank within the cached row or head):
+ * lets commands reject a spec right after loading the config, before fitting anything. */
+EA_API ea_status ea_kv_codec_check_spec_for(const char *spec, const ea_config *cfg);
 
 /* Codec from a spec string: "f32", "f16", "q8", "q4", "pca:R", "pca-head:R", "klt:B" (B average
  * bits per value, may be fractional), "file:PATH" (a saved codec). Basis codecs need stats (else

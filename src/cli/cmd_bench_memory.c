@@ -14,6 +14,7 @@
  * peak): a klt codec is the one fitted here, saved to a temporary file (spec file:PATH); pca codecs
  * get their statistics through a temporary file. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,7 +173,7 @@ static double weights_bytes(const ea_config *c) {
 
 typedef struct {
     const char *spec;
-    char file[96]; /* klt: the fitted codec saved for the measuring child ("" otherwise) */
+    char file[PATH_MAX + 8]; /* klt: the fitted codec saved for the measuring child ("" otherwise) */
     double bits, row_b, seq_b; /* bits at n_ctx; bytes per token and per sequence */
     size_t overhead, resident; /* stored parameters; what the codec object holds in memory */
 } codec_info;
@@ -220,7 +221,7 @@ int cmd_bench_memory(int argc, char **argv) {
     if (ns <= 0) return cli_error("bench-memory", "--seq: '%s' is not a list of positive integers", seq_s), 2;
     if (one) return measure_one(model_dir, one, seqs[0], stats_path);
 
-    char *list = strdup(codecs_s), tmpl[] = "/tmp/ea_bench_memory_XXXXXX", *tmpdir = NULL, stats_file[64] = "";
+    char *list = strdup(codecs_s), tmpl[PATH_MAX], *tmpdir = NULL, stats_file[PATH_MAX] = "";
     codec_info cinfo[32];
     int nc = 0, *ids = NULL;
     size_t nids = 0;
@@ -240,12 +241,24 @@ int cmd_bench_memory(int argc, char **argv) {
         cli_error("bench-memory", "--codec lists no codec");
         goto done;
     }
+    for (int i = 0; i < nc; i++)
+        if ((st = ea_kv_codec_check_spec(cinfo[i].spec))) {
+            cli_fail_status("bench-memory", st);
+            rc = 2;
+            goto done;
+        }
     if ((st = cli_load_model(model_dir, &m, &tok))) {
         cli_fail_status("bench-memory", st);
         goto done;
     }
     const ea_config *cfg = ea_model_config(m);
     int L = cfg->n_layer, d = ea_config_kv_dim(cfg), H = cfg->n_head; /* d: one cached K or V row */
+    for (int i = 0; i < nc; i++) /* the model's bounds, before fitting anything */
+        if ((st = ea_kv_codec_check_spec_for(cinfo[i].spec, cfg))) {
+            cli_fail_status("bench-memory", st);
+            rc = 2;
+            goto done;
+        }
     int want = 0;
     for (int i = 0; i < nc; i++) want |= !strncmp(cinfo[i].spec, "pca", 3) || !strncmp(cinfo[i].spec, "klt", 3);
     int fit_ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
@@ -258,9 +271,19 @@ int cmd_bench_memory(int argc, char **argv) {
         }
         have_stats = 1;
     }
-    if (have_stats && !no_measure && !(tmpdir = mkdtemp(tmpl))) {
-        cli_error("bench-memory", "cannot create a temporary directory: %s", strerror(errno));
-        goto done;
+    /* In $TMPDIR (default /tmp), registered so that a terminating signal removes it with its files. */
+    const char *tmp_root = getenv("TMPDIR");
+    if (!tmp_root || !*tmp_root) tmp_root = "/tmp";
+    if (have_stats && !no_measure) {
+        int n = snprintf(tmpl, sizeof tmpl, "%s/ea_bench_memory_XXXXXX", tmp_root);
+        if (n < 0 || (size_t)n + 32 >= sizeof tmpl) {
+            cli_error("bench-memory", "TMPDIR '%s' is too long (%s)", tmp_root, strerror(ENAMETOOLONG));
+            goto done;
+        }
+        if (!(tmpdir = ea_tempdir_create(tmpl))) {
+            cli_error("bench-memory", "cannot create a temporary directory in %s: %s", tmp_root, strerror(errno));
+            goto done;
+        }
     }
     for (int i = 0; i < nc; i++) {
         ea_kv_codec *c = NULL;
@@ -391,10 +414,7 @@ int cmd_bench_memory(int argc, char **argv) {
     else cJSON_Delete(root);
     rc = 0;
 done:
-    if (stats_file[0]) unlink(stats_file);
-    for (int i = 0; i < nc; i++)
-        if (cinfo[i].file[0]) unlink(cinfo[i].file + 5);
-    if (tmpdir) rmdir(tmpdir);
+    ea_tempdir_remove(tmpdir); /* the statistics and the saved codecs with it */
     free(list);
     free(ids);
     if (have_stats) ea_kv_stats_free(&stats);

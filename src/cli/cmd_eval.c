@@ -259,6 +259,19 @@ int cmd_eval(int argc, char **argv) {
         cli_error("eval", "--ctx %ld exceeds the model's n_positions %d", ctx, cfg->n_positions);
         goto done;
     }
+    /* everything the model decides, before any text is read or statistic fitted */
+    if (!compressor && calib_skip >= ctx) {
+        cli_error("eval", "--calib-skip %ld leaves no position of a %ld-token window (at most %ld)", calib_skip, ctx,
+                  ctx - 1);
+        rc = 2;
+        goto done;
+    }
+    for (int i = 1; i < nr; i++)
+        if ((st = ea_kv_codec_check_spec_for(runs[i].spec, cfg))) {
+            cli_fail_status("eval", st);
+            rc = 2;
+            goto done;
+        }
     if ((st = cli_load_text_ids(tok, text, (size_t)max_tokens, &ids, &n))) {
         cli_fail_status("eval", st);
         goto done;

@@ -68,7 +68,7 @@ int cmd_generate(int argc, char **argv) {
         cli_error("generate", "prompt (%zu tokens) + -n %ld exceed the model context of %d", n_ids, n_new, cfg->n_positions);
         goto done;
     }
-    if (kv && (st = ea_kv_codec_check_spec(kv))) { cli_fail_status("generate", st); goto done; }
+    if (kv && (st = ea_kv_codec_check_spec_for(kv, cfg))) { cli_fail_status("generate", st); goto done; }
     if (kv && (!strncmp(kv, "pca", 3) || !strncmp(kv, "klt", 3))) {
         int ctx = cfg->n_positions < 1024 ? cfg->n_positions : 1024;
         if (!calib) calib = cli_default_calib();

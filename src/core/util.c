@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -175,9 +176,45 @@ static void tmp_unregister(int reg) {
     if (reg > 0) atomic_store(&tmp_state[reg - 1], SLOT_FREE);
 }
 
+/* Private temporary directories (bench-memory's codec and statistics files for its children), in
+ * a table like the one above: the handler deletes the files directly inside each and then the
+ * directory. Listing uses getdents64 on an open descriptor (opendir allocates; a handler may not). */
+#define DIR_SLOTS 4
+static atomic_int dir_state[DIR_SLOTS];
+static char dir_path[DIR_SLOTS][PATH_MAX];
+
+struct ea_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Async-signal-safe: unlink every entry of dir (not recursive), then rmdir it. */
+static void remove_dir_files(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        long buf[1024]; /* aligned for the records */
+        for (;;) {
+            long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+            if (n <= 0) break;
+            for (long off = 0; off < n;) {
+                struct ea_dirent64 *e = (struct ea_dirent64 *)((char *)buf + off);
+                off += e->d_reclen;
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(fd, e->d_name, 0);
+            }
+        }
+        close(fd);
+    }
+    rmdir(dir);
+}
+
 void ea_outfile_remove_temporaries(void) {
     for (int i = 0; i < TMP_SLOTS; i++)
         if (atomic_load(&tmp_state[i]) == SLOT_LIVE) unlink(tmp_path[i]);
+    for (int i = 0; i < DIR_SLOTS; i++)
+        if (atomic_load(&dir_state[i]) == SLOT_LIVE) remove_dir_files(dir_path[i]);
 }
 
 static struct sigaction default_action; /* SIG_DFL, set up by the installer */
@@ -214,6 +251,40 @@ void ea_outfile_install_signal_cleanup(void) {
             continue;
         sigaction(cleanup_signals[i], &sa, NULL);
     }
+}
+
+char *ea_tempdir_create(char *tmpl) {
+    if (strlen(tmpl) >= PATH_MAX) {
+        errno = ENAMETOOLONG;
+        return NULL;
+    }
+    sigset_t old;
+    if (gap_enter(&old)) {
+        errno = EINTR;
+        return NULL;
+    }
+    int slot = -1;
+    for (int i = 0; i < DIR_SLOTS && slot < 0; i++) {
+        int expected = SLOT_FREE;
+        if (atomic_compare_exchange_strong(&dir_state[i], &expected, SLOT_BUSY)) slot = i;
+    }
+    char *dir = slot < 0 ? NULL : mkdtemp(tmpl);
+    int e = slot < 0 ? EMFILE : errno;
+    if (dir) {
+        memcpy(dir_path[slot], dir, strlen(dir) + 1);
+        atomic_store(&dir_state[slot], SLOT_LIVE);
+    } else if (slot >= 0)
+        atomic_store(&dir_state[slot], SLOT_FREE);
+    gap_leave(&old);
+    if (!dir) errno = e;
+    return dir;
+}
+
+void ea_tempdir_remove(const char *dir) {
+    if (!dir) return;
+    remove_dir_files(dir);
+    for (int i = 0; i < DIR_SLOTS; i++)
+        if (atomic_load(&dir_state[i]) == SLOT_LIVE && !strcmp(dir_path[i], dir)) atomic_store(&dir_state[i], SLOT_FREE);
 }
 
 enum { OUT_NAMED = 0, OUT_UNNAMED = 1, OUT_THROUGH = 2 };

@@ -1,5 +1,6 @@
 /* config.json of a GPT-2 checkpoint: the hyper-parameters we need, each checked. Llama-family
  * configs are handed to config_llama.c. */
+#include <errno.h>
 #include <cjson/cJSON.h>
 #include <float.h>
 #include <math.h>
@@ -54,7 +55,9 @@ static ea_status check_duplicate_keys(const cJSON *j, const char *path) {
 
 ea_status ea_config_parse(const char *json, size_t len, const char *path, ea_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
+    errno = 0; /* ENOMEM after a NULL: an allocation failed, not the syntax */
     cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root && errno == ENOMEM) return ea_error(EA_ERR_NOMEM, "%s: out of memory while parsing JSON", path);
     if (!root) return ea_error(EA_ERR_FORMAT, "%s: not valid JSON", path);
     ea_status st = EA_OK;
     if (!cJSON_IsObject(root)) { st = ea_error(EA_ERR_FORMAT, "%s: not a JSON object", path); goto done; }

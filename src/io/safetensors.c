@@ -143,7 +143,9 @@ static ea_status parse_tensor(ea_st_file *f, const cJSON *it, const char *data, 
 }
 
 static ea_status parse_header(ea_st_file *f, const char *json, size_t len, const char *data, size_t data_size) {
+    errno = 0; /* ENOMEM after a NULL: an allocation failed, not the syntax */
     cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root && errno == ENOMEM) return ea_error(EA_ERR_NOMEM, "%s: out of memory while parsing the header", f->path);
     if (!root) return ea_error(EA_ERR_FORMAT, "%s: header is not valid JSON", f->path);
     ea_status st = EA_OK;
     if (!cJSON_IsObject(root)) {

@@ -135,10 +135,19 @@ ea_status ea_kv_codec_load_embedded(const char *path, const char *spec, const ea
     return st;
 }
 
-ea_status ea_kv_codec_check_spec(const char *spec) {
-    /* the parsers are the real ones; bounds that depend on the model are checked at creation */
+/* A klt spec's sensitivity probe (calib/kv_sens.c: "klt:3:<flags>b") can be 2 characters
+ * longer than the spec; both must fit in the codec's name, so the user's own spec is refused. */
+#define SPEC_MAX ((int)sizeof(((ea_kv_codec *)0)->name) - 3)
+
+ea_status ea_kv_codec_check_spec(const char *spec) { return ea_kv_codec_check_spec_for(spec, NULL); }
+
+ea_status ea_kv_codec_check_spec_for(const char *spec, const ea_config *cfg) {
+    /* the parsers are the real ones; with cfg, the model's bounds too */
     if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");
     if (!strncmp(spec, "file:", 5)) return spec[5] ? EA_OK : ea_error(EA_ERR_ARG, "kv codec '%s': needs a path", spec);
+    if (strlen(spec) > (size_t)SPEC_MAX)
+        return ea_error(EA_ERR_ARG, "kv codec '%s': spec too long (%zu characters, at most %d)", spec, strlen(spec),
+                        SPEC_MAX);
     const char *colon = strchr(spec, ':');
     size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
     const char *known[] = {"f32", "f16", "q8", "q4", "pca", "pca-head", "klt"};
@@ -153,8 +162,10 @@ ea_status ea_kv_codec_check_spec(const char *spec) {
         return parse_klt(spec, colon + 1, &o);
     }
     if (!strncmp(spec, "pca", 3)) {
-        int r;
-        return parse_int(spec, colon + 1, 1 << 20, &r);
+        int r, max = 1 << 20;
+        if (cfg && ea_config_kv_dim(cfg) > 0 && ea_config_kv_heads(cfg) > 0)
+            max = nlen == 3 ? ea_config_kv_dim(cfg) : ea_config_kv_dim(cfg) / ea_config_kv_heads(cfg);
+        return parse_int(spec, colon + 1, max, &r);
     }
     return ea_error(EA_ERR_ARG, "kv codec '%s': takes no parameter", spec);
 }
@@ -179,7 +190,8 @@ ea_status ea_kv_codec_create_ex(const char *spec, const ea_config *cfg, const ea
     if (!spec || !*spec) return ea_error(EA_ERR_ARG, "kv codec: empty spec");
     if (!strncmp(spec, "file:", 5) && cfg) return ea_kv_codec_load(spec + 5, cfg, out);
     if (strlen(spec) >= sizeof(((ea_kv_codec *)0)->name))
-        return ea_error(EA_ERR_ARG, "kv codec '%.32s...': spec too long", spec);
+        return ea_error(EA_ERR_ARG, "kv codec '%s': spec too long (%zu characters, at most %d)", spec, strlen(spec),
+                        SPEC_MAX);
     if (!cfg || cfg->n_layer < 1 || cfg->n_head < 1 || cfg->n_embd < 1 || ea_config_head_dim(cfg) < 1 ||
         ea_config_q_dim(cfg) % ea_config_head_dim(cfg) || cfg->n_head % ea_config_kv_heads(cfg))
         return ea_error(EA_ERR_ARG, "kv codec '%s': invalid model shape", spec);

@@ -137,8 +137,8 @@ ea_status ea_tokenizer_encode_max(const ea_tokenizer *t, const char *text, size_
     *n = 0;
     if (!t || (!text && len > 0)) return ea_error(EA_ERR_ARG, "ea_tokenizer_encode: tokenizer or text is NULL");
     if (len == 0) return EA_OK;
-    if (t->tj) { /* tokenizer.json: encoded whole, then cut to the bound (its work is not bounded yet) */
-        ea_status js = ea_tok_json_encode(t, text, len, parse_special, ids, n);
+    if (t->tj) { /* tokenizer.json: no piece is merged once the bound is reached; cut the last one's excess */
+        ea_status js = ea_tok_json_encode(t, text, len, parse_special, max_tokens, ids, n);
         if (!js && max_tokens > 0 && *n > max_tokens) *n = max_tokens;
         return js;
     }

@@ -87,8 +87,11 @@ ea_status ea_tok_json_load_dir(const char *dir, ea_tokenizer **out, int *has_jso
 /* Drop the leading spaces the decoder strips from decoded text s (NUL-terminated, n bytes);
  * returns the new length. */
 size_t ea_tok_json_decode_strip(const ea_tok_json *j, char *s, size_t n);
-ea_status ea_tok_json_encode(const ea_tokenizer *t, const char *text, size_t len, int parse_special, int **ids,
-                             size_t *n);
+/* Encode text; with max_tokens > 0 no further piece is merged once that many ids exist (the ids
+ * are the start of the full encoding, possibly a few past the bound: the caller cuts them).
+ * Normalization and pre-tokenization of the current segment stay linear in its length. */
+ea_status ea_tok_json_encode(const ea_tokenizer *t, const char *text, size_t len, int parse_special,
+                             size_t max_tokens, int **ids, size_t *n);
 
 /* Normalizers (normalize.c): apply the list to s, giving a malloc'd result in *out. */
 ea_status ea_tok_normalize(const tj_norm *norm, int n_norm, pcre2_match_data *md, const unsigned char *s, size_t len,

@@ -34,7 +34,12 @@ typedef struct {
     size_t n, cap;
     unsigned char *alpha;
     size_t alpha_cap;
+    size_t max; /* stop once this many ids exist (0: never) */
 } enc;
+
+/* Enough ids for the caller's bound: no further piece is merged (the ids so far are the start of
+ * the full encoding, since ids are only ever appended in text order). */
+static int enough(const enc *e) { return e->max && e->n >= e->max; }
 
 static ea_status grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return EA_OK;
@@ -312,7 +317,7 @@ static ea_status step_metaspace(enc *e, const tj_pre *p, piece pc) {
 
 /* Pre-tokenize arena[off, off+len) and run the model on every piece. */
 static ea_status pretok_and_model(enc *e, size_t off, size_t len, int first) {
-    if (len == 0) return EA_OK;
+    if (len == 0 || enough(e)) return EA_OK;
     e->na = 0;
     ea_status st = grow((void **)&e->pa, &e->ca, 1, sizeof *e->pa);
     if (st) return st;
@@ -337,21 +342,21 @@ static ea_status pretok_and_model(enc *e, size_t off, size_t len, int first) {
         e->cb = tc;
         e->na = e->nb;
     }
-    for (size_t i = 0; !st && i < e->na; i++) {
+    for (size_t i = 0; !st && i < e->na && !enough(e); i++) {
         const unsigned char *p = e->arena + e->pa[i].off;
         size_t n = e->pa[i].len, from = 0;
         /* SentencePiece without a pre-tokenizer sees the whole text as one piece; where no
          * token can span a "▁" that follows another character, cutting there gives the same
          * ids and lets the word cache work (sp_split, checked at load). */
         if (e->j->sp_split) {
-            for (size_t k = 1; !st && k + 3 <= n; k++)
+            for (size_t k = 1; !st && !enough(e) && k + 3 <= n; k++)
                 if (p[k] == 0xE2 && p[k + 1] == 0x96 && p[k + 2] == 0x81 &&
                     !(k >= 3 && p[k - 3] == 0xE2 && p[k - 2] == 0x96 && p[k - 1] == 0x81)) {
                     st = model_piece(e, p + from, k - from);
                     from = k;
                 }
         }
-        if (!st) st = model_piece(e, p + from, n - from);
+        if (!st && !enough(e)) st = model_piece(e, p + from, n - from);
     }
     return st;
 }
@@ -374,34 +379,34 @@ static ea_status segment(enc *e, const unsigned char *s, size_t n, int first) {
         return st;
     }
     size_t len = e->alen, pos = 0;
-    while (pos < len) {
+    while (pos < len && !enough(e)) {
         size_t a, b;
         int32_t id;
         int hit = ea_tok_matcher_next(&j->norm_added, e->arena, len, pos, !e->parse_special, &a, &b, &id);
         size_t stop = hit ? a : len;
         if ((st = pretok_and_model(e, pos, stop - pos, first && pos == 0))) return st;
-        if (!hit) break;
+        if (!hit || enough(e)) break;
         if ((st = push_id(e, id))) return st;
         pos = b;
     }
     return EA_OK;
 }
 
-ea_status ea_tok_json_encode(const ea_tokenizer *t, const char *text, size_t len, int parse_special, int **ids,
-                             size_t *n) {
-    enc e = {.t = t, .j = t->tj, .parse_special = parse_special};
+ea_status ea_tok_json_encode(const ea_tokenizer *t, const char *text, size_t len, int parse_special,
+                             size_t max_tokens, int **ids, size_t *n) {
+    enc e = {.t = t, .j = t->tj, .parse_special = parse_special, .max = max_tokens};
     e.md = pcre2_match_data_create(1, NULL);
     if (!e.md) return ea_error(EA_ERR_NOMEM, "cannot allocate regex match data");
     const unsigned char *s = (const unsigned char *)text;
     ea_status st = EA_OK;
     size_t pos = 0;
-    while (!st && pos < len) {
+    while (!st && pos < len && !enough(&e)) {
         size_t a, b;
         int32_t id;
         int hit = ea_tok_matcher_next(&e.j->raw_added, s, len, pos, !parse_special, &a, &b, &id);
         size_t stop = hit ? a : len;
         if (stop > pos) st = segment(&e, s + pos, stop - pos, pos == 0);
-        if (!st && hit) st = push_id(&e, id);
+        if (!st && hit && !enough(&e)) st = push_id(&e, id);
         pos = hit ? b : len;
     }
     pcre2_match_data_free(e.md);

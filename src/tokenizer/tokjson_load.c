@@ -4,6 +4,7 @@
  * tokenizer_config.json only decide BOS, the decoder only how many leading spaces decoding drops.
  * Everything else that would change the ids (dropout, subword prefixes, other model,
  * normalizer or pre-tokenizer types) is refused with the field and value named, never ignored. */
+#include <errno.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -738,9 +739,14 @@ static ea_status parse_json_file(const char *path, size_t max, cJSON **out) {
     ea_status st = ea_read_file(path, max, &text, &len);
     if (st) return st;
     const char *end = NULL;
+    /* cJSON returns NULL for a syntax error and for a failed allocation alike; malloc sets
+     * ENOMEM, so errno (cleared first) tells them apart. */
+    errno = 0;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    int oom = !root && errno == ENOMEM;
     size_t at = (end && end >= text && end <= text + len) ? (size_t)(end - text) : 0;
     free(text);
+    if (oom) return ea_error(EA_ERR_NOMEM, "%s: out of memory while parsing its %zu bytes of JSON", path, len);
     if (!root) return ea_error(EA_ERR_FORMAT, "%s: not valid JSON (error near byte %zu)", path, at);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);

@@ -1,6 +1,7 @@
 /* vocab.json: a JSON object {token text: id}; token texts are written in GPT-2's byte alphabet.
  * The ids must be exactly 0..n-1 (each once): anything else is a hostile or broken file, and
  * refusing it keeps every id in range and every token decodable. */
+#include <errno.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
@@ -13,7 +14,12 @@
 
 static ea_status parse_json(const char *path, const char *text, size_t len, cJSON **out) {
     const char *end = NULL;
+    /* cJSON returns NULL for a syntax error and for a failed allocation alike; malloc sets
+     * ENOMEM, so errno (cleared first) tells them apart. */
+    errno = 0;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root && errno == ENOMEM)
+        return ea_error(EA_ERR_NOMEM, "%s: out of memory while parsing its %zu bytes of JSON", path, len);
     if (!root) {
         size_t at = (end && end >= text && end <= text + len) ? (size_t)(end - text) : 0;
         return ea_error(EA_ERR_FORMAT, "%s: not valid JSON (error near byte %zu)", path, at);

@@ -398,6 +398,39 @@ case("cli_unknown_option", {}, ["unknown argument", "--bogus"],
 case("cli_context_overflow", {}, ["context"], argv=["generate", "--model", "{dir}", "--prompt", PROMPT, "-n", "100"],
      why="1 + 100 tokens in a 16-position model")
 
+
+def byte_vocab():
+    """vocab.json of the 256 byte tokens alone, in GPT-2's byte alphabet (no merges)."""
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cps, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            cps[b] = b
+        else:
+            cps[b] = 256 + n
+            n += 1
+    return json.dumps({chr(cps[b]): b for b in range(256)})
+
+
+V300 = dict(CFG, vocab_size=300)
+case("cli_tokenizer_smaller_than_vocab",
+     {"config.json": cfg_json(vocab_size=300), STF: st_file(model_tensors(V300)), "vocab.json": byte_vocab(),
+      "merges.txt": "#version: 0.2\n"},
+     ["256 tokens", "vocab_size 300"], why="ids 256..299 could be generated but not decoded: refused before generating")
+LONG_KLT = "klt:2:" + "s" * 56
+case("cli_kv_spec_too_long", {"t.txt": "some text"}, [LONG_KLT, "too long", "at most 61"],
+     argv=["eval", "--model", "{dir}", "--text", "{dir}/t.txt", "--kv", LONG_KLT],
+     why="reported with the spec the user typed (not the sensitivity probe's), before any fitting")
+case("cli_kv_pca_rank_past_model", {"t.txt": "some text"}, ["pca:9", "[1, 8]"],
+     argv=["eval", "--model", "{dir}", "--text", "{dir}/t.txt", "--kv", "pca:9"],
+     why="a rank above the cached row width (8) is refused once config.json is read, before fitting")
+case("cli_kv_pca_head_rank_past_head", {}, ["pca-head:5", "[1, 4]"],
+     argv=["generate", "--model", "{dir}", "--prompt", PROMPT, "-n", "1", "--kv", "pca-head:5"],
+     why="a rank above head_dim (4)")
+case("cli_calib_skip_past_window", {"t.txt": "some text"}, ["--calib-skip 16", "16-token window"],
+     argv=["eval", "--model", "{dir}", "--text", "{dir}/t.txt", "--kv", "pca:2", "--calib-skip", "16"],
+     why="no position of any window would be left to fit on")
+
 def write_case(root, c):
     d = os.path.join(root, c["name"])
     os.makedirs(d, exist_ok=True)
