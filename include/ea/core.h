@@ -74,8 +74,8 @@ typedef enum { EA_ISA_GENERIC = 0, EA_ISA_AVX2 = 1, EA_ISA_AVX512 = 2 } ea_isa;
 /* The tier the kernels run (*tier may be NULL). Fails when EA_ISA names an unknown tier
  * (EA_ERR_ARG) or one this CPU lacks (EA_ERR_UNSUPPORTED), with a message naming it; the kernels
  * then run generic, and ea_model_load and the KV codec constructors fail with the same error. */
-ea_status ea_isa_tier(ea_isa *tier);
-const char *ea_isa_name(ea_isa tier); /* "generic", "avx2", "avx512" */
+EA_API ea_status ea_isa_tier(ea_isa *tier);
+EA_API const char *ea_isa_name(ea_isa tier); /* "generic", "avx2", "avx512" */
 
 /* Overflow-checked size arithmetic: return 0 on success, -1 on overflow. */
 EA_API int ea_mul_size(size_t a, size_t b, size_t *out);

@@ -156,7 +156,7 @@ typedef struct {
 #define EA_ESAP_MKNN_PERMS 999   /* p resolves down to 0.001 */
 #define EA_ESAP_MKNN_ALPHA 0.01  /* the handshake's "converged" needs p < this */
 #define EA_ESAP_MKNN_MAX_ITEMS 4096 /* callers subsample larger anchor sets to this many */
-ea_status ea_esap_mutual_knn(const float *a, int da, const float *b, int db, int n, int k, int n_perm, uint64_t seed,
+EA_API ea_status ea_esap_mutual_knn(const float *a, int da, const float *b, int db, int n, int k, int n_perm, uint64_t seed,
                              ea_esap_mknn *out);
 
 /* Anchor-free alignment (src/esap/unanchored.c): W (k × k, orthogonal) from two unpaired point
@@ -175,7 +175,7 @@ ea_status ea_esap_unanchored_fit(const float *xa, int na, const float *xb, int n
  * training rows of za and (in an independently shuffled order) of zb as the two point sets, the
  * same held-out pairs and the same shuffled-correspondence null. train_cosine is the mean cosine
  * of the true training pairs under that W (reported, never used by the fit). */
-ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
+EA_API ea_status ea_esap_unanchored_eval(const float *za, const float *zb, int n, int k, int n_train, int n_test,
                                   uint64_t seed, double *w, ea_esap_align_report *out,
                                   ea_esap_unanchored_info *info);
 
@@ -204,7 +204,7 @@ EA_API ea_status ea_esap_message_eval(const ea_esap_basis *basis_a, const float 
 
 /* The same with W from ea_esap_unanchored_fit on the training rows (no pairs used); the null is
  * unchanged (W fitted on shuffled training pairs). */
-ea_status ea_esap_message_eval_unanchored(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
+EA_API ea_status ea_esap_message_eval_unanchored(const ea_esap_basis *basis_a, const float *a, const ea_esap_basis *basis_b,
                                           const float *b, int n, int k, int n_train, int n_test, uint64_t seed,
                                           ea_esap_message_report *out);
 
@@ -281,7 +281,7 @@ EA_API ea_status ea_esap_anchors_from_models(ea_model *ma, const ea_tokenizer *t
  * id_b[i] = i and span[i] is the word. Needs a hidden representation and byte-level tokenizers
  * (token bytes must rebuild the text: EA_ERR_UNSUPPORTED naming the model otherwise).
  * max_tokens > 0 stops after the chunk where model a's token count reaches it. */
-ea_status ea_esap_text_anchors(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
+EA_API ea_status ea_esap_text_anchors(ea_model *ma, const ea_tokenizer *ta, ea_model *mb, const ea_tokenizer *tb,
                                const ea_esap_source *src, ea_esap_anchors *out);
 /* Spectrum message of one side (side_b: which layer of repr to use) at its site: the
  * covariance of the wte rows, or of the hidden states at every position of the text. K <= 0

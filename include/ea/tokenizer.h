@@ -49,7 +49,7 @@ EA_API ea_status ea_tokenizer_encode(const ea_tokenizer *t, const char *text, si
 /* The same, stopping once max_tokens ids exist (0: no bound): pre-tokens are encoded independently,
  * so the ids are exactly the first ones of the full encoding; *n may exceed max_tokens by the rest
  * of the last pre-token. Text past that point is never pre-tokenized nor merged. */
-ea_status ea_tokenizer_encode_max(const ea_tokenizer *t, const char *text, size_t len, int parse_special,
+EA_API ea_status ea_tokenizer_encode_max(const ea_tokenizer *t, const char *text, size_t len, int parse_special,
                                   size_t max_tokens, int **ids, size_t *n);
 /* Decode ids to bytes; *text is malloc'd and NUL-terminated. Unknown ids are an error. */
 EA_API ea_status ea_tokenizer_decode(const ea_tokenizer *t, const int *ids, size_t n, char **text, size_t *len);
