@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Layering check: layers only call downward.
-#   core -> io -> tokenizer -> spectral -> kv -> model -> calib -> compress -> esap -> report -> cli
+#   core -> io -> tokenizer -> spectral -> attend -> kv -> model -> calib -> compress -> esap -> report -> cli
 # (io, tokenizer and spectral, and compress and esap, are peers in the design; they are ordered
 # here the way the code uses them, so a new edge between peers is seen too).
 # Fails (exit 1, one line per violation) when
@@ -20,7 +20,7 @@ import os, re, subprocess, sys
 
 root = os.environ["SRC_ROOT"]
 build = os.environ["BUILD_DIR"]
-order = ["core", "io", "tokenizer", "spectral", "kv", "model", "calib", "compress", "esap", "report", "cli"]
+order = ["core", "io", "tokenizer", "spectral", "attend", "kv", "model", "calib", "compress", "esap", "report", "cli"]
 level = {name: i for i, name in enumerate(order)}
 public = {"core": "core", "io": "io", "tokenizer": "tokenizer", "spectral": "spectral", "kvcodec": "kv",
           "model": "model", "calib": "calib", "compress": "compress", "esap": "esap", "report": "report"}

@@ -18,11 +18,12 @@ plant() { # name, file, line to prepend
     echo "check_layers_selftest: caught $1: $(grep -v "not built" "$tmp/out" | head -1)" >&2
 }
 plant "upward include" src/kv/kv_f32.c '#include "model/internal.h"'
+plant "attention kernels including a codec header" src/attend/attention_ref.c '#include "kv/kv_codec.h"'
 plant "upward public include" src/core/rng.c '#include "ea/calib.h"'
 plant "CLI including src/" src/cli/main.c '#include "kv/kv_internal.h"'
 fresh
-printf '#include "kv/kv_rows.h"\n' | cat - "$tmp/t/src/kv/kv_simd.h" >"$tmp/x" && mv "$tmp/x" "$tmp/t/src/kv/kv_simd.h"
-printf '#include "kv/kv_simd.h"\n' | cat - "$tmp/t/src/kv/kv_rows.h" >"$tmp/x" && mv "$tmp/x" "$tmp/t/src/kv/kv_rows.h"
+printf '#include "kv/kv_rows.h"\n' | cat - "$tmp/t/src/kv/kv_quant.h" >"$tmp/x" && mv "$tmp/x" "$tmp/t/src/kv/kv_quant.h"
+printf '#include "kv/kv_quant.h"\n' | cat - "$tmp/t/src/kv/kv_rows.h" >"$tmp/x" && mv "$tmp/x" "$tmp/t/src/kv/kv_rows.h"
 if check; then echo "check_layers_selftest: planted include loop not caught" >&2; exit 1; fi
 echo "check_layers_selftest: caught include loop: $(grep loop "$tmp/out" | head -1)" >&2
 echo "check_layers_selftest: ok" >&2

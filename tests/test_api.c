@@ -262,6 +262,11 @@ static void test_kvcache_and_codec_sizes(void **state) {
     size_t row = (size_t)(d / 32) * 34;
     assert_int_equal(ea_kv_codec_bytes(q8, 10), (size_t)10 * L * 2 * row);
     assert_int_equal(ea_kv_codec_rows_stored(q8, 10), 10);
+    /* the shape accessors report the model's (gpt2-micro: no GQA, so the codec has every head) */
+    assert_string_equal(ea_kv_codec_name(q8), "q8");
+    assert_int_equal(ea_kv_codec_n_layer(q8), L);
+    assert_int_equal(ea_kv_codec_n_head(q8), cfg->n_head);
+    assert_int_equal(ea_kv_codec_dim(q8), d);
     assert_true(ea_kv_codec_resident(q8) >= ea_kv_codec_overhead(q8));
     assert_int_equal(ea_kvcache_init(&c, cfg, 40, q8), EA_OK);
     assert_ptr_equal(ea_kvcache_codec(c), q8);

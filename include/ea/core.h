@@ -75,7 +75,6 @@ typedef enum { EA_ISA_GENERIC = 0, EA_ISA_AVX2 = 1, EA_ISA_AVX512 = 2 } ea_isa;
  * (EA_ERR_ARG) or one this CPU lacks (EA_ERR_UNSUPPORTED), with a message naming it; the kernels
  * then run generic, and ea_model_load and the KV codec constructors fail with the same error. */
 EA_API ea_status ea_isa_tier(ea_isa *tier);
-EA_API ea_isa ea_isa_best(void);             /* the best tier this CPU supports */
 EA_API const char *ea_isa_name(ea_isa tier); /* "generic", "avx2", "avx512" */
 
 /* Overflow-checked size arithmetic: return 0 on success, -1 on overflow. */

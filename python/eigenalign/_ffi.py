@@ -53,7 +53,6 @@ float ea_bf16_to_f32(uint16_t h);
 void ea_f16_to_f32_array(const uint16_t *src, float *dst, size_t n);
 typedef enum { EA_ISA_GENERIC = 0, EA_ISA_AVX2 = 1, EA_ISA_AVX512 = 2 } ea_isa;
 ea_status ea_isa_tier(ea_isa *tier);
-ea_isa ea_isa_best(void);
 const char *ea_isa_name(ea_isa tier);
 int ea_mul_size(size_t a, size_t b, size_t *out);
 int ea_add_size(size_t a, size_t b, size_t *out);

@@ -90,11 +90,6 @@ int ea_isa_vbmi(void) {
     return cpu.vbmi;
 }
 
-ea_isa ea_isa_best(void) {
-    pthread_once(&cpu_once, resolve);
-    return cpu.best;
-}
-
 ea_status ea_isa_tier(ea_isa *tier) {
     pthread_once(&cpu_once, resolve);
     if (tier) *tier = cpu.tier;

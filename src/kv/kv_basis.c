@@ -7,24 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ea/spectral.h"
 #include "kv/kv_internal.h"
 
-/* Symmetric eigen-decomposition (LAPACK dsyevd), descending; a (n × n) is overwritten. */
-ea_status ea_kv_eigh(double *a, int n, double *vals, double *vecs) {
-    double *w = malloc(sizeof(double) * (size_t)n);
-    if (!w) return ea_error(EA_ERR_NOMEM, "kv basis: out of memory");
-    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a, n, w);
-    if (info != 0) {
-        free(w);
-        return ea_error(EA_ERR_NUMERIC, "kv basis: eigen-decomposition failed (dsyevd info %d)", (int)info);
-    }
-    for (int j = 0; j < n; j++) {
-        int src = n - 1 - j; /* dsyevd sorts ascending */
-        vals[j] = w[src] > 0 ? w[src] : 0.0;
-        for (int i = 0; i < n; i++) vecs[(size_t)i * n + j] = a[(size_t)i * n + src];
-    }
-    free(w);
-    return EA_OK;
+void ea_kv_clamp_eigenvalues(double *vals, int n) {
+    for (int j = 0; j < n; j++)
+        if (!(vals[j] > 0)) vals[j] = 0.0;
 }
 
 ea_status ea_kv_eigen(const ea_kv_stats *s, int layer, int kind, int per_head, int n_head, double *evals,
@@ -45,7 +33,8 @@ ea_status ea_kv_eigen(const ea_kv_stats *s, int layer, int kind, int per_head, i
                 }
                 a[(size_t)i * w + j] = v;
             }
-        st = ea_kv_eigh(a, w, evals + (size_t)g * w, evecs + (size_t)g * w * w);
+        st = ea_eigh(a, w, evals + (size_t)g * w, evecs + (size_t)g * w * w);
+        if (!st) ea_kv_clamp_eigenvalues(evals + (size_t)g * w, w);
     }
     free(a);
     return st;

@@ -54,9 +54,4 @@ struct ea_kv_codec {
 };
 
 
-/* Standard causal attention on float rows (reference, and the fallback path).
- * k, v: (pos0+nq) × d; q, out: nq × d. scratch: at least pos0+nq floats. */
-void ea_attention_ref(int n_head, int d, const float *q, int nq, int pos0, const float *k, const float *v,
-                      float *out, float *scratch);
-
 #endif

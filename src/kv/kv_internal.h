@@ -101,9 +101,9 @@ ea_status ea_kv_basis_set_encoder(ea_kv_basis *b, const double *blocks);
 /* Stored bytes of the basis (mean and vectors in its precision). */
 size_t ea_kv_basis_bytes(const ea_kv_basis *b);
 
-/* Symmetric eigen-decomposition, eigenvalues descending (negatives from rounding clamped to 0);
- * vecs (n × n row-major): column j = eigenvector j; a is overwritten. */
-ea_status ea_kv_eigh(double *a, int n, double *vals, double *vecs);
+/* Eigen-decompositions use the library's one solver, ea_eigh (ea/spectral.h); the codecs then
+ * clamp every negative eigenvalue to 0 (their matrices are covariances or metrics). */
+void ea_kv_clamp_eigenvalues(double *vals, int n);
 /* Eigen-decomposition of the calibration covariance (layer, kind): per group (one, or one per head)
  * the eigenvalues (descending) and eigenvectors. evals: d values, group g at [g*w, (g+1)*w);
  * evecs: per group w × w row-major, column j = eigenvector j, group g at g*w*w. */

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "kv/kv_klt.h"
-#include "kv/kv_simd.h"
+#include "attend/simd.h"
 
 #ifdef EA_X86
 EA_TARGET_AVX2_BEGIN /* the whole file: called only when the tier has AVX2 (kv_klt_attend.c) */

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "kv/kv_klt.h"
-#include "kv/kv_simd.h"
+#include "attend/simd.h"
 
 #ifdef EA_X86
 EA_TARGET_AVX512VBMI_BEGIN /* the whole file: called only when the CPU has it (kv_klt_attend.c) */

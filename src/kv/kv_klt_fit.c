@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ea/spectral.h"
 #include "kv/kv_internal.h"
 #include "kv/kv_klt.h"
 #include "kv/kv_quant.h"
@@ -123,7 +124,8 @@ static ea_status part_transform(const ea_kv_stats *s, const ea_kv_metric *mt, co
         for (int i = 0; i < hd; i++)
             for (int j = 0; j < hd; j++) B[(size_t)i * hd + j] = round_f16d(M[(size_t)(h * hd + i) * d + h * hd + j] + (i == j ? eps : 0));
         memcpy(bv, B, sizeof(double) * hh);
-        if ((st = ea_kv_eigh(bv, hd, mu, bu))) break;
+        if ((st = ea_eigh(bv, hd, mu, bu))) break;
+        ea_kv_clamp_eigenvalues(mu, hd);
         for (int i = 0; i < hd; i++)
             for (int j = 0; j < hd; j++) {
                 double x = 0, y = 0;
@@ -153,7 +155,8 @@ static ea_status part_transform(const ea_kv_stats *s, const ea_kv_metric *mt, co
                 for (int k = ib; k < ib + hd; k++) x += A[(size_t)(o0 + i) * d + k] * T[(size_t)(k - o0) * w + j];
                 C[(size_t)i * w + j] = x;
             }
-        if ((st = ea_kv_eigh(C, w, evals + o0, U))) break;
+        if ((st = ea_eigh(C, w, evals + o0, U))) break;
+        ea_kv_clamp_eigenvalues(evals + o0, w);
         double *D = dec + (size_t)g * w * w;
         for (int i = 0; i < w; i++) /* dec = A⁻¹ U */
             for (int j = 0; j < w; j++) {

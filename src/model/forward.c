@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv/kv_rows.h"
+#include "attend/attend.h"
 #include "model/internal.h"
 
 static ea_status run_state_reserve(ea_model *m, int t, int kv) {

@@ -6,7 +6,7 @@
  * decode reads the cache g times per token. */
 #include <string.h>
 
-#include "kv/kv_rows.h"
+#include "attend/attend.h"
 #include "model/internal.h"
 
 /* One pass: q and out are n × kvd, one query head per KV head. K/V are the float rows when the

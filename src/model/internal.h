@@ -54,8 +54,6 @@ typedef struct ea_checkpoint ea_checkpoint;
 /* Load tensor name (shape [d0] or [d0, d1], F32/F16/BF16) into dst, or with dst NULL only check it. */
 ea_status ea_ckpt_load_tensor(const ea_checkpoint *ck, const char *name, int64_t d0, int64_t d1, float *dst,
                               int *all_f16);
-/* Whether the checkpoint holds a tensor of that name. */
-int ea_ckpt_has(const ea_checkpoint *ck, const char *name);
 /* Refuse any tensor for which accounted(name) is 0, naming it. */
 ea_status ea_ckpt_check_unused(const ea_checkpoint *ck, int (*accounted)(const ea_model *, const char *),
                                const ea_model *m);

@@ -162,11 +162,6 @@ ea_status ea_ckpt_load_tensor(const ea_checkpoint *ck, const char *name, int64_t
     return load_tensor(ck, NULL, name, d0, d1, dst, all_f16);
 }
 
-int ea_ckpt_has(const ea_checkpoint *ck, const char *name) {
-    if (ck->weight_map) return cJSON_GetObjectItemCaseSensitive(ck->weight_map, name) != NULL;
-    return ea_st_find(ck->files[0], name) != NULL;
-}
-
 ea_status ea_ckpt_check_unused(const ea_checkpoint *ck, int (*accounted)(const ea_model *, const char *),
                                const ea_model *m) {
     for (int f = 0; f < ck->n; f++)

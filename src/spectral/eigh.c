@@ -22,11 +22,12 @@ ea_status ea_eigh(const double *a, int d, double *values, double *vectors) {
         return ea_error(EA_ERR_NOMEM, "ea_eigh: cannot allocate for a %d x %d matrix", d, d);
     }
     memcpy(z, a, dd);
-    /* The input is symmetric, so its row-major layout IS its column-major layout; calling the
-     * column-major routine avoids LAPACKE's transposed copies. Only the upper triangle of the
-     * row-major matrix is read ('L' in column-major terms). On return column j of z (column-major)
-     * is the eigenvector of w[j], ascending. */
-    lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L', d, z, d, w);
+    /* Only the upper triangle of the row-major matrix is read. The one eigensolver of the library
+     * (the KV codecs' bases too): row-major 'U' is the call the KV codecs always made, so their
+     * fitted bases stay bit-identical; analyze's and the compressor's spectra moved from the
+     * column-major 'L' call by rounding only (docs/NOTES.md, "One eigensolver"). On return column
+     * j of z (row-major) is the eigenvector of w[j], ascending. */
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, vectors ? 'V' : 'N', 'U', d, z, d, w);
     if (info != 0) {
         free(z);
         free(w);
@@ -44,7 +45,7 @@ ea_status ea_eigh(const double *a, int d, double *values, double *vectors) {
     }
     if (vectors)
         for (int i = 0; i < d; i++)
-            for (int k = 0; k < d; k++) vectors[(size_t)i * d + k] = z[(size_t)(d - 1 - k) * d + i];
+            for (int k = 0; k < d; k++) vectors[(size_t)i * d + k] = z[(size_t)i * d + (d - 1 - k)];
     free(z);
     free(w);
     return EA_OK;

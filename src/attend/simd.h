@@ -1,7 +1,7 @@
 /* Vector helpers shared by the attention kernels (AVX-512 and AVX2 tiers), each compiled for its
  * tier (core/isa.h): call them only from functions of that tier or above. */
-#ifndef EA_KV_SIMD_H
-#define EA_KV_SIMD_H
+#ifndef EA_ATTEND_SIMD_H
+#define EA_ATTEND_SIMD_H
 
 #include "core/isa.h"
 

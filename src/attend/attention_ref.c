@@ -3,7 +3,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "kv/kv_codec.h"
+#include "attend/attend.h"
 
 void ea_attention_ref(int n_head, int d, const float *q, int nq, int pos0, const float *k, const float *v,
                       float *out, float *scratch) {
