@@ -60,7 +60,7 @@ static ea_status hist_hook(void *user, ea_site site, int layer, int pos0, int n,
 ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, const ea_kv_stats *s, const ea_kv_metric *mt,
                              const ea_kv_klt_opts *o, ea_kv_hist *out, ea_progress_fn progress, void *progress_user) {
     const ea_config *cfg = ea_model_config(m);
-    int d = cfg->n_embd, P = 2 * cfg->n_layer;
+    int d = ea_config_kv_dim(cfg), P = 2 * cfg->n_layer; /* cached K/V rows: n_kv_head · head_dim (GQA) */
     memset(out, 0, sizeof *out);
     if (ctx < 2 || ctx > cfg->n_positions) return ea_error(EA_ERR_ARG, "kv histograms: window %d outside [2, %d]", ctx, cfg->n_positions);
     out->n_part = P;
@@ -75,7 +75,7 @@ ea_status ea_kv_hist_collect(ea_model *m, const int *ids, size_t n, int ctx, con
     out->sig = malloc(sizeof(float) * (size_t)P * d);
     ea_status st = (!out->h || !out->enc || !out->mean || !out->sig) ? ea_error(EA_ERR_NOMEM, "kv histograms: out of memory") : EA_OK;
     for (int p = 0; p < P && !st; p++)
-        st = ea_kv_klt_transform(s, mt, o, cfg->n_head, p / 2, p % 2, out->enc + (size_t)p * d * d, out->mean + (size_t)p * d,
+        st = ea_kv_klt_transform(s, mt, o, ea_config_kv_heads(cfg), p / 2, p % 2, out->enc + (size_t)p * d * d, out->mean + (size_t)p * d,
                                  out->sig + (size_t)p * d);
     hist_acc a = {out, NULL, NULL, 0};
     ea_window_run run = {.hook = hist_hook, .hook_user = &a, .min_len = 2, .progress = progress, .progress_user = progress_user,
