@@ -448,6 +448,74 @@ static void test_rows_attention(void **state) {
     }
 }
 
+/* GQA decode (ea_kv_rows_attend_group): the query heads of a KV group passed as slots of one call
+ * must give, bit for bit, what each head gives alone through ea_kv_rows_attend (the engine relies
+ * on this to read each cached row once per group). */
+static void test_rows_attention_group(void **state) {
+    static const struct { int n_head, d; } shapes[] = {{2, 128}, {1, 64}, {3, 99}, {2, 96}};
+    static const int pos0s[] = {0, 3, 64, 200, 298};
+    const char *specs[] = {"f32", "f16", "q8", "q4"};
+    const ea_kv_rows_format fmts[] = {EA_KV_ROWS_F32, EA_KV_ROWS_F16, EA_KV_ROWS_Q8_0, EA_KV_ROWS_Q4_0};
+    const int T = 300, threads[] = {0, 3};
+    for (size_t si = 0; si < 4; si++)
+        for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++) {
+            ea_config c = small_cfg();
+            c.n_head = shapes[sh].n_head;
+            c.n_embd = shapes[sh].d;
+            c.n_positions = 1024;
+            ea_kv_codec *codec = make(specs[si], &c, NULL);
+            int d = c.n_embd, H = c.n_head, hd = d / H;
+            size_t rb = codec->ops->row_bytes(codec, 0, EA_KV_K);
+            unsigned char *kb = malloc(rb * T), *vb = malloc(rb * T);
+            float *x = malloc(sizeof(float) * d), *q = malloc(sizeof(float) * 4 * d), *og = malloc(sizeof(float) * 4 * d);
+            float *qr = malloc(sizeof(float) * 2 * d), *orr = malloc(sizeof(float) * 2 * d);
+            ea_rng r;
+            ea_rng_seed(&r, 900 + sh);
+            for (int t = 0; t < T; t++) {
+                double g = t == 0 ? 6 : 0.5 + 2 * ea_rng_uniform(&r);
+                for (int i = 0; i < d; i++) x[i] = (float)(ea_rng_normal(&r) * g);
+                codec->ops->encode(codec, 0, EA_KV_K, t, x, kb + rb * t);
+                for (int i = 0; i < d; i++) x[i] = (float)ea_rng_normal(&r);
+                codec->ops->encode(codec, 0, EA_KV_V, t, x, vb + rb * t);
+            }
+            for (int i = 0; i < 4 * d; i++) q[i] = (float)(ea_rng_normal(&r) * 1.5);
+            for (size_t th = 0; th < sizeof threads / sizeof *threads; th++) {
+#ifdef _OPENMP
+                int saved = omp_get_max_threads();
+                if (threads[th]) omp_set_num_threads(threads[th]);
+#else
+                if (threads[th]) continue;
+#endif
+                for (size_t pi = 0; pi < sizeof pos0s / sizeof *pos0s; pi++)
+                    for (int np = 1; np <= 2; np++)
+                        for (int G = 2; np * G <= EA_KV_ROWS_STREAM_MAX; G++) {
+                            int pos0 = pos0s[pi] + np <= T ? pos0s[pi] : T - np;
+                            size_t qs = (size_t)G * d, hs = (size_t)G * hd; /* q, og: np × H × G × hd */
+                            memset(og, 0xff, sizeof(float) * (size_t)np * qs);
+                            ea_kv_rows_attend_group(fmts[si], H, d, G, qs, hs, q, np, pos0, kb, vb, og);
+                            for (int m = 0; m < G; m++) {
+                                for (int p = 0; p < np; p++)
+                                    for (int h = 0; h < H; h++)
+                                        memcpy(qr + (size_t)p * d + h * hd, q + p * qs + h * hs + (size_t)m * hd,
+                                               sizeof(float) * hd);
+                                ea_kv_rows_attend(fmts[si], H, d, qr, np, pos0, kb, vb, orr);
+                                for (int p = 0; p < np; p++)
+                                    for (int h = 0; h < H; h++)
+                                        if (memcmp(orr + (size_t)p * d + h * hd, og + p * qs + h * hs + (size_t)m * hd,
+                                                   sizeof(float) * hd))
+                                            fail_msg("%s H %d d %d G %d np %d pos0 %d: slot (%d, %d, %d) differs from "
+                                                     "its head alone", specs[si], H, d, G, np, pos0, p, h, m);
+                            }
+                        }
+#ifdef _OPENMP
+                omp_set_num_threads(saved);
+#endif
+            }
+            free(kb); free(vb); free(x); free(q); free(og); free(qr); free(orr);
+            ea_kv_codec_free(codec);
+        }
+}
+
 /* Under a metric the coder minimises the weighted error Σ eᵀ B e (B: the regularised per-head
  * blocks of the metric); the measured weighted error must match the prediction. */
 /* Lloyd's algorithm on a measured histogram: on a Gaussian histogram it finds the Lloyd-Max
@@ -873,7 +941,7 @@ int main(void) {
         cmocka_unit_test(test_q4_bound_and_layout),
         cmocka_unit_test(test_pca_full_rank_exact),
         cmocka_unit_test(test_compressed_attention),
-        cmocka_unit_test(test_rows_attention),
+        cmocka_unit_test(test_rows_attention), cmocka_unit_test(test_rows_attention_group),
         cmocka_unit_test(test_klt_predicted_distortion),
         cmocka_unit_test(test_klt_weighted_distortion),
         cmocka_unit_test(test_hist_lloyd),

@@ -118,8 +118,15 @@ EA_API ea_sampler_params ea_sampler_default(void);
 /* Pick a token from logits (modified in place). */
 EA_API int ea_sample(float *logits, int vocab, const ea_sampler_params *p, ea_rng *rng);
 
+/* End-of-sequence ids of the model (at most EA_MAX_EOS): "eos_token_id" (an id or a list) of
+ * generation_config.json, else of config.json; neither naming one: 50256 for GPT-2, none otherwise.
+ * Returns how many; *ids (when ids is not NULL) points at them. */
+#define EA_MAX_EOS 8
+EA_API int ea_model_eos(const ea_model *m, const int **ids);
+
 /* Generate up to n_new tokens after the prompt (cache is reset first). out holds n_new ids;
- * *n_out receives how many were produced (fewer on EOT when stop_at_eot). */
+ * *n_out receives how many were produced (fewer when stop_at_eot and an end-of-sequence id of
+ * ea_model_eos is sampled; it is kept as the last id). */
 EA_API ea_status ea_generate(ea_model *m, ea_kvcache *cache, const int *prompt, int n_prompt, int n_new,
                       const ea_sampler_params *p, int *out, int *n_out);
 

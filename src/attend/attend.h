@@ -30,6 +30,14 @@ size_t ea_kv_rows_row_bytes(ea_kv_rows_format fmt, int d);
 void ea_kv_rows_attend(ea_kv_rows_format fmt, int n_head, int d, const float *q, int nq, int pos0, const void *k,
                        const void *v, float *out);
 
+/* ea_kv_rows_attend for grouped-query attention, reading each stored row once for a group of
+ * query heads: query slot (position p, KV head h, member r < group) is at q + p·qs + h·hs + r·d/n_head
+ * (out alike); np·group <= EA_KV_ROWS_STREAM_MAX. n_head and d count KV heads and the KV row width.
+ * Each slot's result is bit-identical to running it alone with ea_kv_rows_attend (group 1, qs d,
+ * hs d/n_head is that function). */
+void ea_kv_rows_attend_group(ea_kv_rows_format fmt, int n_head, int d, int group, size_t qs, size_t hs,
+                             const float *q, int np, int pos0, const void *k, const void *v, float *out);
+
 /* Prefill attention on float rows (any nq): per head and block of EA_KV_ROWS_GEMM_BLOCK queries,
  * S = Q Kᵀ and O = softmax(S) V with sgemm. scratch: per_thread floats for each of
  * omp_get_max_threads() threads, per_thread >= EA_KV_ROWS_GEMM_BLOCK · (pos0 + nq). */

@@ -53,7 +53,9 @@ static inline float half_at(const unsigned char *p) {
 
 typedef struct {
     ea_kv_rows_format fmt;
-    int d, hd, nq, pos0;
+    int d, hd, nq, pos0; /* nq: query slots, G per position */
+    int G;               /* slots per position: query heads of one KV head (GQA), 1 without */
+    size_t qs, hs;       /* floats between positions, and between KV heads, in q and out */
     int fast; /* the vector path applies: head slices are whole 16-value segments */
     ea_isa tier; /* which vector kernels (ea_isa_now) */
     size_t rb;
@@ -61,6 +63,11 @@ typedef struct {
     const float *q;
     float scale;
 } rows_job;
+
+/* Query (and output) slot i of KV head h: position i / G, group member i % G. */
+static inline size_t slot_off(const rows_job *j, int h, int i) {
+    return (size_t)(i / j->G) * j->qs + (size_t)h * j->hs + (size_t)(i % j->G) * (size_t)j->hd;
+}
 
 /* ---- Portable path: any head dimension and alignment, any target. ---- */
 
@@ -98,7 +105,7 @@ static void scores_portable(const rows_job *j, int h, int c0, int n, int i0, flo
             int w = j->hd - x < 16 ? j->hd - x : 16;
             row_dequant(j->fmt, kr, h * j->hd + x, w, tmp);
             for (int i = i0; i < j->nq; i++) {
-                const float *qi = j->q + (size_t)i * j->d + h * j->hd + x;
+                const float *qi = j->q + slot_off(j, h, i) + x;
                 float dot = 0;
 #pragma omp simd reduction(+ : dot)
                 for (int e = 0; e < w; e++) dot += qi[e] * tmp[e];
@@ -194,9 +201,11 @@ ROWS_INLINE __m128 reduce4_512(__m512 a, __m512 b, __m512 c, __m512 d) {
 
 ROWS_INLINE void scores_512(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
                             float (*s)[CHUNK]) {
-    const int hd = j->hd, base = h * hd, d = j->d;
+    const int hd = j->hd, base = h * hd;
     const size_t rb = j->rb;
-    const float *q = j->q + (size_t)i0 * d + base;
+    const float *q[NQ_MAX];
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; i++) q[i] = j->q + slot_off(j, h, i0 + i);
     const unsigned char *kr = j->k + (size_t)c0 * rb;
     int r = 0;
     /* four keys at a time: their sums are reduced together, and four chains hide FMA latency */
@@ -213,7 +222,7 @@ ROWS_INLINE void scores_512(const int fmt, const int NQ, const rows_job *j, int 
             for (int u = 0; u < 4; u++) pair_load512(fmt, kr + u * rb, base + x, &lo[u], &hi[u]);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
-                __m512 ql = _mm512_loadu_ps(q + (size_t)i * d + x), qh = _mm512_loadu_ps(q + (size_t)i * d + x + 16);
+                __m512 ql = _mm512_loadu_ps(q[i] + x), qh = _mm512_loadu_ps(q[i] + x + 16);
 #pragma GCC unroll 4
                 for (int u = 0; u < 4; u++) a[i][u] = _mm512_fmadd_ps(hi[u], qh, _mm512_fmadd_ps(lo[u], ql, a[i][u]));
             }
@@ -224,7 +233,7 @@ ROWS_INLINE void scores_512(const int fmt, const int NQ, const rows_job *j, int 
             for (int u = 0; u < 4; u++) kx[u] = seg_load512(fmt, kr + u * rb, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
-                __m512 qx = _mm512_loadu_ps(q + (size_t)i * d + x);
+                __m512 qx = _mm512_loadu_ps(q[i] + x);
 #pragma GCC unroll 4
                 for (int u = 0; u < 4; u++) a[i][u] = _mm512_fmadd_ps(kx[u], qx, a[i][u]);
             }
@@ -241,7 +250,7 @@ ROWS_INLINE void scores_512(const int fmt, const int NQ, const rows_job *j, int 
         for (int x = 0; x < hd; x += 16) {
             __m512 kx = seg_load512(fmt, kr, base + x);
 #pragma GCC unroll 4
-            for (int i = 0; i < NQ; i++) a[i] = _mm512_fmadd_ps(kx, _mm512_loadu_ps(q + (size_t)i * d + x), a[i]);
+            for (int i = 0; i < NQ; i++) a[i] = _mm512_fmadd_ps(kx, _mm512_loadu_ps(q[i] + x), a[i]);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < NQ; i++) s[i0 + i][r] = _mm512_reduce_add_ps(a[i]) * j->scale;
@@ -366,9 +375,11 @@ ROWS_INLINE __m128 reduce4_256(__m256 a, __m256 b, __m256 c, __m256 d) {
 
 ROWS_INLINE void scores_256(const int fmt, const int NQ, const rows_job *j, int h, int c0, int n, int i0,
                             float (*s)[CHUNK]) {
-    const int hd = j->hd, base = h * hd, d = j->d;
+    const int hd = j->hd, base = h * hd;
     const size_t rb = j->rb;
-    const float *q = j->q + (size_t)i0 * d + base;
+    const float *q[NQ_MAX];
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; i++) q[i] = j->q + slot_off(j, h, i0 + i);
     const unsigned char *kr = j->k + (size_t)c0 * rb;
     int r = 0;
     /* four keys at a time: their sums are reduced together, and four chains hide FMA latency */
@@ -384,7 +395,7 @@ ROWS_INLINE void scores_256(const int fmt, const int NQ, const rows_job *j, int 
             for (int u = 0; u < 4; u++) kx[u] = seg_load256(fmt, kr + u * rb, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++) {
-                __m256 ql = _mm256_loadu_ps(q + (size_t)i * d + x), qh = _mm256_loadu_ps(q + (size_t)i * d + x + 8);
+                __m256 ql = _mm256_loadu_ps(q[i] + x), qh = _mm256_loadu_ps(q[i] + x + 8);
 #pragma GCC unroll 4
                 for (int u = 0; u < 4; u++) a[i][u] = _mm256_fmadd_ps(kx[u].hi, qh, _mm256_fmadd_ps(kx[u].lo, ql, a[i][u]));
             }
@@ -401,8 +412,8 @@ ROWS_INLINE void scores_256(const int fmt, const int NQ, const rows_job *j, int 
             seg8x2 kx = seg_load256(fmt, kr, base + x);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++)
-                a[i] = _mm256_fmadd_ps(kx.hi, _mm256_loadu_ps(q + (size_t)i * d + x + 8),
-                                       _mm256_fmadd_ps(kx.lo, _mm256_loadu_ps(q + (size_t)i * d + x), a[i]));
+                a[i] = _mm256_fmadd_ps(kx.hi, _mm256_loadu_ps(q[i] + x + 8),
+                                       _mm256_fmadd_ps(kx.lo, _mm256_loadu_ps(q[i] + x), a[i]));
         }
 #pragma GCC unroll 4
         for (int i = 0; i < NQ; i++) s[i0 + i][r] = ea_kv_hsum8(a[i]) * j->scale;
@@ -592,11 +603,11 @@ static void range_attend(const rows_job *j, int h, int t0, int t1, int i0, float
 }
 
 /* Keys t0..t1-1 of head h for every query: keys 0..pos0 are seen by all queries, key pos0+i only
- * by queries i and later. */
+ * by the queries of position i and later (slots from i·G on). */
 static void item_attend(const rows_job *j, int h, int t0, int t1, float *m, float *l, float *const *acc) {
     int all = j->pos0 + 1;
     if (t0 < all) range_attend(j, h, t0, t1 < all ? t1 : all, 0, m, l, acc);
-    for (int t = t0 > all ? t0 : all; t < t1; t++) range_attend(j, h, t, t + 1, t - j->pos0, m, l, acc);
+    for (int t = t0 > all ? t0 : all; t < t1; t++) range_attend(j, h, t, t + 1, (t - j->pos0) * j->G, m, l, acc);
 }
 
 static int gcd(int a, int b) {
@@ -610,9 +621,14 @@ static int gcd(int a, int b) {
 
 void ea_kv_rows_attend(ea_kv_rows_format fmt, int n_head, int d, const float *q, int nq, int pos0, const void *k,
                        const void *v, float *out) {
-    int H = n_head, hd = d / n_head, T = pos0 + nq;
-    rows_job j = {fmt, d, hd, nq, pos0, hd % 16 == 0, ea_isa_now(), ea_kv_rows_row_bytes(fmt, d), k, v, q,
-                  1.0f / sqrtf((float)hd)};
+    ea_kv_rows_attend_group(fmt, n_head, d, 1, (size_t)d, (size_t)(d / n_head), q, nq, pos0, k, v, out);
+}
+
+void ea_kv_rows_attend_group(ea_kv_rows_format fmt, int n_head, int d, int group, size_t qs, size_t hs,
+                             const float *q, int np, int pos0, const void *k, const void *v, float *out) {
+    int H = n_head, hd = d / n_head, T = pos0 + np, nq = np * group;
+    rows_job j = {fmt, d, hd, nq, pos0, group, qs, hs, hd % 16 == 0, ea_isa_now(), ea_kv_rows_row_bytes(fmt, d),
+                  k, v, q, 1.0f / sqrtf((float)hd)};
     int nth = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel() && (size_t)T * (size_t)d >= PAR_MIN) nth = omp_get_max_threads();
@@ -634,7 +650,7 @@ void ea_kv_rows_attend(ea_kv_rows_format fmt, int n_head, int d, const float *q,
             l = m + nq;
             for (int i = 0; i < nq; i++) acc[i] = l + nq + (size_t)i * hd;
         } else
-            for (int i = 0; i < nq; i++) acc[i] = out + (size_t)i * d + h * hd; /* summed in place */
+            for (int i = 0; i < nq; i++) acc[i] = out + slot_off(&j, h, i); /* summed in place */
         for (int i = 0; i < nq; i++) {
             m[i] = -INFINITY;
             l[i] = 0;
@@ -651,7 +667,7 @@ void ea_kv_rows_attend(ea_kv_rows_format fmt, int n_head, int d, const float *q,
     /* merge the splits of each head: weights e^(m_s - M) bring them to a common maximum */
     for (int h = 0; h < H; h++)
         for (int i = 0; i < nq; i++) {
-            float M = -INFINITY, L = 0, *oh = out + (size_t)i * d + h * hd;
+            float M = -INFINITY, L = 0, *oh = out + slot_off(&j, h, i);
             for (int sp = 0; sp < S; sp++) M = max_f(M, part[per * (size_t)(h * S + sp) + i]);
             memset(oh, 0, sizeof(float) * (size_t)hd);
             for (int sp = 0; sp < S; sp++) {

@@ -47,6 +47,9 @@ struct ea_kv_codec {
      * in its block, which starts (pos mod block_rows) rows before it, so buffers that rows are
      * encoded into hold whole blocks (ea_kv_codec_buffer_bytes) and are addressed from row 0. */
     int block_rows;
+    /* rows_fmt + 1 when rows are stored in an ea_kv_rows_format (f32, f16, q8, q4) and read in place
+     * by the rows kernels, so GQA decode can call them for a whole query group; 0 otherwise. */
+    int rows_fmt1;
     void *state;
     /* ea_model_fingerprint of the model a klt codec was fitted on ("" when unknown): saved in codec
      * files (version 2) and checked when a file: codec is used with a model (ea_kv_codec_fit). */

@@ -25,5 +25,6 @@ static const ea_kv_codec_ops f16_ops = {f16_row_bytes, f16_encode, f16_decode, f
 
 ea_status ea_kv_f16_setup(ea_kv_codec *c) {
     c->ops = &f16_ops;
+    c->rows_fmt1 = 1 + EA_KV_ROWS_F16;
     return EA_OK;
 }

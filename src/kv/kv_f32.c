@@ -26,5 +26,6 @@ static const ea_kv_codec_ops f32_ops = {f32_row_bytes, f32_encode, f32_decode, f
 
 ea_status ea_kv_f32_setup(ea_kv_codec *c) {
     c->ops = &f32_ops;
+    c->rows_fmt1 = 1 + EA_KV_ROWS_F32;
     return EA_OK;
 }

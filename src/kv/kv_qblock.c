@@ -123,10 +123,12 @@ static const ea_kv_codec_ops q4_ops = {q4_row_bytes, q4_encode, q4_decode, q4_at
 
 ea_status ea_kv_q8_setup(ea_kv_codec *c) {
     c->ops = &q8_ops;
+    c->rows_fmt1 = 1 + EA_KV_ROWS_Q8_0;
     return EA_OK;
 }
 
 ea_status ea_kv_q4_setup(ea_kv_codec *c) {
     c->ops = &q4_ops;
+    c->rows_fmt1 = 1 + EA_KV_ROWS_Q4_0;
     return EA_OK;
 }

@@ -81,7 +81,7 @@ ea_status ea_generate(ea_model *m, ea_kvcache *cache, const int *prompt, int n_p
     for (int i = 0; !st && i < n_new; i++) {
         int tok = ea_sample(logits, V, p, &rng);
         out[(*n_out)++] = tok;
-        if (p->stop_at_eot && tok == EA_TOKEN_EOT) break;
+        if (p->stop_at_eot && ea_model_is_eos(m, tok)) break;
         if (i + 1 < n_new) st = ea_model_forward(m, cache, &tok, 1, logits, 0);
     }
     free(logits);

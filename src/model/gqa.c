@@ -1,9 +1,13 @@
 /* Attention of one layer over the cache for any number of KV heads. With grouped-query attention
  * (n_kv_head < n_head) query head h reads KV head h / g (g = n_head / n_kv_head, transformers'
- * repeat_kv). Every kernel below (the float rows' streaming and sgemm paths, each codec's attend)
- * takes one query head per KV head, so the g heads of a group are run as g passes: pass r gathers
- * query heads {kv·g + r} into an n × kv_dim block. Correct for every codec; the price is that
- * decode reads the cache g times per token. */
+ * repeat_kv), so query heads kv·g .. kv·g+g-1 lie side by side in q.
+ * Decode on rows read in place (no codec, f32, f16, q8, q4): the rows kernel takes up to
+ * EA_KV_ROWS_STREAM_MAX query slots, so the group's heads are passed as slots of one call (in runs of
+ * up to 4 / n heads): each cached row is read once per token for its whole group instead of g times,
+ * with bit-identical results (each slot's arithmetic is unchanged).
+ * Everything else (prefill, the coefficient-space codecs pca/klt, whose attend takes one query
+ * head per KV head) runs the g heads as g passes: pass r gathers query heads {kv·g + r} into an
+ * n × kv_dim block. */
 #include <string.h>
 
 #include "attend/attend.h"
@@ -34,6 +38,15 @@ void ea_model_attend(ea_model *m, ea_kvcache *cache, int l, const float *q, int 
     int g = c->n_head / nkv;
     const float *K = NULL, *V = NULL;
     if (!cache->codec || !cache->codec->ops->attend) ea_kvcache_view(cache, l, pos0 + n, &K, &V);
+    int fmt1 = !cache->codec ? 1 + EA_KV_ROWS_F32 : cache->codec->ops->attend ? cache->codec->rows_fmt1 : 0;
+    if (g > 1 && fmt1 && n <= EA_KV_ROWS_STREAM_MAX / 2) {
+        const void *kr = cache->rows[2 * l], *vr = cache->rows[2 * l + 1]; /* as the codecs' attend reads them */
+        int run = EA_KV_ROWS_STREAM_MAX / n; /* group members per call */
+        for (int r0 = 0; r0 < g; r0 += run)
+            ea_kv_rows_attend_group((ea_kv_rows_format)(fmt1 - 1), nkv, kvd, g - r0 < run ? g - r0 : run, (size_t)qd,
+                                    (size_t)g * hd, q + (size_t)r0 * hd, n, pos0, kr, vr, out + (size_t)r0 * hd);
+        return;
+    }
     if (g == 1) {
         attend_pass(m, cache, l, q, n, pos0, K, V, out);
         return;

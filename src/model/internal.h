@@ -47,7 +47,12 @@ struct ea_model {
     void *capture_user;
     int check_finite;
     int capture_prerot; /* also emit EA_SITE_Q_PRE / EA_SITE_K_PRE */
+    int eos[EA_MAX_EOS], n_eos; /* end-of-sequence ids (eos.c) */
 };
+
+/* eos.c: read the end-of-sequence ids of dir into m (after its config); whether tok is one. */
+ea_status ea_model_load_eos(ea_model *m, const char *dir);
+int ea_model_is_eos(const ea_model *m, int tok);
 
 /* Checkpoint access shared by load.c and the per-family loaders (load_llama.c). */
 typedef struct ea_checkpoint ea_checkpoint;

@@ -389,6 +389,7 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). */
     openblas_set_num_threads(1);
     if ((st = reserve_blas_buffers(dir))) goto fail;
+    if ((st = ea_model_load_eos(m, dir))) goto fail;
     fingerprint(m);
     free(ckp);
     *out = m;
