@@ -69,6 +69,8 @@ void ea_outfile_abort(ea_outfile *o);
 void ea_outfile_install_signal_cleanup(void);
 void ea_outfile_remove_temporaries(void);
 ea_status ea_write_file_atomic(const char *path, const void *data, size_t n);
+char *ea_tempdir_create(char *tmpl);
+void ea_tempdir_remove(const char *dir);
 ea_status ea_open_input(const char *path, int *fd);
 ea_status ea_read_file(const char *path, size_t max_bytes, char **data, size_t *n);
 void ea_process_tune(char **argv);
@@ -151,6 +153,7 @@ ea_status ea_model_load(const char *dir, ea_model **out);
 void ea_model_free(ea_model *m);
 const ea_config *ea_model_config(const ea_model *m);
 const char *ea_model_dir(const ea_model *m);
+int ea_model_eos(const ea_model *m, const int **ids);
 const char *ea_model_fingerprint(const ea_model *m);
 const float *ea_model_wte(const ea_model *m);
 typedef enum { EA_SITE_HIDDEN = 0, EA_SITE_Q = 1, EA_SITE_K = 2, EA_SITE_V = 3, EA_SITE_Q_PRE = 4, EA_SITE_K_PRE = 5 } ea_site;
@@ -237,6 +240,7 @@ typedef struct {
 } ea_kv_metric;
 void ea_kv_metric_free(ea_kv_metric *mt);
 ea_status ea_kv_codec_check_spec(const char *spec);
+ea_status ea_kv_codec_check_spec_for(const char *spec, const ea_config *cfg);
 ea_status ea_kv_codec_create(const char *spec, const ea_config *cfg, const ea_kv_stats *stats,
                              ea_kv_codec **out);
 void ea_kv_codec_free(ea_kv_codec *c);

@@ -135,7 +135,7 @@ class Model:
     # ---- generation and perplexity ----
     def generate(self, prompt, n=40, temperature=0.0, top_k=0, top_p=1.0, seed=1234, stop=True, special=False,
                  kv=None):
-        """Continue prompt by up to n tokens (greedy at temperature 0; stops at <|endoftext|> unless
+        """Continue prompt by up to n tokens (greedy at temperature 0; stops at the model's end-of-sequence id unless
         stop=False). kv: a KVCodec or a spec ("q8", "klt:2", ...; basis codecs are fitted on the
         bundled calibration text, as the CLI does) to keep the cache compressed.
         Returns the keys of `eigenalign generate --json`."""
