@@ -30,7 +30,7 @@ static const char *usage =
     "  --max-tokens N keeps the first N tokens of the text. --variance X adds k for a fraction X in (0,1].\n"
     "  Null reference: Df and k95 of the sample covariance of isotropic Gaussian data of the same n\n"
     "  and d (Wishart moments for Df, Marchenko-Pastur quantiles for k), shown in parentheses.\n"
-    "  The note's protocol: --center none decomposes XᵀX/n (the SVD of the raw, uncentred activations, as\n"
+    "  The note's protocol: --center none decomposes X^T X/n (the SVD of the raw, uncentred activations, as\n"
     "  the note's code) instead of the covariance (variants all, exclude_first); --pool mean|last takes\n"
     "  one vector per sample, the mean of its tokens or its last token, where a sample is a window (the\n"
     "  note's 500 sentences: --samples 500 --sample-len 32; variant all). Both report eigenvalues λ and\n"
