@@ -1,6 +1,7 @@
 """analyze(): covariance spectra of a model's activations, as `eigenalign analyze` computes them
 (per site, layer and head; three variants; each beside its isotropic-Gaussian null), returned as
 the CLI's JSON keys with a few conveniences: Spectrum.k_at(x), Spectrum.C(k), Analysis.summary()."""
+import math
 import os
 
 import numpy as np
@@ -72,11 +73,14 @@ class Analysis(dict):
         return self.summary()
 
 
+_POOLS = {"none": 0, "mean": 1, "last": 2}  # ea_pool
+
+
 def _kind_names():
     return tuple(ffi.string(lib.ea_site_kind_name(k)).decode() for k in range(lib.EA_SITE_KINDS))
 
 
-def _spectrum(r, extra):
+def _spectrum(r, extra, uncentered=False):
     """One ea_site_result as analyze's JSON entry (the CLI's result_json)."""
     s = r.sum
     ev = [s.eigenvalues[i] for i in range(s.d)]
@@ -88,19 +92,27 @@ def _spectrum(r, extra):
     out["C"] = {str(k): lib.ea_spectrum_cumvar(s.eigenvalues, s.d, k) for k in C_KEYS}
     out["top_dims"] = [[s.top_dims[i], s.top_share[i]] for i in range(s.n_top)]
     out["eigenvalues"] = ev
+    # singular values of the data matrix behind the spectrum: sqrt(n λ) for XᵀX/n, sqrt((n-1) λ) centred
+    rows = s.n if uncentered else s.n - 1
+    out["singular_values"] = [math.sqrt(rows * e) if rows * e > 0 else 0.0 for e in ev]
     out["null"] = {"Df": r.null_df, "k95": r.null_k95}
     return out
 
 
 def analyze(model, text=None, sites=KINDS, ctx=None, max_tokens=0, variants=VARIANTS, heads=True, variance=(),
-            samples=0, sample_len=None, seed=1, svg=None, progress=None):
+            samples=0, sample_len=None, seed=1, svg=None, progress=None, center="mean", pool="none"):
     """Spectra of activations over text (a file path, default the bundled calibration text, or
     token ids), as `eigenalign analyze --json`, through the library's site statistics
     (ea_site_stats_*): sites hidden/q/k/v/wte (q_pre/k_pre on RoPE models; q/k/v also per head
     unless heads=False), variants all/exclude_first/standardized, windows of ctx tokens (default
     min(n_positions, 512)) each from an empty cache, or `samples` windows of sample_len tokens at
     seeded random starts; variance: extra fractions reported as k_var; svg: also write the
-    analyze figure there. progress(done_windows, total_windows). Returns an Analysis (a dict)."""
+    analyze figure there; center="none" / pool="mean"|"last": the note's protocol (analyze --center,
+    --pool). progress(done_windows, total_windows). Returns an Analysis (a dict)."""
+    if center not in ("mean", "none"):
+        raise ArgumentError("analyze: center must be 'mean' or 'none', not %r" % (center,))
+    if pool not in _POOLS:
+        raise ArgumentError("analyze: pool must be 'none', 'mean' or 'last', not %r" % (pool,))
     if not isinstance(model, Model):
         raise TypeError("model must be an eigenalign.Model")
     if isinstance(sites, str):
@@ -151,6 +163,7 @@ def analyze(model, text=None, sites=KINDS, ctx=None, max_tokens=0, variants=VARI
                 else:
                     check(lib.ea_windows_consecutive(len(ids), ctx, wp, nw))
             check(lib.ea_site_stats_init(sp, model._cfg(), kinds, 1 if heads else 0))
+            check(lib.ea_site_stats_set_protocol(sp[0], 1 if center == "none" else 0, _POOLS[pool]))
             check(lib.ea_site_stats_add_wte(sp[0], lib.ea_model_wte(model._m), c["vocab_size"], c["n_embd"]))
             if fwd:
                 lib.ea_model_set_capture_prerot(model._m, 1 if kinds & pre else 0)
@@ -168,7 +181,7 @@ def analyze(model, text=None, sites=KINDS, ctx=None, max_tokens=0, variants=VARI
             if svg is not None:
                 title = "Activation spectra: %s on %s (%d tokens)" % (model.path, text_name or "ids", n_tok)
                 check(lib.ea_spectra_figure_save(os.fsencode(svg), title.encode(), rp[0], nr[0], c["n_layer"]))
-            out = [_spectrum(rp[0][i], extra) for i in range(nr[0])]
+            out = [_spectrum(rp[0][i], extra, center == "none") for i in range(nr[0])]
         finally:
             if rp[0] != ffi.NULL:
                 lib.ea_site_results_free(rp[0], nr[0])
@@ -176,4 +189,4 @@ def analyze(model, text=None, sites=KINDS, ctx=None, max_tokens=0, variants=VARI
             if wp[0] != ffi.NULL:
                 lib.free(wp[0])
     return Analysis(model=model.path, fingerprint=model.fingerprint, text=text_name, tokens=n_tok, windows=n_win,
-                    sampling="samples" if samples else "windows", ctx=wlen, sites=out)
+                    sampling="samples" if samples else "windows", ctx=wlen, center=center, pool=pool, sites=out)
