@@ -161,6 +161,7 @@ static void bad_input(void **state) {
     assert_string_equal(out, "");
     free(out), free(err);
     test_rmdir(dir);
+    free(dir);
     const char *both[] = {"budget", "--shape", "gpt2", "--config", "x.json", NULL};
     assert_int_equal(test_run_cli(&out, &err, both), 2);
     free(out), free(err);
