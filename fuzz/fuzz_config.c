@@ -21,7 +21,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(cfg.n_layer >= 1 && cfg.n_head >= 1 && cfg.n_embd >= 1 && cfg.n_positions >= 1 && cfg.vocab_size >= 1,
                "accepted n_layer %d n_head %d n_embd %d n_positions %d vocab %d", cfg.n_layer, cfg.n_head,
                cfg.n_embd, cfg.n_positions, cfg.vocab_size);
-    FUZZ_CHECK(cfg.n_embd % cfg.n_head == 0, "accepted n_embd %d with n_head %d", cfg.n_embd, cfg.n_head);
+    /* GPT-2 splits n_embd into heads; the Llama family may set head_dim explicitly (Qwen3: 18 × 6 heads
+     * on 64 dims), so there the heads must share the KV heads evenly instead. */
+    if (cfg.arch == EA_ARCH_GPT2)
+        FUZZ_CHECK(cfg.n_embd % cfg.n_head == 0, "accepted n_embd %d with n_head %d", cfg.n_embd, cfg.n_head);
+    else
+        FUZZ_CHECK(ea_config_head_dim(&cfg) >= 1 && ea_config_kv_heads(&cfg) >= 1 &&
+                       cfg.n_head % ea_config_kv_heads(&cfg) == 0,
+                   "accepted head_dim %d, %d heads and %d KV heads", ea_config_head_dim(&cfg), cfg.n_head,
+                   ea_config_kv_heads(&cfg));
     FUZZ_CHECK(cfg.n_inner >= 1, "accepted n_inner %d", cfg.n_inner);
     FUZZ_CHECK(isfinite(cfg.layer_norm_epsilon) && cfg.layer_norm_epsilon >= 0, "accepted epsilon %g",
                (double)cfg.layer_norm_epsilon);

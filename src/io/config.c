@@ -35,7 +35,7 @@ static ea_status check_duplicate_keys(const cJSON *j, const char *path) {
         if (n && !names) return ea_error(EA_ERR_NOMEM, "%s: out of memory", path);
         size_t k = 0;
         for (const cJSON *c = j->child; c; c = c->next) names[k++] = c->string ? c->string : "";
-        qsort(names, n, sizeof *names, cmp_str_ptr);
+        if (n > 1) qsort(names, n, sizeof *names, cmp_str_ptr); /* qsort(NULL, 0) is undefined */
         for (size_t i = 1; i < n; i++)
             if (!strcmp(names[i - 1], names[i])) {
                 ea_status st = ea_error(EA_ERR_FORMAT, "%s: duplicate key \"%.200s\" (which value is meant is "
