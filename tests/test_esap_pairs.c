@@ -366,48 +366,11 @@ static void test_text_pairs_agree_with_ids(void **state) {
 
 /* ---- the commands ------------------------------------------------------------------------ */
 
-static cJSON *cli_json(const char *const *args) {
-    char *out, *err;
-    int rc = test_run_cli(&out, &err, args);
-    if (rc != 0) printf("exit %d, stderr:\n%s\n", rc, err);
-    assert_int_equal(rc, 0);
-    cJSON *j = cJSON_Parse(out);
-    assert_non_null(j);
-    free(out);
-    free(err);
-    return j;
-}
-
-static void cli_fails(const char *const *args, const char *want) {
-    char *out, *err;
-    int rc = test_run_cli(&out, &err, args);
-    printf("  exit %d: %s", rc, err);
-    assert_true(rc != 0 && rc != -1);
-    assert_non_null(strstr(err, want));
-    assert_string_equal(out, "");
-    free(out);
-    free(err);
-}
-
-static double jnum(const cJSON *o, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v)) printf("missing number \"%s\"\n", key);
-    assert_true(cJSON_IsNumber(v));
-    return v->valuedouble;
-}
-
-static const cJSON *jobj(const cJSON *o, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsObject(v)) printf("missing object \"%s\"\n", key);
-    assert_true(cJSON_IsObject(v));
-    return v;
-}
-
 /* mutual_knn as the issue specifies: value, null {mean, sd, n}, p_value = (1 + #)/(1 + n). */
 static void check_mknn(const cJSON *o) {
-    const cJSON *m = jobj(o, "mutual_knn"), *n = jobj(m, "null");
-    double v = jnum(m, "value"), p = jnum(m, "p_value"), np = jnum(n, "n");
-    assert_true(v >= 0 && v <= 1 && jnum(n, "mean") >= 0 && jnum(n, "sd") >= 0);
+    const cJSON *m = test_json_obj(o, "mutual_knn"), *n = test_json_obj(m, "null");
+    double v = test_json_num(m, "value"), p = test_json_num(m, "p_value"), np = test_json_num(n, "n");
+    assert_true(v >= 0 && v <= 1 && test_json_num(n, "mean") >= 0 && test_json_num(n, "sd") >= 0);
     assert_true(np == EA_ESAP_MKNN_PERMS && p >= 1 / (1 + np) && p <= 1);
     double ge = p * (1 + np) - 1; /* an integer count of null draws >= value */
     assert_true(fabs(ge - round(ge)) < 1e-9);
@@ -418,34 +381,34 @@ static void test_cli_pairs(void **state) {
     /* The bundled model against itself: every pairing must find the identity. */
     const char *modes[] = {"ids", "text", "none"};
     for (int i = 0; i < 3; i++) {
-        cJSON *j = cli_json((const char *[]){"align", "--repr", "hidden:last", "--max-tokens", "3000", "--rank", "32",
+        cJSON *j = test_cli_json((const char *[]){"align", "--repr", "hidden:last", "--max-tokens", "3000", "--rank", "32",
                                              "--pairs", modes[i], "--json", NULL});
         const cJSON *pairs = cJSON_GetObjectItemCaseSensitive(j, "pairs");
         assert_true(cJSON_IsString(pairs) && !strcmp(pairs->valuestring, modes[i]));
-        double p1 = jnum(j, "p_at_1"), null1 = jnum(jobj(j, "null"), "p_at_1");
-        printf("self, --pairs %s: %g anchors, P@1 %.4f, null %.4f\n", modes[i], jnum(j, "anchors_total"), p1, null1);
+        double p1 = test_json_num(j, "p_at_1"), null1 = test_json_num(test_json_obj(j, "null"), "p_at_1");
+        printf("self, --pairs %s: %g anchors, P@1 %.4f, null %.4f\n", modes[i], test_json_num(j, "anchors_total"), p1, null1);
         assert_true(p1 > 0.95 && null1 < 0.05);
         check_mknn(j);
-        assert_true(jnum(jobj(j, "mutual_knn"), "value") == 1.0); /* identical vectors, identical lists */
-        if (i == 2) assert_true(jnum(jobj(j, "anchor_free"), "init_pseudo_pairs") > 0);
+        assert_true(test_json_num(test_json_obj(j, "mutual_knn"), "value") == 1.0); /* identical vectors, identical lists */
+        if (i == 2) assert_true(test_json_num(test_json_obj(j, "anchor_free"), "init_pseudo_pairs") > 0);
         cJSON_Delete(j);
     }
-    cli_fails((const char *[]){"align", "--pairs", "bytes", NULL}, "--pairs 'bytes'");
-    cli_fails((const char *[]){"message", "--pairs", "text", "--repr", "wte", NULL}, "needs a hidden representation");
+    test_cli_fails((const char *[]){"align", "--pairs", "bytes", NULL}, "--pairs 'bytes'");
+    test_cli_fails((const char *[]){"message", "--pairs", "text", "--repr", "wte", NULL}, "needs a hidden representation");
 
     /* handshake: mutual k-NN with its null; the verdict follows p, and messages say untested. */
     char *dir = test_tmpdir(), pa[512], pb[512];
     snprintf(pa, sizeof pa, "%s/a.json", dir);
     snprintf(pb, sizeof pb, "%s/b.json", dir);
-    cJSON *j = cli_json((const char *[]){"handshake", "--save-a", pa, "--save-b", pb, "--json", NULL});
+    cJSON *j = test_cli_json((const char *[]){"handshake", "--save-a", pa, "--save-b", pb, "--json", NULL});
     check_mknn(j);
     const cJSON *verdict = cJSON_GetObjectItemCaseSensitive(j, "verdict");
     assert_true(cJSON_IsString(verdict));
-    double p = jnum(jobj(j, "mutual_knn"), "p_value");
+    double p = test_json_num(test_json_obj(j, "mutual_knn"), "p_value");
     assert_string_equal(verdict->valuestring, p < EA_ESAP_MKNN_ALPHA ? "converged" : "diverged");
     assert_string_equal(verdict->valuestring, "converged"); /* a model against itself */
     cJSON_Delete(j);
-    j = cli_json((const char *[]){"handshake", "--spectrum-a", pa, "--spectrum-b", pb, "--json", NULL});
+    j = test_cli_json((const char *[]){"handshake", "--spectrum-a", pa, "--spectrum-b", pb, "--json", NULL});
     assert_null(cJSON_GetObjectItemCaseSensitive(j, "mutual_knn"));
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "verdict")->valuestring, "untested");
     cJSON_Delete(j);

@@ -120,3 +120,41 @@ int test_write_file(const char *path, const void *data, size_t n) {
     size_t w = fwrite(data, 1, n, f);
     return (fclose(f) == 0 && w == n) ? 0 : -1;
 }
+
+cJSON *test_cli_json(const char *const *args) {
+    char *out, *err;
+    int rc = test_run_cli(&out, &err, args);
+    if (rc != 0) printf("exit %d, stderr:\n%s\n", rc, err);
+    assert_int_equal(rc, 0);
+    cJSON *j = cJSON_Parse(out);
+    if (!j) printf("stdout is not JSON:\n%s\n", out);
+    assert_non_null(j);
+    free(out);
+    free(err);
+    return j;
+}
+
+void test_cli_fails(const char *const *args, const char *want) {
+    char *out, *err;
+    int rc = test_run_cli(&out, &err, args);
+    printf("  exit %d: %s", rc, err);
+    assert_true(rc != 0 && rc != -1);
+    assert_non_null(strstr(err, want));
+    assert_string_equal(out, "");
+    free(out);
+    free(err);
+}
+
+double test_json_num(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v)) printf("missing number \"%s\"\n", key);
+    assert_true(cJSON_IsNumber(v));
+    return v->valuedouble;
+}
+
+const cJSON *test_json_obj(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsObject(v)) printf("missing object \"%s\"\n", key);
+    assert_true(cJSON_IsObject(v));
+    return v;
+}

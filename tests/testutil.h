@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <cjson/cJSON.h>
+
 #include "eigenalign.h"
 
 /* Paths inside the repository (tests run with the source root as working directory). */
@@ -63,5 +65,13 @@ char *test_tmpdir(void);
 void test_rmdir(const char *dir);
 /* Write bytes to a file; 0 on success. */
 int test_write_file(const char *path, const void *data, size_t n);
+
+/* CLI runs whose output is JSON: exit 0 and parsed stdout (caller deletes it); or a failure (exit
+ * neither 0 nor -1) with want on stderr and nothing on stdout. */
+cJSON *test_cli_json(const char *const *args);
+void test_cli_fails(const char *const *args, const char *want);
+/* A number / an object member of o that must exist. */
+double test_json_num(const cJSON *o, const char *key);
+const cJSON *test_json_obj(const cJSON *o, const char *key);
 
 #endif
