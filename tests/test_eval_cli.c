@@ -46,21 +46,6 @@ typedef struct {
     double base_ppl, ppl, kl, top1;
 } ref_metrics;
 
-static long double lse_ld(const float *z, int n) {
-    long double mx = z[0], s = 0;
-    for (int i = 1; i < n; i++)
-        if (z[i] > mx) mx = z[i];
-    for (int i = 0; i < n; i++) s += expl((long double)z[i] - mx);
-    return mx + logl(s);
-}
-
-static int argmax_f(const float *z, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (z[i] > z[b]) b = i;
-    return b;
-}
-
 static ref_metrics reference_codec_metrics(const char *spec, size_t n_tokens, int ctx) {
     ea_model *m;
     ea_tokenizer *tok;
@@ -94,14 +79,14 @@ static ref_metrics reference_codec_metrics(const char *spec, size_t n_tokens, in
         assert_int_equal(ea_model_forward(m, lossy, ids + s0, w, zc, 1), EA_OK);
         for (int t = 1; t < w; t++) {
             const float *b = zb + (size_t)(t - 1) * V, *c = zc + (size_t)(t - 1) * V;
-            long double lb = lse_ld(b, V), lc = lse_ld(c, V);
+            long double lb = test_lse_ld(b, V), lc = test_lse_ld(c, V);
             nb += lb - b[ids[s0 + t]];
             nc += lc - c[ids[s0 + t]];
             for (int v = 0; v < V; v++) {
                 long double lpb = b[v] - lb;
                 kl += expl(lpb) * (lpb - (c[v] - lc));
             }
-            agree += argmax_f(b, V) == argmax_f(c, V);
+            agree += test_argmax(b, V) == test_argmax(c, V);
             scored++;
         }
     }

@@ -29,25 +29,9 @@ static int teardown(void **state) {
     return 0;
 }
 
-/* log Σ exp(z) in long double, max-shifted. */
-static long double lse_ld(const float *z, int n) {
-    long double mx = z[0], s = 0;
-    for (int i = 1; i < n; i++)
-        if (z[i] > mx) mx = z[i];
-    for (int i = 0; i < n; i++) s += expl((long double)z[i] - mx);
-    return mx + logl(s);
-}
-
-static int argmax_f(const float *z, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (z[i] > z[b]) b = i;
-    return b;
-}
-
 /* KL(softmax(a) ‖ softmax(b)) = Σ p_a (log p_a − log p_b), long double. */
 static long double kl_ld(const float *a, const float *b, int n) {
-    long double la = lse_ld(a, n), lb = lse_ld(b, n), kl = 0;
+    long double la = test_lse_ld(a, n), lb = test_lse_ld(b, n), kl = 0;
     for (int i = 0; i < n; i++) {
         long double lpa = a[i] - la, lpb = b[i] - lb;
         kl += expl(lpa) * (lpa - lpb);
@@ -96,7 +80,7 @@ static void test_log_softmax(void **state) {
         for (int shift = 0; shift < 2; shift++) {
             if (shift)
                 for (int v = 0; v < V; v++) row[v] += 120.0f; /* exp(z) overflows a float without the max */
-            long double ref = lse_ld(row, V);
+            long double ref = test_lse_ld(row, V);
             double got = ea_log_softmax(row, V, out);
             worst = fmax(worst, fabs(got - (double)ref) / fabsl(ref));
             for (int v = 0; v < V; v += 97) assert_true(fabsl(out[v] - (row[v] - ref)) < 1e-4L);
@@ -125,7 +109,7 @@ static void test_perplexity_vs_fixture(void **state) {
             /* full scores targets 1..T-1; llama only the second half (from T/2) */
             int first = proto == EA_PPL_LLAMA ? (T / 2 > 1 ? T / 2 : 1) : 1;
             long double nll = 0;
-            for (int t = first; t < T; t++) nll += lse_ld(lg + (size_t)(t - 1) * V, V) - lg[(size_t)(t - 1) * V + ids[t]];
+            for (int t = first; t < T; t++) nll += test_lse_ld(lg + (size_t)(t - 1) * V, V) - lg[(size_t)(t - 1) * V + ids[t]];
             nll /= T - first;
             ea_kvcache *cache;
             assert_int_equal(ea_kvcache_init(&cache, cfg, T, NULL), EA_OK);
@@ -160,7 +144,7 @@ static long double independent_nll(const int *ids, size_t n, int ctx, size_t *sc
         ea_kvcache_reset(cache);
         assert_int_equal(ea_model_forward(model, cache, ids + s, len, lg, 1), EA_OK);
         for (int t = 1; t < len; t++) {
-            nll += lse_ld(lg + (size_t)(t - 1) * V, V) - lg[(size_t)(t - 1) * V + ids[s + t]];
+            nll += test_lse_ld(lg + (size_t)(t - 1) * V, V) - lg[(size_t)(t - 1) * V + ids[s + t]];
             ++*scored;
         }
     }
@@ -246,7 +230,7 @@ static void test_kv_score_against_closed_forms(void **state) {
         for (int t = 1; t < T; t++) {
             float *row = pert + (size_t)(t - 1) * V;
             const float *b = base + (size_t)(t - 1) * V;
-            int top = argmax_f(b, V);
+            int top = test_argmax(b, V);
             /* even rows: raise the runner-up past the top (argmax moves); odd rows: raise a
              * low-probability logit a little (argmax stays) */
             int j = 0;
@@ -256,12 +240,12 @@ static void test_kv_score_against_closed_forms(void **state) {
             if (t % 2) j = (top + 7 * t + 1) % V;
             row[j] += delta;
             long double dl = (long double)row[j] - b[j]; /* the δ float rounding left */
-            long double lb = lse_ld(b, V), pj = expl((long double)b[j] - lb);
+            long double lb = test_lse_ld(b, V), pj = expl((long double)b[j] - lb);
             kl_closed += logl(1 - pj + pj * expl(dl)) - dl * pj;
             kl_direct += kl_ld(b, row, V);
-            nll += lse_ld(row, V) - row[ids[t]];
-            agree += argmax_f(row, V) == top;
-            target_is_top += argmax_f(row, V) == ids[t];
+            nll += test_lse_ld(row, V) - row[ids[t]];
+            agree += test_argmax(row, V) == top;
+            target_is_top += test_argmax(row, V) == ids[t];
         }
         int scored = T - 1;
         ea_kv_ref_prepare(base, 1, T, V, prob, lse);
@@ -388,10 +372,10 @@ static void test_compressor_evaluate_independent(void **state) {
         ea_model_set_capture(model, NULL, NULL);
         for (int t = 0; t + 1 < len; t++) {
             const float *zf = full + (size_t)t * V, *zc = comp + (size_t)t * V;
-            nf += lse_ld(zf, V) - zf[ids[off + t + 1]];
-            nc += lse_ld(zc, V) - zc[ids[off + t + 1]];
+            nf += test_lse_ld(zf, V) - zf[ids[off + t + 1]];
+            nc += test_lse_ld(zc, V) - zc[ids[off + t + 1]];
             kl += kl_ld(zf, zc, V);
-            agree += argmax_f(zf, V) == argmax_f(zc, V);
+            agree += test_argmax(zf, V) == test_argmax(zc, V);
             scored++;
         }
     }

@@ -158,3 +158,18 @@ const cJSON *test_json_obj(const cJSON *o, const char *key) {
     assert_true(cJSON_IsObject(v));
     return v;
 }
+
+long double test_lse_ld(const float *z, int n) {
+    long double mx = z[0], s = 0;
+    for (int i = 1; i < n; i++)
+        if (z[i] > mx) mx = z[i];
+    for (int i = 0; i < n; i++) s += expl((long double)z[i] - mx);
+    return mx + logl(s);
+}
+
+int test_argmax(const float *z, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (z[i] > z[b]) b = i;
+    return b;
+}

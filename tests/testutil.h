@@ -74,4 +74,9 @@ void test_cli_fails(const char *const *args, const char *want);
 double test_json_num(const cJSON *o, const char *key);
 const cJSON *test_json_obj(const cJSON *o, const char *key);
 
+/* Independent references for the reported metrics: log Σ exp(z) in long double (max-shifted) and
+ * the first index of the maximum. */
+long double test_lse_ld(const float *z, int n);
+int test_argmax(const float *z, int n);
+
 #endif
