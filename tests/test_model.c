@@ -1,6 +1,7 @@
 /* The forward pass against Hugging Face transformers (float64) fixtures: every hidden state,
  * every layer's qkv, the logits (max abs diff <= 1e-4) and 40 greedy tokens (exact). */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,8 +141,21 @@ static void test_cache_capacity_enforced(void **state) {
     ea_model_free(m);
 }
 
+/* Loading a model must not change the caller's OpenMP thread count: the OpenMP build of OpenBLAS
+ * implements openblas_set_num_threads(1) with omp_set_num_threads(1), which once made the whole
+ * engine single-threaded (prefill and decode at half speed, every result still exact). */
+static void test_load_keeps_omp_threads(void **state) {
+    (void)state;
+    omp_set_num_threads(3);
+    ea_model *m;
+    assert_int_equal(ea_model_load(TEST_MODEL_DIR, &m), EA_OK);
+    assert_int_equal(omp_get_max_threads(), 3);
+    ea_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_load_keeps_omp_threads),
         cmocka_unit_test(test_micro_matches_reference),
         cmocka_unit_test(test_mini_matches_reference),
         cmocka_unit_test(test_cache_capacity_enforced),

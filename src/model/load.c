@@ -386,8 +386,13 @@ ea_status ea_model_load(const char *dir, ea_model **out) {
     if (!llama) m->lm_w = m->wte;
     checkpoint_close(ckp);
     if ((st = build_decode_weights(m))) goto fail;
-    /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). */
+    /* One thread pool: OpenMP. BLAS is called on per-thread blocks (see matmul.c). The OpenMP
+     * build of OpenBLAS implements openblas_set_num_threads with omp_set_num_threads, which would
+     * make every later parallel region of the caller single-threaded (it halved prefill and decode
+     * until this was found): keep the caller's OpenMP thread count. */
+    int omp_threads = omp_get_max_threads();
     openblas_set_num_threads(1);
+    omp_set_num_threads(omp_threads);
     if ((st = reserve_blas_buffers(dir))) goto fail;
     if ((st = ea_model_load_eos(m, dir))) goto fail;
     fingerprint(m);
